@@ -1,0 +1,10 @@
+"""Built-in token rewards for hybrid-token routing."""
+
+import supertiny
+from supertiny.route.token_rewards import TinyMarginReward, TinyProbabilityReward
+
+
+@supertiny.hookimpl(trylast=True)
+def register_token_rewards(register):
+    register(TinyProbabilityReward())
+    register(TinyMarginReward())

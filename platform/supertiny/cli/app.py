@@ -1,0 +1,71 @@
+"""What every command shares: error handling, settings, the store, and output as table or JSON."""
+
+import dataclasses
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from supertiny.config import Settings
+from supertiny.errors import SupertinyError
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+class SupertinyGroup(click.Group):
+    """A click group that turns SupertinyError into ``error: <message>`` and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SupertinyError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted: the next run of the same command resumes", err=True)
+            ctx.exit(130)
+
+
+def json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=json_default))
+
+
+def print_table(rows: Iterable[dict[str, Any]], columns: Sequence[str],
+                formatters: dict[str, Callable[[Any], str]] | None = None) -> None:
+    """Print rows as an aligned plain-text table."""
+    formatters = formatters or {}
+    cells = [[formatters.get(col, _cell)(row.get(col)) for col in columns] for row in rows]
+    widths = [max([len(col)] + [len(line[i]) for line in cells]) for i, col in enumerate(columns)]
+    out = sys.stdout
+    out.write("  ".join(col.upper().ljust(widths[i]) for i, col in enumerate(columns)).rstrip() + "\n")
+    for line in cells:
+        out.write("  ".join(value.ljust(widths[i]) for i, value in enumerate(line)).rstrip() + "\n")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, list | tuple):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")

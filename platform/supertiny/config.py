@@ -1,0 +1,48 @@
+"""Settings from the environment, overridable per command (``supertiny --db URL --home DIR``).
+
+``SUPERTINY_HOME``          data dir for models, artifacts and the embedded database
+                            (default ``~/.cache/supertiny``)
+``SUPERTINY_DATABASE_URL``  SQLAlchemy URL of the store (default: SQLite file in the data dir)
+``SUPERTINY_LOAD_PLUGINS``  comma-separated plugin names to load (default: all installed)
+"""
+
+import dataclasses
+import os
+from pathlib import Path
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("SUPERTINY_HOME") or Path.home() / ".cache" / "supertiny").expanduser()
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    home: Path = dataclasses.field(default_factory=_default_home)
+    database_url: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            url = os.environ.get("SUPERTINY_DATABASE_URL") or f"sqlite:///{self.home / 'supertiny.db'}"
+            object.__setattr__(self, "database_url", url)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.home / "downloads"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    def ensure_home(self) -> Path:
+        self.home.mkdir(parents=True, exist_ok=True)
+        return self.home
+
+
+def get_settings(database_url: str | None = None, home: str | Path | None = None) -> Settings:
+    """Settings from the environment, with explicit arguments taking precedence."""
+    resolved_home = Path(home).expanduser() if home else _default_home()
+    return Settings(home=resolved_home, database_url=database_url or "")

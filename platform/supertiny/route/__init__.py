@@ -1,0 +1,1 @@
+"""Routing between the tiny model and the LLM: policy kinds, token rewards, the router."""
