@@ -3,7 +3,6 @@
 import math
 
 import pytest
-
 from supertiny.registry import get_token_rewards
 from supertiny.route.token_rewards import TokenProposal
 
