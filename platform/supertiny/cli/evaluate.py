@@ -2,7 +2,98 @@
 
 import click
 
+from supertiny.cli.app import json_option, pass_settings, print_json, print_table
+from supertiny.config import Settings
+from supertiny.evaluate import queries
+from supertiny.evaluate.runner import EvalConfig, evaluate
+from supertiny.store.session import open_store
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
 
 @click.group("eval")
 def eval_group() -> None:
     """Evaluate models on a domain split: per-category accuracy, latency, size."""
+
+
+@eval_group.command("run")
+@click.option("--model", required=True, help="Registered model name.")
+@click.option("--domain", required=True)
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "dev", "test"]))
+@click.option("--limit", type=int, help="At most N tasks, taken round-robin over categories.")
+@click.option("--per-category", type=int, help="At most N tasks of each category.")
+@click.option("--category", "categories", multiple=True, help="Only these categories (repeatable).")
+@click.option("--max-new-tokens", default=384, show_default=True)
+@click.option("--batch-size", default=4, show_default=True, help="Tasks generated together.")
+@click.option("--with-prompt", is_flag=True, help="Add the domain's system prompt and few-shot examples.")
+@json_option
+@pass_settings
+def run_command(settings: Settings, model: str, domain: str, split: str, limit: int | None, per_category: int | None,
+                categories: tuple[str, ...], max_new_tokens: int, batch_size: int, with_prompt: bool,
+                as_json: bool) -> None:
+    """Evaluate MODEL on a domain split and store the result."""
+    from tqdm import tqdm
+
+    store = open_store(settings)
+    config = EvalConfig(model=model, domain=domain, split=split, per_category=per_category, limit=limit,
+                        categories=categories, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                        use_prompt=with_prompt)
+    bars: list[tqdm] = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(desc=f"eval {model}", unit="task", total=total, dynamic_ncols=True))
+        bars[0].n = done
+        bars[0].refresh()
+
+    try:
+        evaluation = evaluate(store, config, progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    result = queries.evaluation_as_dict(evaluation, model)
+    if as_json:
+        print_json(result)
+        return
+    rows = [{"category": category, **stats} for category, stats in sorted(result["per_category"].items())]
+    rows.append({"category": "overall", "n": result["n_tasks"], "accuracy": result["accuracy"],
+                 "invalid_rate": result["invalid_rate"], "mean_latency_s": result["mean_latency_s"],
+                 "tokens_per_request": result["tokens_per_request"]})
+    click.echo(f"evaluation {result['id']}: {model} on {domain}/{split}")
+    print_table(rows, ["category", "n", "accuracy", "invalid_rate", "mean_latency_s", "tokens_per_request"],
+                formatters={"accuracy": _percent, "invalid_rate": _percent,
+                            "mean_latency_s": lambda v: f"{v:.2f}", "tokens_per_request": lambda v: f"{v:.0f}"})
+
+
+@eval_group.command("list")
+@click.option("--model")
+@click.option("--domain")
+@json_option
+@pass_settings
+def list_command(settings: Settings, model: str | None, domain: str | None, as_json: bool) -> None:
+    """Stored evaluations."""
+    rows = queries.list_evaluations(open_store(settings), model, domain)
+    if as_json:
+        print_json(rows)
+        return
+    print_table(rows, ["id", "model", "domain", "split", "n_tasks", "accuracy", "invalid_rate", "mean_latency_s",
+                       "created_at"], formatters={"accuracy": _percent, "invalid_rate": _percent})
+
+
+@eval_group.command("compare")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--domain")
+@click.option("--split")
+@json_option
+@pass_settings
+def compare_command(settings: Settings, models: tuple[str, ...], domain: str | None, split: str | None,
+                    as_json: bool) -> None:
+    """Per-category accuracy of MODELS (their latest evaluations) side by side."""
+    result = queries.compare(open_store(settings), list(models), domain, split)
+    if as_json:
+        print_json(result)
+        return
+    names = result["models"]
+    print_table(result["rows"], ["category", *names], formatters={name: _percent for name in names})

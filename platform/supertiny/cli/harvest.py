@@ -2,7 +2,99 @@
 
 import click
 
+from supertiny.cli.app import json_option, pass_settings, print_json, print_table
+from supertiny.config import Settings
+from supertiny.harvest import queries
+from supertiny.harvest.runner import HarvestConfig, run_harvest
+from supertiny.store.session import open_store
+
 
 @click.group()
 def harvest() -> None:
     """Stage 1: run the teacher on a domain's tasks, verify each trajectory, store it."""
+
+
+@harvest.command("run")
+@click.option("--domain", required=True, help="Domain name (see `supertiny domains list`).")
+@click.option("--teacher", required=True, help="Registered model name or HF directory of the teacher.")
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "dev", "test"]))
+@click.option("--samples-per-task", default=1, show_default=True, type=int, help="Samples per task (k).")
+@click.option("--temperature", default=0.0, show_default=True, type=float, help="0 is greedy.")
+@click.option("--limit", type=int, help="Harvest only the first N distinct tasks of the split.")
+@click.option("--concurrency", default=1, show_default=True, type=int, help="Tasks in flight at once.")
+@click.option("--max-new-tokens", default=512, show_default=True, type=int)
+@click.option("--no-prompt", is_flag=True, help="Do not steer the teacher with the domain's system prompt "
+              "and few-shot examples (measure the raw model).")
+@pass_settings
+def run_command(settings: Settings, domain: str, teacher: str, split: str, samples_per_task: int,
+                temperature: float, limit: int | None, concurrency: int, max_new_tokens: int, no_prompt: bool) -> None:
+    """Harvest a domain with a teacher. Re-running the same command resumes the same run."""
+    from tqdm import tqdm
+
+    from supertiny.prototype.teacher import open_chat_model
+
+    store = open_store(settings)
+    config = HarvestConfig(domain=domain, teacher=teacher, split=split, samples_per_task=samples_per_task,
+                           temperature=temperature, limit=limit, max_new_tokens=max_new_tokens,
+                           use_prompt=not no_prompt, concurrency=concurrency)
+    bars: list[tqdm] = []  # created on the first progress report, after the inputs are checked
+
+    def progress(done: int, passed: int, planned: int) -> None:
+        if not bars:
+            bars.append(tqdm(desc=f"harvest {domain}", unit="sample", total=planned, dynamic_ncols=True))
+        bar = bars[0]
+        bar.n = done
+        bar.set_postfix(pass_rate=f"{passed / done:.0%}" if done else "-", refresh=False)
+        bar.refresh()
+
+    def open_teacher():
+        if bars:
+            bars[0].set_description(f"loading {teacher}")
+        model = open_chat_model(store, teacher)
+        if bars:
+            bars[0].set_description(f"harvest {domain}")
+        return model
+
+    try:
+        result = run_harvest(store, config, open_teacher, progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    rate = f"{result.passed / result.done:.1%}" if result.done else "-"
+    click.echo(f"run {result.run_id}: {result.done}/{result.planned} samples, {result.passed} passed ({rate}); "
+               f"{result.newly_done} new in {result.elapsed_s:.1f}s")
+
+
+@harvest.command("status")
+@click.argument("run_id", type=int)
+@json_option
+@pass_settings
+def status_command(settings: Settings, run_id: int, as_json: bool) -> None:
+    """Pass rate, tokens and latency per category of one run."""
+    status = queries.run_status(open_store(settings), run_id)
+    if as_json:
+        print_json(status)
+        return
+    click.echo(f"run {status['id']}  domain {status['domain']}  teacher {status['teacher']}  "
+               f"split {status['split']}  status {status['status']}  {status['done']}/{status['planned']} samples  "
+               f"{status['elapsed_s']:.0f}s")
+    total = {"category": "TOTAL", "samples": status["done"], "passed": status["passed"],
+             "pass_rate": status["pass_rate"], "mean_latency_s": status["s_per_sample"]}
+    print_table([*status["categories"], total],
+                ["category", "samples", "passed", "pass_rate", "mean_latency_s", "mean_completion_tokens"],
+                formatters={"pass_rate": lambda v: "-" if v is None else f"{v:.1%}",
+                            "mean_latency_s": lambda v: "-" if v is None else f"{v:.2f}",
+                            "mean_completion_tokens": lambda v: "-" if v is None else f"{v:.0f}"})
+
+
+@harvest.command("list")
+@json_option
+@pass_settings
+def list_command(settings: Settings, as_json: bool) -> None:
+    """Every harvest run."""
+    runs = queries.list_runs(open_store(settings))
+    if as_json:
+        print_json(runs)
+        return
+    print_table(runs, ["id", "domain", "teacher", "split", "status", "done", "planned", "pass_rate", "created_at"],
+                formatters={"pass_rate": lambda v: "-" if v is None else f"{v:.1%}"})

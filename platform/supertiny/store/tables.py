@@ -4,6 +4,7 @@ access; callers load what they need through the query functions."""
 import datetime as dt
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -16,15 +17,21 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from supertiny.errors import InvalidInputError
 from supertiny.store.base import Base, BigId, JSONType, TimestampMixin
 
 VERDICTS = ("pass", "fail", "unknown")
 RUN_STATUSES = ("running", "interrupted", "completed", "failed")
 MODEL_STAGES = ("base", "external", "sft", "rft", "dpo", "grpo", "kd", "pruned", "healed", "quantized")
+
+
+class ImmutableSnapshotError(InvalidInputError):
+    """A dataset snapshot was about to change."""
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -245,3 +252,17 @@ class ApiKey(TimestampMixin, Base):
     salt: Mapped[str] = mapped_column(String(64))
     key_hash: Mapped[str] = mapped_column(String(128))
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+@event.listens_for(DatasetItem, "before_update")
+@event.listens_for(DatasetItem, "before_delete")
+def _dataset_items_are_immutable(_mapper, _connection, item: DatasetItem) -> None:
+    raise ImmutableSnapshotError(f"dataset snapshot items are immutable (dataset {item.dataset_id})")
+
+
+@event.listens_for(Dataset, "before_update")
+def _datasets_are_immutable(_mapper, _connection, dataset: Dataset) -> None:
+    changed = {attr.key for attr in sa.inspect(dataset).attrs if attr.history.has_changes()}
+    if changed - {"note"}:
+        raise ImmutableSnapshotError(f"dataset {dataset.name} v{dataset.version} is immutable "
+                                     f"(tried to change {', '.join(sorted(changed))})")

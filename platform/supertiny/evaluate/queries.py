@@ -1,0 +1,64 @@
+"""Read-side queries over stored evaluations."""
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from supertiny.errors import NotFoundError
+from supertiny.store import Evaluation, ModelVersion, Store
+
+
+def evaluation_as_dict(evaluation: Evaluation, model_name: str, with_records: bool = False) -> dict[str, Any]:
+    details = dict(evaluation.details or {})
+    records = details.pop("records", [])
+    return {"id": evaluation.id, "model": model_name, "domain": evaluation.domain, "split": evaluation.split,
+            "n_tasks": evaluation.n_tasks, "accuracy": evaluation.accuracy, "invalid_rate": evaluation.invalid_rate,
+            "mean_latency_s": evaluation.mean_latency_s, "tokens_per_request": evaluation.tokens_per_request,
+            "size_bytes": evaluation.size_bytes, "per_category": evaluation.per_category,
+            "config": details.get("config"), "created_at": evaluation.created_at,
+            **({"records": records} if with_records else {})}
+
+
+def list_evaluations(store: Store, model: str | None = None, domain: str | None = None) -> list[dict[str, Any]]:
+    query = (sa.select(Evaluation, ModelVersion.name).join(ModelVersion, ModelVersion.id == Evaluation.model_version_id)
+             .order_by(Evaluation.id))
+    if model:
+        query = query.where(ModelVersion.name == model)
+    if domain:
+        query = query.where(Evaluation.domain == domain)
+    with store.session() as session:
+        return [evaluation_as_dict(evaluation, name) for evaluation, name in session.execute(query).all()]
+
+
+def latest_evaluation(store: Store, model: str, domain: str | None = None, split: str | None = None,
+                      with_records: bool = False) -> dict[str, Any]:
+    """The newest evaluation of ``model`` (optionally on one domain and split)."""
+    query = (sa.select(Evaluation, ModelVersion.name).join(ModelVersion, ModelVersion.id == Evaluation.model_version_id)
+             .where(ModelVersion.name == model).order_by(Evaluation.id.desc()).limit(1))
+    if domain:
+        query = query.where(Evaluation.domain == domain)
+    if split:
+        query = query.where(Evaluation.split == split)
+    with store.session() as session:
+        row = session.execute(query).first()
+    if row is None:
+        where = " on ".join(filter(None, [domain, split]))
+        raise NotFoundError(f"no evaluation of {model!r}{' on ' + where if where else ''}",
+                            hint=f"run `supertiny eval run --model {model} --domain ...`")
+    return evaluation_as_dict(row[0], row[1], with_records)
+
+
+def compare(store: Store, models: list[str], domain: str | None = None, split: str | None = None) -> dict[str, Any]:
+    """Per-category accuracy of each model's latest evaluation, side by side."""
+    evaluations = [latest_evaluation(store, model, domain, split) for model in models]
+    categories = sorted({category for evaluation in evaluations for category in evaluation["per_category"]})
+    rows = []
+    for category in [*categories, "overall"]:
+        row: dict[str, Any] = {"category": category}
+        for evaluation in evaluations:
+            stats = ({"accuracy": evaluation["accuracy"], "n": evaluation["n_tasks"]} if category == "overall"
+                     else evaluation["per_category"].get(category))
+            row[evaluation["model"]] = stats["accuracy"] if stats else None
+            row[f"n:{evaluation['model']}"] = stats["n"] if stats else 0
+        rows.append(row)
+    return {"models": [e["model"] for e in evaluations], "rows": rows, "evaluations": evaluations}

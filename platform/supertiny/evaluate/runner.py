@@ -1,0 +1,142 @@
+"""Run a model on a domain split and store the result as an Evaluation row.
+
+Single-shot domains (tools that do not execute) are answered in batches straight through the
+backend, which also gives each answer's confidence from its token log-probabilities. Executable
+domains run the prototype agent loop, with every call executed against the domain's tools.
+"""
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+from supertiny.domain import Domain, DomainTask, Verdict
+from supertiny.errors import InvalidInputError
+from supertiny.evaluate.selection import select_tasks
+from supertiny.models.backend import ChatModel, Generation, GenerationOptions
+from supertiny.store import Evaluation, Store
+
+ProgressCallback = Callable[[int, int], None]  # (done, total)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    model: str
+    domain: str
+    split: str = "test"
+    per_category: int | None = None
+    limit: int | None = None
+    categories: tuple[str, ...] = ()
+    max_new_tokens: int = 384
+    batch_size: int = 4
+    # evaluate with the domain's system prompt and few-shot examples (the "prototype" setting)
+    use_prompt: bool = False
+
+
+def _record(task: DomainTask, verdict: Verdict, valid: bool, confidence: float | None, latency_s: float,
+            completion_tokens: int, answer: Any) -> dict[str, Any]:
+    return {"task": task.external_id, "task_hash": task.content_hash(), "category": task.category,
+            "correct": verdict.verdict == "pass", "verdict": verdict.verdict, "reason": verdict.reason[:300],
+            "valid": valid, "confidence": confidence, "latency_s": latency_s,
+            "completion_tokens": completion_tokens, "answer": answer}
+
+
+def _single_shot(model: ChatModel, domain: Domain, tasks: list[DomainTask], config: EvalConfig,
+                 progress: ProgressCallback | None) -> list[dict[str, Any]]:
+    from supertiny.models.parsing import validate_calls
+    from supertiny.prototype.agent import prompt_messages, task_tools
+
+    options = GenerationOptions(max_new_tokens=config.max_new_tokens, temperature=0.0, logprobs=True)
+    records = []
+    for start in range(0, len(tasks), config.batch_size):
+        batch = tasks[start:start + config.batch_size]
+        conversations = [((prompt_messages(domain, task) if config.use_prompt else []) + task.messages,
+                          task_tools(domain, task)) for task in batch]
+        began = time.perf_counter()
+        generations: list[Generation] = model.generate_batch(conversations, options)
+        batch_latency = (time.perf_counter() - began) / len(batch)
+        for task, (_, tools), generation in zip(batch, conversations, generations, strict=True):
+            calls = generation.parse.calls
+            valid = generation.parse.ok and not validate_calls(calls, tools)
+            try:
+                verdict = domain.verify(task, calls, [*task.messages, generation.message.openai()])
+            except Exception as exc:
+                verdict = Verdict("unknown", f"verifier error: {type(exc).__name__}: {exc}")
+            records.append(_record(task, verdict, valid, generation.confidence,
+                                   generation.latency_s if len(batch) == 1 else batch_latency,
+                                   generation.completion_tokens, generation.text))
+        if progress:
+            progress(len(records), len(tasks))
+    return records
+
+
+def _agentic(chat_model: Any, domain: Domain, tasks: list[DomainTask], config: EvalConfig,
+             progress: ProgressCallback | None) -> list[dict[str, Any]]:
+    from supertiny.prototype.agent import run_agent
+
+    records = []
+    for task in tasks:
+        run = run_agent(chat_model, domain, task, use_prompt=config.use_prompt, temperature=0.0,
+                        max_tokens=config.max_new_tokens)
+        if run.finished:
+            try:
+                verdict = domain.verify(task, run.calls, run.trajectory, run.environment)
+            except Exception as exc:
+                verdict = Verdict("unknown", f"verifier error: {type(exc).__name__}: {exc}")
+        else:
+            verdict = Verdict.failed(f"still calling tools after {run.steps} steps")
+        records.append(_record(task, verdict, True, None, run.latency_s, run.completion_tokens,
+                               run.trajectory[len(task.messages):]))
+        if progress:
+            progress(len(records), len(tasks))
+    return records
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy, invalid-call rate, latency and tokens, overall and per category."""
+    def stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        n = len(rows)
+        return {"n": n, "accuracy": sum(r["correct"] for r in rows) / n,
+                "invalid_rate": sum(not r["valid"] for r in rows) / n,
+                "mean_latency_s": sum(r["latency_s"] for r in rows) / n,
+                "tokens_per_request": sum(r["completion_tokens"] for r in rows) / n}
+
+    categories = sorted({r["category"] for r in records})
+    return {"overall": stats(records),
+            "per_category": {c: stats([r for r in records if r["category"] == c]) for c in categories}}
+
+
+def evaluate(store: Store, config: EvalConfig, progress: ProgressCallback | None = None) -> Evaluation:
+    """Evaluate ``config.model`` on ``config.domain`` and store the result."""
+    from supertiny.models.loading import open_model
+    from supertiny.models.registry import get_model_version
+    from supertiny.registry import lookup
+
+    domain: Domain = lookup("domain", config.domain)
+    version = get_model_version(store, config.model)
+    tasks = select_tasks(domain, config.split, config.per_category, config.limit, config.categories)
+    if not tasks:
+        raise InvalidInputError(f"domain {domain.name!r} has no tasks in split {config.split!r} for these filters")
+    model = open_model(store, config.model)
+    if progress:
+        progress(0, len(tasks))
+    started = time.perf_counter()
+    if domain.environment(tasks[0]) is None:
+        records = _single_shot(model, domain, tasks, config, progress)
+    else:
+        from supertiny.models.langchain_adapter import SupertinyChatModel
+
+        records = _agentic(SupertinyChatModel(model=model), domain, tasks, config, progress)
+    summary = summarize(records)
+    overall = summary["overall"]
+    with store.session() as session:
+        evaluation = Evaluation(
+            model_version_id=version.id, domain=domain.name, split=config.split, n_tasks=len(records),
+            accuracy=overall["accuracy"], per_category=summary["per_category"],
+            invalid_rate=overall["invalid_rate"], mean_latency_s=overall["mean_latency_s"],
+            tokens_per_request=overall["tokens_per_request"], size_bytes=version.size_bytes,
+            details={"config": {**dataclasses.asdict(config), "categories": list(config.categories)},
+                     "wall_s": time.perf_counter() - started, "records": records})
+        session.add(evaluation)
+    return evaluation
+

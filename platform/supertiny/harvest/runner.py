@@ -1,0 +1,196 @@
+"""The harvest runner: every (task, sample index) of a run is run once, verified and written as it
+finishes. A run is identified by the fingerprint of its parameters, so re-running the same command
+after a crash or ``kill -9`` picks up exactly the samples that are missing."""
+
+import concurrent.futures
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from supertiny.domain import Domain, Verdict
+from supertiny.errors import InvalidInputError
+from supertiny.harvest.tasks import domain_task, sync_tasks
+from supertiny.prototype.agent import run_agent
+from supertiny.store import HarvestRun, Sample, Store, Task
+
+
+@dataclasses.dataclass(frozen=True)
+class HarvestConfig:
+    domain: str
+    teacher: str
+    split: str = "train"
+    samples_per_task: int = 1
+    temperature: float = 0.0
+    limit: int | None = None
+    max_new_tokens: int = 512
+    # steer the teacher with the domain's system prompt and few-shot examples
+    use_prompt: bool = True
+    concurrency: int = 1
+
+    def validate(self) -> None:
+        if self.samples_per_task < 1:
+            raise InvalidInputError("--samples-per-task must be at least 1")
+        if self.samples_per_task > 1 and self.temperature <= 0:
+            raise InvalidInputError("several samples per task need --temperature above 0 (greedy repeats itself)")
+        if self.limit is not None and self.limit < 1:
+            raise InvalidInputError("--limit must be at least 1")
+        if self.concurrency < 1:
+            raise InvalidInputError("--concurrency must be at least 1")
+
+    def fingerprint(self) -> str:
+        """Identity of the run: every parameter that changes which samples it holds (not concurrency)."""
+        fields = dataclasses.asdict(self)
+        fields.pop("concurrency")
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class HarvestResult:
+    run_id: int
+    planned: int
+    done: int
+    passed: int
+    newly_done: int
+    elapsed_s: float
+
+
+ProgressCallback = Callable[[int, int, int], None]  # (done, passed, planned)
+
+
+def _sample_seed(task_id: int, sample_index: int) -> int:
+    return int(hashlib.sha256(f"{task_id}:{sample_index}".encode()).hexdigest()[:8], 16)
+
+
+def _get_or_create_run(store: Store, config: HarvestConfig, planned: int) -> HarvestRun:
+    fingerprint = config.fingerprint()
+    params = dataclasses.asdict(config)
+    try:
+        with store.session() as session:
+            run = HarvestRun(fingerprint=fingerprint, domain=config.domain, teacher=config.teacher,
+                             params=params, status="running", n_planned=planned, started_at=dt.datetime.now(dt.UTC))
+            session.add(run)
+        return run
+    except IntegrityError:
+        with store.session() as session:
+            run = session.scalars(sa.select(HarvestRun).where(HarvestRun.fingerprint == fingerprint)).one()
+            run.status, run.n_planned, run.error = "running", planned, None
+        return run
+
+
+def _done_pairs(store: Store, run_id: int) -> tuple[set[tuple[int, int]], int]:
+    with store.session() as session:
+        rows = session.execute(sa.select(Sample.task_id, Sample.sample_index, Sample.verdict)
+                               .where(Sample.run_id == run_id)).all()
+    return {(task_id, index) for task_id, index, _ in rows}, sum(verdict == "pass" for *_, verdict in rows)
+
+
+def _write_sample(store: Store, sample: Sample) -> bool:
+    """Insert one sample; False if another process already wrote the same (run, task, index)."""
+    try:
+        with store.session() as session:
+            session.add(sample)
+        return True
+    except IntegrityError:
+        return False
+
+
+def harvest_one(chat_model: Any, domain: Domain, task_row: Task, run_id: int, sample_index: int,
+                config: HarvestConfig) -> Sample:
+    """Run the agent on one task and verify it; any failure becomes a failed sample with its reason."""
+    task = domain_task(task_row)
+    generation = {"temperature": config.temperature, "max_tokens": config.max_new_tokens,
+                  "seed": _sample_seed(task_row.id, sample_index)}
+    started = time.perf_counter()
+    try:
+        run = run_agent(chat_model, domain, task, use_prompt=config.use_prompt, **generation)
+    except Exception as exc:
+        return Sample(run_id=run_id, task_id=task_row.id, sample_index=sample_index, model=config.teacher,
+                      trajectory=list(task.messages), tool_calls=[], verdict="fail",
+                      verdict_detail=f"teacher failed: {type(exc).__name__}: {exc}"[:2000],
+                      latency_s=time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}"[:2000])
+    if not run.finished:
+        verdict = Verdict.failed(f"still calling tools after {run.steps} steps")
+    else:
+        try:
+            verdict = domain.verify(task, run.calls, run.trajectory, run.environment)
+        except Exception as exc:
+            verdict = Verdict("unknown", f"verifier error: {type(exc).__name__}: {exc}")
+    return Sample(run_id=run_id, task_id=task_row.id, sample_index=sample_index, model=config.teacher,
+                  trajectory=run.trajectory, tool_calls=[call.model_dump() for call in run.calls],
+                  verdict=verdict.verdict, verdict_detail=verdict.reason[:2000],
+                  prompt_tokens=run.prompt_tokens, completion_tokens=run.completion_tokens,
+                  latency_s=run.latency_s)
+
+
+def run_harvest(store: Store, config: HarvestConfig, open_teacher: Callable[[], Any],
+                progress: ProgressCallback | None = None) -> HarvestResult:
+    """Harvest ``config`` into ``store``; ``open_teacher()`` returns the LangChain chat model."""
+    from supertiny.registry import lookup
+
+    config.validate()
+    domain: Domain = lookup("domain", config.domain)
+    task_ids = sync_tasks(store, domain, config.split, config.limit)
+    planned = len(task_ids) * config.samples_per_task
+    run = _get_or_create_run(store, config, planned)
+    done, passed = _done_pairs(store, run.id)
+    todo = [(task_id, index) for task_id in task_ids for index in range(config.samples_per_task)
+            if (task_id, index) not in done]
+    started = time.perf_counter()
+    counts = {"done": len(done), "passed": passed, "new": 0}
+    lock = threading.Lock()
+    if progress:
+        progress(counts["done"], counts["passed"], planned)
+    status, error = "completed", None
+    try:
+        if todo:
+            chat_model = open_teacher()
+            with store.session() as session:
+                rows = {row.id: row for row in session.scalars(sa.select(Task).where(Task.id.in_(task_ids)))}
+
+            def work(pair: tuple[int, int]) -> None:
+                task_id, index = pair
+                sample = harvest_one(chat_model, domain, rows[task_id], run.id, index, config)
+                written = _write_sample(store, sample)
+                with lock:
+                    if written:
+                        counts["done"] += 1
+                        counts["new"] += 1
+                        counts["passed"] += sample.verdict == "pass"
+                    if progress:
+                        progress(counts["done"], counts["passed"], planned)
+
+            with concurrent.futures.ThreadPoolExecutor(max_workers=config.concurrency) as pool:
+                futures = [pool.submit(work, pair) for pair in todo]
+                try:
+                    for future in concurrent.futures.as_completed(futures):
+                        future.result()
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except Exception as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        done_now, passed_now = _done_pairs(store, run.id)
+        with store.session() as session:
+            row = session.get(HarvestRun, run.id)
+            row.status, row.error = status, error
+            row.n_done, row.n_passed = len(done_now), passed_now
+            row.elapsed_s = (row.elapsed_s or 0.0) + elapsed
+            if status == "completed":
+                row.finished_at = dt.datetime.now(dt.UTC)
+    return HarvestResult(run_id=run.id, planned=planned, done=len(done_now), passed=passed_now,
+                         newly_done=counts["new"], elapsed_s=elapsed)

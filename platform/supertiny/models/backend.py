@@ -1,0 +1,177 @@
+"""The backend interface: chat messages + tools (OpenAI format) + options in, an assistant message
+with parsed tool calls, token counts, latency and per-token log-probabilities out.
+
+A backend (registered through ``register_backends``) opens a model from a location (an HF
+directory, a GGUF file, an endpoint URL) into a :class:`ChatModel`.
+"""
+
+import abc
+import dataclasses
+import json
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+from supertiny.errors import InvalidInputError
+from supertiny.models.parsing import ParseResult, parse_tool_calls
+from supertiny.schema import Message, ToolCall, ToolSpec
+
+MessageLike = Message | dict[str, Any]
+ToolLike = ToolSpec | dict[str, Any]
+
+
+@dataclasses.dataclass
+class GenerationOptions:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    logprobs: bool = True
+    stop: Sequence[str] = ()
+    timeout_s: float | None = None
+
+
+@dataclasses.dataclass
+class Generation:
+    """One answer of a model."""
+
+    text: str  # the raw completion text
+    message: Message  # role "assistant": content and/or tool_calls, parsed from text
+    parse: ParseResult
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    finish_reason: str = "stop"  # "stop" | "length" | "tool_calls"
+    token_ids: list[int] | None = None
+    # natural log-probability of each generated token under the model's (untempered) distribution
+    token_logprobs: list[float] | None = None
+
+    @property
+    def confidence(self) -> float | None:
+        """Geometric-mean token probability of the answer, or None without log-probabilities."""
+        if not self.token_logprobs:
+            return None
+        return math.exp(sum(self.token_logprobs) / len(self.token_logprobs))
+
+
+class ChatModel(abc.ABC):
+    """An opened model that answers chat messages with tools."""
+
+    name: str
+    backend: str
+
+    @abc.abstractmethod
+    def generate(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None,
+                 options: GenerationOptions | None = None) -> Generation:
+        """Answer one conversation."""
+
+    def generate_batch(self, conversations: Sequence[tuple[Sequence[MessageLike], Sequence[ToolLike] | None]],
+                       options: GenerationOptions | None = None) -> list[Generation]:
+        """Answer several conversations; backends that batch natively override this."""
+        return [self.generate(messages, tools, options) for messages, tools in conversations]
+
+    def stream(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None,
+               options: GenerationOptions | None = None) -> Iterator[str | Generation]:
+        """Yield text deltas as they are produced, then the final :class:`Generation`."""
+        generation = self.generate(messages, tools, options)
+        if generation.text:
+            yield generation.text
+        yield generation
+
+    def close(self) -> None:  # noqa: B027 - optional for backends that hold nothing
+        """Release memory or connections."""
+
+
+class Backend(Protocol):
+    name: str
+    description: str
+
+    def open(self, location: str, config: dict[str, Any]) -> ChatModel:
+        """Open the model at ``location`` (a directory, file or URL) with backend-specific config."""
+        ...
+
+
+def message_dicts(messages: Sequence[MessageLike]) -> list[dict[str, Any]]:
+    """Messages as OpenAI chat dicts; tool-call arguments given as objects become JSON strings."""
+    out = []
+    for message in messages:
+        if isinstance(message, Message):
+            out.append(message.openai())
+            continue
+        if not isinstance(message, dict) or "role" not in message:
+            raise InvalidInputError(f"a message must be a Message or a dict with a role, got {message!r:.80}")
+        message = dict(message)
+        if message.get("tool_calls"):
+            message["tool_calls"] = [_tool_call_dict(call) for call in message["tool_calls"]]
+        out.append(message)
+    return out
+
+
+def chat_template_messages(messages: Sequence[MessageLike]) -> list[dict[str, Any]]:
+    """Messages as chat templates want them: tool-call arguments as objects (Qwen's template writes
+    ``arguments | tojson``, so a JSON string would come out encoded twice) and content never None."""
+    conversation = message_dicts(messages)
+    for message in conversation:
+        if message.get("content") is None:
+            message["content"] = ""
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") or {}
+            try:
+                arguments = json.loads(function.get("arguments") or "{}")
+            except ValueError:
+                continue  # malformed arguments stay as the model wrote them
+            if isinstance(arguments, dict):
+                function["arguments"] = arguments
+    return conversation
+
+
+def _tool_call_dict(call: Any) -> dict[str, Any]:
+    if isinstance(call, ToolCall):
+        return call.model_dump()
+    call = dict(call)
+    function = dict(call.get("function") or {})
+    if not isinstance(function.get("arguments", ""), str):
+        function["arguments"] = json.dumps(function["arguments"], ensure_ascii=False)
+    call["function"] = function
+    return call
+
+
+def tool_dicts(tools: Sequence[ToolLike] | None) -> list[dict[str, Any]] | None:
+    """Tools as OpenAI tool dicts (``{"type": "function", "function": {...}}``); None when there are none.
+
+    Bare function dicts (``{"name", "description", "parameters"}``, as BFCL has them) are wrapped.
+    """
+    if not tools:
+        return None
+    out = []
+    for tool in tools:
+        if isinstance(tool, ToolSpec):
+            out.append(tool.openai())
+        elif isinstance(tool, dict) and isinstance(tool.get("function"), dict):
+            out.append(tool)
+        elif isinstance(tool, dict) and isinstance(tool.get("name"), str):
+            out.append({"type": "function", "function": tool})
+        else:
+            raise InvalidInputError(f"a tool must be a ToolSpec or an OpenAI tool dict, got {tool!r:.80}")
+    return out
+
+
+def parse_answer(text: str, tools: Sequence[ToolLike] | None) -> tuple[ParseResult, Message]:
+    """The assistant message for a model's raw answer.
+
+    Calls are looked for only when tools were offered. The message carries the calls as OpenAI tool
+    calls and the remaining text as content (None when the answer was only calls); an answer whose
+    calls cannot be read keeps the whole text as content, and the parse result says why.
+    """
+    parse = parse_tool_calls(text) if tools else ParseResult(calls=[], content=text, ok=True)
+    if parse.ok and parse.calls:
+        tool_calls = [ToolCall.from_parsed(call) for call in parse.calls]
+        return parse, Message(role="assistant", content=parse.content, tool_calls=tool_calls)
+    return parse, Message(role="assistant", content=text)
+
+
+def finish_reason(parse: ParseResult, hit_max_tokens: bool) -> str:
+    """``length`` when the token budget ran out (even if calls parsed), else ``tool_calls`` or ``stop``."""
+    if hit_max_tokens:
+        return "length"
+    return "tool_calls" if parse.ok and parse.calls else "stop"

@@ -1,0 +1,372 @@
+"""The ``transformers`` backend: any Hugging Face causal-LM directory (safetensors, or a GGUF inside it)
+run in-process with the model's own chat template.
+
+Config keys:
+
+- ``dtype``: ``"auto"`` (default), ``"bfloat16"``, ``"float32"`` or ``"float16"``. ``auto`` takes the dtype
+  the model's config.json declares when it is bf16 or fp32 (fp16 becomes fp32 on CPU, where fp16 matmuls
+  are slow); a GGUF, dequantized on load, becomes bf16; a config that declares nothing gives fp32.
+- ``threads``: torch CPU threads (process-wide: ``torch.set_num_threads``).
+- ``gguf_file``: the GGUF file inside the directory, by name or absolute path (a location naming a
+  .gguf file works too).
+- ``device``: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+- ``name``: the name the model reports (default: the directory name).
+- ``max_batch_size``: rows per forward pass in ``generate_batch`` (default 8).
+
+Sampling follows :class:`GenerationOptions` only: the model's own generation_config contributes its
+eos/pad ids, never its sampling defaults (Qwen ships top_k=20 and repetition_penalty=1.05), so greedy
+answers are the plain argmax and log-probabilities are those of the untempered distribution.
+"""
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError
+from supertiny.models.backend import (
+    ChatModel,
+    Generation,
+    GenerationOptions,
+    MessageLike,
+    ToolLike,
+    chat_template_messages,
+    finish_reason,
+    parse_answer,
+    tool_dicts,
+)
+
+CONFIG_KEYS = ("dtype", "threads", "gguf_file", "device", "name", "max_batch_size",
+               "model_type")  # model_type: informational, written by the model registry
+DTYPES = ("auto", "bfloat16", "float32", "float16")
+# chat-turn terminators of common templates; used as stop ids when the vocabulary has them
+TURN_END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>")
+DECODE_KWARGS = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+
+
+class TransformersBackend:
+    name = "transformers"
+    description = "a local Hugging Face causal LM directory (safetensors or GGUF) run with transformers"
+
+    def open(self, location: str, config: dict[str, Any]) -> "TransformersChatModel":
+        return TransformersChatModel.load(location, config)
+
+
+class TransformersChatModel(ChatModel):
+    """A causal LM and its tokenizer; ``.model`` and ``.tokenizer`` are public for trainers and
+    token-level hybrid decoding."""
+
+    backend = "transformers"
+
+    def __init__(self, model: Any, tokenizer: Any, name: str, max_batch_size: int = 8):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.stop_token_ids = _stop_token_ids(model, tokenizer)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.convert_ids_to_tokens(min(self.stop_token_ids))
+
+    @classmethod
+    def load(cls, location: str | Path, config: dict[str, Any] | None = None) -> "TransformersChatModel":
+        config = dict(config or {})
+        unknown = sorted(set(config) - set(CONFIG_KEYS))
+        if unknown:
+            raise InvalidInputError(f"unknown transformers backend option(s) {', '.join(unknown)}",
+                                    hint=f"known: {', '.join(CONFIG_KEYS)}")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(location).expanduser()
+        gguf_file = config.get("gguf_file")
+        if gguf_file and Path(gguf_file).is_absolute():
+            path, gguf_file = Path(gguf_file).parent, Path(gguf_file).name
+        elif path.is_file() and path.suffix.lower() == ".gguf":
+            path, gguf_file = path.parent, path.name
+        if not path.is_dir():
+            raise ModelError(f"no model directory at {path}")
+        if gguf_file and not (path / gguf_file).is_file():
+            raise ModelError(f"no GGUF file {gguf_file!r} in {path}")
+        if not gguf_file and not (path / "config.json").is_file():
+            raise ModelError(f"{path} is not a Hugging Face model directory (no config.json)",
+                             hint="for a GGUF, give its file name as gguf_file")
+        if config.get("threads"):
+            torch.set_num_threads(int(config["threads"]))
+        dtype = _resolve_dtype(str(config.get("dtype", "auto")), path, gguf_file)
+        device = str(config.get("device", "auto"))
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        extra = {"gguf_file": gguf_file} if gguf_file else {}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, **extra)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"cannot load a causal LM from {path}: {_first_line(exc)}") from exc
+        model.to(device).eval()
+        if not getattr(tokenizer, "chat_template", None):
+            raise ModelError(f"the tokenizer in {path} has no chat template",
+                             hint="supertiny needs an instruct model whose template renders tools")
+        name = str(config.get("name") or (Path(gguf_file).stem if gguf_file else path.name))
+        return cls(model, tokenizer, name, max_batch_size=int(config.get("max_batch_size", 8)))
+
+    # --- prompts --------------------------------------------------------------------------------
+
+    def render_prompt(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None) -> str:
+        """The prompt text the model sees: its chat template over the messages and tools."""
+        conversation = chat_template_messages(messages)
+        try:
+            return self.tokenizer.apply_chat_template(conversation, tools=tool_dicts(tools),
+                                                      add_generation_prompt=True, tokenize=False)
+        except Exception as exc:  # jinja2 errors carry the template's own message
+            raise InvalidInputError(f"the chat template of {self.name} cannot render these messages: "
+                                    f"{_first_line(exc)}") from exc
+
+    # --- generation -----------------------------------------------------------------------------
+
+    def generate(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None,
+                 options: GenerationOptions | None = None) -> Generation:
+        prompt = self.render_prompt(messages, tools)
+        return self._generate([prompt], [tools], options or GenerationOptions())[0]
+
+    def generate_batch(self, conversations: Sequence[tuple[Sequence[MessageLike], Sequence[ToolLike] | None]],
+                       options: GenerationOptions | None = None) -> list[Generation]:
+        """Answer several conversations, ``max_batch_size`` at a time, left-padded into one forward pass."""
+        options = options or GenerationOptions()
+        prompts = [self.render_prompt(messages, tools) for messages, tools in conversations]
+        tools_per_row = [tools for _, tools in conversations]
+        generations: list[Generation] = []
+        for start in range(0, len(prompts), self.max_batch_size):
+            end = start + self.max_batch_size
+            generations.extend(self._generate(prompts[start:end], tools_per_row[start:end], options))
+        return generations
+
+    def stream(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None,
+               options: GenerationOptions | None = None) -> Iterator[str | Generation]:
+        """Yield text deltas while the model writes (from a generation thread), then the Generation."""
+        options = options or GenerationOptions()
+        prompt = self.render_prompt(messages, tools)
+        streamer = _make_streamer(self.tokenizer, self.stop_token_ids)
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["generation"] = self._generate([prompt], [tools], options, streamer=streamer)[0]
+            except BaseException as exc:  # re-raised in the caller's thread below
+                outcome["error"] = exc
+                streamer.end()  # unblocks the iterator if generate() failed before ending the stream
+
+        thread = threading.Thread(target=run, name=f"supertiny-stream-{self.name}", daemon=True)
+        thread.start()
+        yield from _cut_at_stops(streamer, [stop for stop in options.stop if stop])
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        yield outcome["generation"]
+
+    def _generate(self, prompts: list[str], tools_per_row: Sequence[Sequence[ToolLike] | None],
+                  options: GenerationOptions, streamer: Any = None) -> list[Generation]:
+        import torch
+        from transformers import GenerationConfig, StoppingCriteriaList
+
+        started = time.perf_counter()
+        if options.max_new_tokens < 1:
+            raise InvalidInputError("max_new_tokens must be at least 1")
+        # left padding: batched generation appends right after each prompt
+        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
+                                add_special_tokens=False)
+        inputs = inputs.to(self.model.device)
+        sampled = options.temperature > 0
+        stops = [stop for stop in options.stop if stop]
+        # top_k=0 and repetition_penalty=1.0 override what the model's generation_config would add
+        sampling = {"temperature": options.temperature, "top_p": options.top_p, "top_k": 0} if sampled else {}
+        generation_config = GenerationConfig(
+            max_new_tokens=options.max_new_tokens,
+            do_sample=sampled,
+            **sampling,
+            repetition_penalty=1.0,
+            eos_token_id=sorted(self.stop_token_ids),
+            pad_token_id=self.tokenizer.pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=options.logprobs,
+            stop_strings=stops or None,
+        )
+        deadline = _deadline_criterion(options.timeout_s)
+        with torch.inference_mode(), _seeded(options.seed, self.model.device):
+            output = self.model.generate(
+                **inputs,
+                generation_config=generation_config,
+                stopping_criteria=StoppingCriteriaList([deadline]),
+                streamer=streamer,
+                tokenizer=self.tokenizer if stops else None,
+            )
+        if deadline.expired:
+            raise BackendTimeoutError(f"{self.name} did not answer within {options.timeout_s:g}s")
+        latency = time.perf_counter() - started
+
+        prompt_width = inputs["input_ids"].shape[1]
+        completions = output.sequences[:, prompt_width:]
+        logprobs = None
+        if options.logprobs and output.logits:
+            # one (batch, vocab) tensor per step, the model's raw logits before any sampling warper
+            logprobs = torch.stack([
+                torch.log_softmax(step.float(), dim=-1).gather(1, completions[:, index:index + 1]).squeeze(1)
+                for index, step in enumerate(output.logits)
+            ], dim=1)
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        generations = []
+        for row, tools in enumerate(tools_per_row):
+            ids = completions[row].tolist()
+            length = next((index + 1 for index, token in enumerate(ids) if token in self.stop_token_ids),
+                          None)
+            hit_max_tokens = length is None and len(ids) >= options.max_new_tokens
+            length = length or len(ids)
+            ids = ids[:length]
+            text_ids = ids[:-1] if ids and ids[-1] in self.stop_token_ids else ids
+            text = _truncate_at_stops(self.tokenizer.decode(text_ids, **DECODE_KWARGS), stops)
+            parse, message = parse_answer(text, tools)
+            generations.append(Generation(
+                text=text,
+                message=message,
+                parse=parse,
+                prompt_tokens=int(prompt_tokens[row]),
+                completion_tokens=len(ids),
+                latency_s=latency,
+                finish_reason=finish_reason(parse, hit_max_tokens),
+                token_ids=ids,
+                token_logprobs=logprobs[row, :length].tolist() if logprobs is not None else None,
+            ))
+        return generations
+
+
+def _stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """End-of-turn ids: generation_config's eos ids, the tokenizer's eos, and known turn terminators."""
+    ids: set[int] = set()
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    vocabulary = tokenizer.get_vocab()
+    ids.update(vocabulary[token] for token in TURN_END_TOKENS if token in vocabulary)
+    if not ids:
+        raise ModelError("the model declares no end-of-sequence token; generation would never stop")
+    return ids
+
+
+def _resolve_dtype(name: str, path: Path, gguf_file: str | None) -> Any:
+    import json
+
+    import torch
+
+    if name not in DTYPES:
+        raise InvalidInputError(f"unknown dtype {name!r}", hint=f"one of {', '.join(DTYPES)}")
+    if name != "auto":
+        return getattr(torch, name)
+    if gguf_file:
+        return torch.bfloat16
+    declared = None
+    with contextlib.suppress(OSError, ValueError):
+        config = json.loads((path / "config.json").read_text())
+        declared = config.get("dtype") or config.get("torch_dtype")
+    if declared == "bfloat16":
+        return torch.bfloat16
+    if declared == "float16" and torch.cuda.is_available():
+        return torch.float16
+    return torch.float32
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: Any) -> Iterator[None]:
+    """Seed sampling without disturbing the caller's global random state."""
+    if seed is None:
+        yield
+        return
+    import torch
+
+    with torch.random.fork_rng(devices=[device] if getattr(device, "type", "cpu") == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def _deadline_criterion(timeout_s: float | None) -> Any:
+    import torch
+    from transformers import StoppingCriteria
+
+    class Deadline(StoppingCriteria):
+        """Stops every row once the wall-clock budget is spent; ``expired`` tells the caller why."""
+
+        def __init__(self) -> None:
+            self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            self.expired = False
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                self.expired = True
+            return torch.full((input_ids.shape[0],), self.expired, dtype=torch.bool, device=input_ids.device)
+
+    return Deadline()
+
+
+def _make_streamer(tokenizer: Any, stop_token_ids: set[int]) -> Any:
+    from transformers import TextIteratorStreamer
+
+    class Streamer(TextIteratorStreamer):
+        """Streams the completion without its end-of-turn token (and the padding after it), so the
+        deltas join to exactly :attr:`Generation.text`."""
+
+        def __init__(self) -> None:
+            super().__init__(tokenizer, skip_prompt=True, **DECODE_KWARGS)
+            self.stopped = False
+
+        def put(self, value: Any) -> None:
+            if self.next_tokens_are_prompt:
+                super().put(value)
+                return
+            keep = []
+            for token in value.reshape(-1).tolist():
+                self.stopped = self.stopped or token in stop_token_ids
+                if not self.stopped:
+                    keep.append(token)
+            if keep:
+                super().put(value.new_tensor(keep))
+
+    return Streamer()
+
+
+def _cut_at_stops(deltas: Iterable[str], stops: list[str]) -> Iterator[str]:
+    """Pass text deltas through, ending just before the first stop string (which may span deltas)."""
+    if not stops:
+        yield from (delta for delta in deltas if delta)
+        return
+    hold = max(len(stop) for stop in stops) - 1
+    pending, done = "", False
+    for delta in deltas:  # keep draining after a stop so the generation thread never blocks
+        if done:
+            continue
+        pending += delta
+        cut = _first_stop(pending, stops)
+        if cut is not None:
+            if pending[:cut]:
+                yield pending[:cut]
+            done = True
+        elif len(pending) > hold:
+            yield pending[: len(pending) - hold]
+            pending = pending[len(pending) - hold:]
+    if not done and pending:
+        yield pending
+
+
+def _first_stop(text: str, stops: list[str]) -> int | None:
+    positions = [text.find(stop) for stop in stops if stop in text]
+    return min(positions) if positions else None
+
+
+def _truncate_at_stops(text: str, stops: list[str]) -> str:
+    cut = _first_stop(text, stops)
+    return text if cut is None else text[:cut]
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

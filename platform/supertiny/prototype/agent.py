@@ -1,0 +1,102 @@
+"""The prototype agent: a LangChain tool-calling loop over any chat model.
+
+The teacher is bound to the task's tools; each tool call it makes is executed in the domain's tool
+environment and the result fed back, until it answers without a call or runs out of steps. Domains
+whose tools do not execute (ground-truth domains like BFCL) stop after the first answer.
+
+The trajectory kept for training is the task's own conversation plus the turns the teacher wrote:
+the domain's system prompt and few-shot examples steer the teacher but are not part of the data,
+so the student learns to behave that way without them.
+"""
+
+import dataclasses
+import json
+import time
+from typing import Any
+
+from supertiny.domain import Domain, DomainTask, ToolEnvironment
+from supertiny.schema import ParsedCall
+
+
+@dataclasses.dataclass
+class AgentRun:
+    trajectory: list[dict[str, Any]]  # task messages + generated turns, OpenAI format
+    calls: list[ParsedCall]  # every tool call made, in order
+    steps: int
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    environment: ToolEnvironment | None
+    finished: bool  # False when max_steps ran out while the model was still calling tools
+
+
+def task_tools(domain: Domain, task: DomainTask) -> list[dict[str, Any]]:
+    """The tools offered for a task: its own, else the domain's."""
+    return task.tools or [tool.openai() for tool in domain.tools()]
+
+
+def prompt_messages(domain: Domain, task: DomainTask) -> list[dict[str, Any]]:
+    """What the teacher sees before the task: the domain's system prompt and few-shot turns."""
+    messages: list[dict[str, Any]] = []
+    task_has_system = bool(task.messages) and task.messages[0].get("role") == "system"
+    if domain.system_prompt and not task_has_system:
+        messages.append({"role": "system", "content": domain.system_prompt})
+    messages.extend(dict(message) for message in domain.few_shot)
+    return messages
+
+
+def _tool_result_text(result: Any) -> str:
+    return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False, default=str)
+
+
+def run_agent(chat_model: Any, domain: Domain, task: DomainTask, *, use_prompt: bool = True,
+              **generation_kwargs: Any) -> AgentRun:
+    """Run ``chat_model`` (any LangChain chat model with ``bind_tools``) on one task."""
+    from langchain_core.messages import (
+        AIMessage,
+        ToolMessage,
+        convert_to_messages,
+        convert_to_openai_messages,
+    )
+
+    tools = task_tools(domain, task)
+    model = chat_model.bind_tools(tools) if tools else chat_model
+    if generation_kwargs:
+        model = model.bind(**generation_kwargs)
+    environment = domain.environment(task)
+    prefix = prompt_messages(domain, task) if use_prompt else []
+    conversation = convert_to_messages(prefix + list(task.messages))
+    generated: list[Any] = []
+    calls: list[ParsedCall] = []
+    prompt_tokens = completion_tokens = steps = 0
+    started = time.perf_counter()
+    finished = False
+    while steps < max(1, domain.max_steps):
+        steps += 1
+        answer: AIMessage = model.invoke(conversation + generated)
+        usage = answer.usage_metadata or {}
+        prompt_tokens += int(usage.get("input_tokens", 0))
+        completion_tokens += int(usage.get("output_tokens", 0))
+        generated.append(answer)
+        step_calls = [ParsedCall(name=call["name"], arguments=call.get("args") or {}) for call in answer.tool_calls]
+        calls.extend(step_calls)
+        if not step_calls or environment is None:
+            finished = True
+            break
+        for call, raw in zip(step_calls, answer.tool_calls, strict=True):
+            try:
+                content = _tool_result_text(environment.execute(call))
+            except Exception as exc:  # the model sees the error, as a real tool API would show it
+                content = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+            generated.append(ToolMessage(content=content, tool_call_id=raw.get("id") or call.name))
+    trajectory = list(task.messages) + convert_to_openai_messages(generated)
+    return AgentRun(
+        trajectory=trajectory,
+        calls=calls,
+        steps=steps,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        latency_s=time.perf_counter() - started,
+        environment=environment,
+        finished=finished,
+    )

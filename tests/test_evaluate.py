@@ -1,0 +1,74 @@
+"""Evaluation: per-category accuracy stored, compared, and the CLI on the tiny model."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from helpers import toy_domain
+from supertiny.cli import cli
+from supertiny.domain import DomainTask
+from supertiny.errors import NotFoundError
+from supertiny.evaluate import queries
+from supertiny.evaluate.runner import EvalConfig, evaluate, summarize
+from supertiny.evaluate.selection import select_tasks
+from supertiny.models.registry import register_external
+
+
+@pytest.fixture
+def toy(register_plugin):
+    register_plugin(toy_domain, name="toy-domains")
+    return toy_domain.ToyWeather()
+
+
+def test_summarize_counts_accuracy_and_invalid_calls_per_category():
+    def record(category, correct, valid):
+        return {"category": category, "correct": correct, "valid": valid, "latency_s": 1.0, "completion_tokens": 10}
+
+    summary = summarize([record("a", True, True), record("a", False, False), record("b", True, True)])
+    assert summary["overall"]["accuracy"] == pytest.approx(2 / 3)
+    assert summary["per_category"]["a"] == {"n": 2, "accuracy": 0.5, "invalid_rate": 0.5, "mean_latency_s": 1.0,
+                                            "tokens_per_request": 10.0}
+
+
+def test_task_selection_is_stable_and_keeps_every_category(toy):
+    chosen = select_tasks(toy, "train", limit=4)
+    assert [task.category for task in chosen] == ["celsius", "fahrenheit", "celsius", "fahrenheit"]
+    assert chosen == select_tasks(toy, "train", limit=4)
+    per_category = select_tasks(toy, "train", per_category=1)
+    assert len(per_category) == 2 and all(isinstance(task, DomainTask) for task in per_category)
+
+
+def test_evaluate_the_tiny_model_and_compare(store, toy, tiny_model_dir, tiny_teacher_dir):
+    register_external(store, tiny_model_dir, name="tiny")
+    register_external(store, tiny_teacher_dir, name="tiny-teacher")
+    for model in ("tiny", "tiny-teacher"):
+        evaluation = evaluate(store, EvalConfig(model=model, domain="toy-weather", split="test", per_category=2,
+                                                max_new_tokens=6, batch_size=2))
+        assert evaluation.n_tasks == 4
+        records = evaluation.details["records"]
+        assert {record["category"] for record in records} == {"celsius", "fahrenheit"}
+        assert all(0 < record["confidence"] <= 1 for record in records)
+        assert all(record["completion_tokens"] > 0 for record in records)
+    compared = queries.compare(store, ["tiny", "tiny-teacher"], "toy-weather", "test")
+    assert [row["category"] for row in compared["rows"]] == ["celsius", "fahrenheit", "overall"]
+    assert queries.latest_evaluation(store, "tiny", with_records=True)["records"]
+    with pytest.raises(NotFoundError, match="no evaluation of 'tiny' on other"):
+        queries.latest_evaluation(store, "tiny", "other")
+
+
+def test_eval_cli(toy, tiny_model_dir, tmp_path):
+    url = f"sqlite:///{tmp_path / 'eval.db'}"
+
+    def run(*args):
+        return CliRunner().invoke(cli, ["--db", url, *args])
+
+    assert run("models", "register", str(tiny_model_dir), "--name", "tiny").exit_code == 0
+    result = run("eval", "run", "--model", "tiny", "--domain", "toy-weather", "--limit", "2", "--max-new-tokens", "4")
+    assert result.exit_code == 0, result.output
+    assert "overall" in result.output and "celsius" in result.output
+    listed = json.loads(run("eval", "list", "--json").output)
+    assert listed[0]["model"] == "tiny" and listed[0]["n_tasks"] == 2
+    compared = run("eval", "compare", "tiny", "--domain", "toy-weather")
+    assert compared.exit_code == 0 and "overall" in compared.output
+    unknown = run("eval", "run", "--model", "nope", "--domain", "toy-weather")
+    assert unknown.exit_code == 1 and "nope" in unknown.output

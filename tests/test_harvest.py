@@ -1,0 +1,188 @@
+"""Stage 1 harvesting: verified samples in the store, resume without loss or duplicates, dedup,
+failures recorded as failed samples, multi-step trajectories."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import sqlalchemy as sa
+from conftest import REPO_ROOT
+from helpers import toy_domain
+from helpers.scripted_chat import ScriptedChatModel, call, weather_oracle
+from langchain_core.messages import AIMessage, ToolMessage
+from supertiny.errors import InvalidInputError, NotFoundError
+from supertiny.harvest.queries import run_status
+from supertiny.harvest.runner import HarvestConfig, run_harvest
+from supertiny.store import HarvestRun, Sample, Task
+
+
+@pytest.fixture
+def toy(register_plugin):
+    register_plugin(toy_domain, name="toy-domains")
+    return toy_domain.ToyWeather()
+
+
+def _distinct_train_tasks(domain) -> int:
+    return len({task.content_hash() for task in domain.tasks("train")})
+
+
+def _samples(store, run_id):
+    with store.session() as session:
+        return session.scalars(sa.select(Sample).where(Sample.run_id == run_id)).all()
+
+
+def test_harvest_writes_verified_samples_and_dedups_tasks(store, toy):
+    teacher = ScriptedChatModel(respond=weather_oracle)
+    result = run_harvest(store, HarvestConfig(domain="toy-weather", teacher="oracle"), lambda: teacher)
+    distinct = _distinct_train_tasks(toy)
+    assert distinct < sum(1 for _ in toy.tasks("train"))  # the domain repeats tasks on purpose
+    assert result.done == result.planned == result.passed == distinct
+    samples = _samples(store, result.run_id)
+    assert len(samples) == distinct
+    assert all(sample.verdict == "pass" and sample.completion_tokens == 5 for sample in samples)
+    assert samples[0].trajectory[0]["role"] == "user"  # the system prompt steers, it is not data
+    assert samples[0].trajectory[-1]["tool_calls"][0]["function"]["name"] == "get_weather"
+    with store.session() as session:
+        assert session.scalar(sa.select(sa.func.count(Task.id))) == distinct
+
+
+def test_interrupted_run_resumes_with_no_lost_and_no_duplicated_samples(store, toy):
+    answered = []
+
+    def flaky(messages, kwargs):
+        if len(answered) == 5:
+            raise KeyboardInterrupt
+        answered.append(1)
+        return weather_oracle(messages, kwargs)
+
+    config = HarvestConfig(domain="toy-weather", teacher="oracle", limit=8)
+    with pytest.raises(KeyboardInterrupt):
+        run_harvest(store, config, lambda: ScriptedChatModel(respond=flaky))
+    with store.session() as session:
+        run = session.scalars(sa.select(HarvestRun)).one()
+        assert run.status == "interrupted" and run.n_done == 5
+    result = run_harvest(store, config, lambda: ScriptedChatModel(respond=weather_oracle))
+    assert result.run_id == run.id and result.newly_done == 3
+    samples = _samples(store, run.id)
+    assert len(samples) == 8 == len({(s.task_id, s.sample_index) for s in samples})
+    again = run_harvest(store, config, lambda: pytest.fail("nothing left to do: the teacher is not opened"))
+    assert again.newly_done == 0 and again.done == 8
+
+
+def test_kill_9_mid_run_then_rerun_ends_with_exactly_the_planned_samples(sqlite_store, tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(REPO_ROOT / 'tests')!r}, {str(REPO_ROOT / 'platform')!r}]
+        from helpers import toy_domain
+        from helpers.scripted_chat import ScriptedChatModel, weather_oracle
+        from supertiny.plugins import pm, load_plugins
+        from supertiny.harvest.runner import HarvestConfig, run_harvest
+        from supertiny.store import Store
+        load_plugins(); pm.register(toy_domain)
+        teacher = ScriptedChatModel(respond=weather_oracle, delay_s=float(sys.argv[1]))
+        config = HarvestConfig(domain="toy-weather", teacher="oracle", limit=10, concurrency=2)
+        run_harvest(Store({sqlite_store.url!r}), config, lambda: teacher)
+    """)
+    (tmp_path / "harvest.py").write_text(script)
+    process = subprocess.Popen([sys.executable, str(tmp_path / "harvest.py"), "0.3"])
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        with sqlite_store.session() as session:
+            if session.scalar(sa.select(sa.func.count(Sample.id))) >= 3:
+                break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    with sqlite_store.session() as session:
+        written = session.scalar(sa.select(sa.func.count(Sample.id)))
+        assert 3 <= written < 10
+    subprocess.run([sys.executable, str(tmp_path / "harvest.py"), "0"], check=True)
+    with sqlite_store.session() as session:
+        pairs = session.execute(sa.select(Sample.task_id, Sample.sample_index)).all()
+        run = session.scalars(sa.select(HarvestRun)).one()
+    assert len(pairs) == 10 == len(set(pairs))
+    assert run.status == "completed" and run.n_done == 10
+
+
+def test_teacher_errors_and_garbage_become_failed_samples_and_the_run_goes_on(store, toy):
+    def unreliable(messages, kwargs):
+        question = messages[-1].content
+        if "Paris" in question:
+            raise TimeoutError("teacher timed out after 30s")
+        if "Oslo" in question:
+            return AIMessage(content="{{{ not json at all")
+        return weather_oracle(messages, kwargs)
+
+    result = run_harvest(store, HarvestConfig(domain="toy-weather", teacher="flaky"),
+                         lambda: ScriptedChatModel(respond=unreliable))
+    samples = _samples(store, result.run_id)
+    assert len(samples) == result.planned
+    timed_out = [s for s in samples if s.error and "timed out" in s.error]
+    assert timed_out and all(s.verdict == "fail" and "TimeoutError" in s.verdict_detail for s in timed_out)
+    garbage = [s for s in samples if s.trajectory[-1].get("content") == "{{{ not json at all"]
+    assert garbage and all(s.verdict == "fail" for s in garbage)
+    assert result.passed == len(samples) - len(timed_out) - len(garbage)
+
+
+def test_multi_step_trajectory_executes_tools_and_feeds_results_back(store, register_plugin):
+    register_plugin(toy_domain, name="toy-domains")
+
+    def two_steps(messages, kwargs):
+        last = messages[-1]
+        city = messages[0].content.split(" in ")[-1].rstrip(".") if messages[0].type == "human" else None
+        if isinstance(last, ToolMessage) and '"temperature"' in last.content:
+            return call("set_alert", city=last.content.split('"city": "')[1].split('"')[0], above=36.0)
+        if isinstance(last, ToolMessage):
+            return AIMessage(content="Done: alert set.")
+        return call("get_weather", city=city or last.content.split(" in ")[-1].rstrip("."))
+
+    result = run_harvest(store, HarvestConfig(domain="toy-alerts", teacher="agent"),
+                         lambda: ScriptedChatModel(respond=two_steps))
+    assert result.passed == result.done > 0
+    trajectory = _samples(store, result.run_id)[0].trajectory
+    assert [m["role"] for m in trajectory] == ["user", "assistant", "tool", "assistant", "tool", "assistant"]
+    assert trajectory[-1]["content"] == "Done: alert set."
+
+
+def test_status_reports_pass_rate_per_category(store, toy):
+    teacher = ScriptedChatModel(respond=lambda m, k: call("get_weather", city="Nowhere")
+                                if "fahrenheit" in m[-1].content else weather_oracle(m, k))
+    result = run_harvest(store, HarvestConfig(domain="toy-weather", teacher="half"), lambda: teacher)
+    by_category = {row["category"]: row for row in run_status(store, result.run_id)["categories"]}
+    assert by_category["celsius"]["pass_rate"] == 1.0
+    assert by_category["fahrenheit"]["pass_rate"] == 0.0
+
+
+def test_unknown_domain_and_bad_parameters_are_clear_errors(store, toy):
+    with pytest.raises(NotFoundError, match="unknown domain 'toy-wether'"):
+        run_harvest(store, HarvestConfig(domain="toy-wether", teacher="x"), lambda: None)
+    with pytest.raises(InvalidInputError, match="temperature"):
+        run_harvest(store, HarvestConfig(domain="toy-weather", teacher="x", samples_per_task=4), lambda: None)
+
+
+def test_domain_with_an_invalid_tool_schema_is_refused_before_any_work(store, register_plugin):
+    import supertiny
+
+    class Broken(toy_domain.ToyWeather):
+        name = "broken-schema"
+
+        def tasks(self, split):
+            for task in super().tasks(split):
+                task.tools = [{"type": "function", "function": {
+                    "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"enum": 5}}}}}]
+                yield task
+
+    class Plugin:
+        @supertiny.hookimpl
+        def register_domains(self, register):
+            register(Broken())
+
+    register_plugin(Plugin())
+    with pytest.raises(InvalidInputError, match="tool 'get_weather' has an invalid schema"):
+        run_harvest(store, HarvestConfig(domain="broken-schema", teacher="x"), lambda: None)
+    with store.session() as session:
+        assert session.scalar(sa.select(sa.func.count(HarvestRun.id))) == 0

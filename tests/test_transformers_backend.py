@@ -1,0 +1,207 @@
+"""The transformers backend on the tiny in-process Qwen2 model."""
+
+import json
+import math
+
+import pytest
+from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError
+from supertiny.models.backend import Generation, GenerationOptions
+from supertiny.registry import get_backends
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+GREEDY = GenerationOptions(max_new_tokens=16)
+
+
+def force_answer(monkeypatch, chat, text: str) -> list[int]:
+    """Make ``chat.model.generate`` write ``text`` then end the turn, through the real generation loop
+    (a logits processor masks every other token; the log-probabilities stay the model's own)."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    target = [*chat.tokenizer(text, add_special_tokens=False)["input_ids"],
+              chat.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    original = chat.model.generate
+
+    class ForceTokens(LogitsProcessor):
+        def __init__(self, prompt_width: int):
+            self.prompt_width = prompt_width
+
+        def __call__(self, input_ids, scores):
+            step = min(input_ids.shape[1] - self.prompt_width, len(target) - 1)
+            forced = torch.full_like(scores, -math.inf)
+            forced[:, target[step]] = 0.0
+            return forced
+
+    def generate(*args, **kwargs):
+        kwargs["logits_processor"] = LogitsProcessorList([ForceTokens(kwargs["input_ids"].shape[1])])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(chat.model, "generate", generate)
+    return target
+
+
+@pytest.fixture(scope="module")
+def chat(tiny_model_dir):
+    return get_backends()["transformers"].open(str(tiny_model_dir), {"threads": 1})
+
+
+def test_builtin_plugin_registers_the_three_backends():
+    assert {"transformers", "openai", "vllm"} <= set(get_backends())
+
+
+def test_generate_with_tools_renders_them_into_the_prompt(chat):
+    prompt = chat.render_prompt(QUESTION, [WEATHER_TOOL])
+    assert '"name": "get_weather"' in prompt and prompt.endswith("<|im_start|>assistant\n")
+
+    generation = chat.generate(QUESTION, [WEATHER_TOOL], GREEDY)
+    assert generation.prompt_tokens == len(chat.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert 1 <= generation.completion_tokens <= 16
+    assert generation.message.role == "assistant" and generation.latency_s > 0
+    assert generation.finish_reason in ("stop", "length", "tool_calls")
+    assert chat.model is not None and chat.tokenizer is not None and chat.name == "tiny-student"
+
+
+def test_greedy_generation_is_deterministic(chat):
+    first = chat.generate(QUESTION, [WEATHER_TOOL], GREEDY)
+    second = chat.generate(QUESTION, [WEATHER_TOOL], GREEDY)
+    assert first.token_ids == second.token_ids and first.text == second.text
+
+
+def test_sampling_with_a_seed_is_reproducible(chat):
+    options = GenerationOptions(max_new_tokens=16, temperature=1.0, top_p=0.95, seed=11)
+    first = chat.generate(QUESTION, None, options)
+    second = chat.generate(QUESTION, None, options)
+    other_seed = chat.generate(QUESTION, None, GenerationOptions(max_new_tokens=16, temperature=1.0, seed=12))
+    assert first.token_ids == second.token_ids
+    assert other_seed.token_ids != first.token_ids
+
+
+def test_batch_equals_single_greedy_results(chat):
+    conversations = [
+        (QUESTION, [WEATHER_TOOL]),
+        ([{"role": "user", "content": "hi"}], None),
+        ([{"role": "system", "content": "Answer in French."}, *QUESTION], [WEATHER_TOOL]),
+    ]
+    batch = chat.generate_batch(conversations, GREEDY)
+    single = [chat.generate(messages, tools, GREEDY) for messages, tools in conversations]
+    assert [g.token_ids for g in batch] == [g.token_ids for g in single]
+    assert [g.text for g in batch] == [g.text for g in single]
+    assert [g.prompt_tokens for g in batch] == [g.prompt_tokens for g in single]
+    for b, s in zip(batch, single, strict=True):
+        assert b.token_logprobs == pytest.approx(s.token_logprobs, abs=1e-4)
+
+
+def test_token_logprobs_are_the_models_own_log_probabilities(chat):
+    import torch
+
+    options = GenerationOptions(max_new_tokens=12, temperature=1.5, seed=3)  # tempered sampling
+    generation = chat.generate(QUESTION, [WEATHER_TOOL], options)
+    assert len(generation.token_logprobs) == generation.completion_tokens == len(generation.token_ids)
+    assert all(value <= 0 for value in generation.token_logprobs)
+
+    prompt_ids = chat.tokenizer(chat.render_prompt(QUESTION, [WEATHER_TOOL]), add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + generation.token_ids])
+    with torch.inference_mode():
+        logits = chat.model(ids).logits[0].float()
+    log_probs = torch.log_softmax(logits, dim=-1)
+    assert torch.allclose(log_probs.exp().sum(dim=-1), torch.ones(len(ids[0])), atol=1e-5)
+    positions = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(generation.token_ids))
+    manual = [log_probs[position, token].item() for position, token in zip(positions, generation.token_ids,
+                                                                              strict=True)]
+    assert generation.token_logprobs == pytest.approx(manual, abs=1e-4)
+    assert 0 < generation.confidence <= 1
+
+
+def test_max_tokens_gives_finish_reason_length(chat, monkeypatch):
+    force_answer(monkeypatch, chat, "a long answer that goes on and on and on")
+    generation = chat.generate(QUESTION, None, GenerationOptions(max_new_tokens=3))
+    assert generation.finish_reason == "length" and generation.completion_tokens == 3
+
+
+def test_streaming_deltas_join_to_the_final_text(chat):
+    parts = list(chat.stream(QUESTION, [WEATHER_TOOL], GenerationOptions(max_new_tokens=24)))
+    *deltas, generation = parts
+    assert isinstance(generation, Generation) and all(isinstance(delta, str) and delta for delta in deltas)
+    assert "".join(deltas) == generation.text
+    assert generation.text == chat.generate(QUESTION, [WEATHER_TOOL], GenerationOptions(max_new_tokens=24)).text
+
+
+def test_forced_tool_call_becomes_openai_tool_calls(chat, monkeypatch):
+    answer = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    target = force_answer(monkeypatch, chat, answer)
+    generation = chat.generate(QUESTION, [WEATHER_TOOL], GenerationOptions(max_new_tokens=64))
+
+    assert generation.text == answer
+    assert generation.token_ids == target  # the end-of-turn token is counted, not written
+    assert generation.finish_reason == "tool_calls"
+    assert generation.message.content is None
+    [call] = generation.message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    assert generation.parse.format == "tool_call_tags"
+    assert all(value <= 0 for value in generation.token_logprobs)
+
+    *deltas, streamed = list(chat.stream(QUESTION, [WEATHER_TOOL], GenerationOptions(max_new_tokens=64)))
+    assert "".join(deltas) == answer and streamed.message.tool_calls[0].function.name == "get_weather"
+
+
+def test_calls_are_not_parsed_when_no_tools_were_offered(chat, monkeypatch):
+    force_answer(monkeypatch, chat, '{"name": "get_weather", "arguments": {}}')
+    generation = chat.generate(QUESTION, None, GenerationOptions(max_new_tokens=64))
+    assert generation.message.tool_calls is None and generation.finish_reason == "stop"
+    assert generation.message.content == '{"name": "get_weather", "arguments": {}}'
+
+
+def test_stop_strings_cut_the_answer_and_the_stream_alike(chat, monkeypatch):
+    force_answer(monkeypatch, chat, "It is sunny. STOP and more words")
+    options = GenerationOptions(max_new_tokens=64, stop=[" STOP"])
+    assert chat.generate(QUESTION, None, options).text == "It is sunny."
+    *deltas, generation = list(chat.stream(QUESTION, None, options))
+    assert "".join(deltas) == generation.text == "It is sunny."
+
+
+def test_timeout_raises_backend_timeout(chat):
+    with pytest.raises(BackendTimeoutError, match="did not answer within 0s"):
+        chat.generate(QUESTION, None, GenerationOptions(max_new_tokens=16, timeout_s=0.0))
+    with pytest.raises(BackendTimeoutError):
+        list(chat.stream(QUESTION, None, GenerationOptions(max_new_tokens=16, timeout_s=0.0)))
+
+
+def test_assistant_tool_calls_and_tool_results_render_in_the_prompt(chat):
+    conversation = [
+        *QUESTION,
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": '{"temp": 21}'},
+    ]
+    prompt = chat.render_prompt(conversation, [WEATHER_TOOL])
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
+    assert '<tool_response>\n{"temp": 21}\n</tool_response>' in prompt
+
+
+def test_bad_locations_and_options_are_clear_errors(tmp_path, tiny_model_dir):
+    backend = get_backends()["transformers"]
+    with pytest.raises(ModelError, match="no model directory"):
+        backend.open(str(tmp_path / "missing"), {})
+    with pytest.raises(ModelError, match="not a Hugging Face model directory"):
+        backend.open(str(tmp_path), {})
+    with pytest.raises(InvalidInputError, match="unknown transformers backend option"):
+        backend.open(str(tiny_model_dir), {"dtyp": "float32"})
+    with pytest.raises(InvalidInputError, match="unknown dtype"):
+        backend.open(str(tiny_model_dir), {"dtype": "int3"})
+
+
+def test_bfloat16_dtype_is_honoured(tiny_model_dir):
+    import torch
+
+    chat = get_backends()["transformers"].open(str(tiny_model_dir), {"dtype": "bfloat16"})
+    assert chat.model.dtype == torch.bfloat16
+    generation = chat.generate(QUESTION, None, GenerationOptions(max_new_tokens=4))
+    assert all(value <= 0 for value in generation.token_logprobs)
