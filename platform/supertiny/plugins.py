@@ -10,6 +10,7 @@ import dataclasses
 import importlib.metadata
 import os
 import sys
+import threading
 
 import pluggy
 
@@ -24,6 +25,9 @@ plugin_errors: dict[str, str] = {}
 # entry-point name -> (module, distribution, version), for `supertiny plugins list`
 _origins: dict[str, tuple[str, str | None, str | None]] = {}
 _loaded = False
+_loading = False
+# re-entrant: a plugin whose import calls load_plugins() again gets back at once instead of deadlocking
+_load_lock = threading.RLock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,10 +49,21 @@ def _wanted(names: str | None) -> set[str] | None:
 
 def load_plugins() -> None:
     """Import and register every plugin of the entry-point group (once per process)."""
-    global _loaded
+    global _loaded, _loading
     if _loaded:
         return
-    _loaded = True
+    with _load_lock:  # other threads wait until every plugin is registered
+        if _loaded or _loading:
+            return
+        _loading = True
+        try:
+            _load_entry_points()
+            _loaded = True
+        finally:
+            _loading = False
+
+
+def _load_entry_points() -> None:
     wanted = _wanted(os.environ.get("SUPERTINY_LOAD_PLUGINS"))
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist_name = entry_point.dist.name if entry_point.dist else None

@@ -1,0 +1,275 @@
+"""Choose a route's threshold for a target accuracy or an LLM budget, and store it as a new version.
+
+cascade: the threshold is the lowest tiny-model confidence accepted. Its accuracy / LLM-share curve is
+simulated exactly from stored evaluations of the tiny model and the LLM on the same tasks (each
+record: task_id, correct, valid, confidence), or estimated from logged traffic: every cascade request
+logs the tiny answer's confidence and validity, and shadow traffic (LLM primary, tiny shadow) logs
+whether the tiny answer agreed with the LLM, which stands in for correctness (the LLM as reference).
+
+hybrid-token: the threshold applies to each token's reward. Logged hybrid traffic records the reward of
+every proposal, which gives the LLM token share at any threshold (an estimate: tokens after a
+substituted one would differ); the accuracy of a token threshold needs evaluations of hybrid runs, so
+only ``--llm-budget`` calibrates it.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from supertiny.errors import InvalidInputError, NotFoundError
+from supertiny.route import policy_store
+from supertiny.store.engine import Store
+from supertiny.store.tables import Evaluation, ModelVersion, RequestLog, RoutingPolicy
+
+CALIBRATED_KINDS = ("cascade", "hybrid-token")
+MAX_THRESHOLD = 1.01  # above any probability: everything goes to the LLM
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationRecord:
+    """One request or task: the tiny answer's confidence and validity, and who was right."""
+
+    confidence: float | None
+    tiny_valid: bool
+    tiny_correct: bool | None = None
+    llm_correct: bool | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CurvePoint:
+    threshold: float
+    llm_share: float
+    accuracy: float | None  # None when correctness is unknown
+    n: int
+
+
+@dataclasses.dataclass
+class CalibrationResult:
+    route: str
+    kind: str
+    source: str
+    points: list[CurvePoint]
+    chosen: CurvePoint
+    goal: str
+    policy: RoutingPolicy | None = None  # the stored new version (None on a dry run)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "route": self.route, "kind": self.kind, "source": self.source, "goal": self.goal,
+            "chosen": dataclasses.asdict(self.chosen), "curve": [dataclasses.asdict(point) for point in self.points],
+            "version": self.policy.version if self.policy else None,
+        }
+
+
+def _escalates(record: CalibrationRecord, threshold: float) -> bool:
+    """Exactly the cascade's rule: an invalid answer, or (with a threshold) a missing or low confidence."""
+    if not record.tiny_valid:
+        return True
+    return threshold > 0 and (record.confidence is None or record.confidence < threshold)
+
+
+def cascade_curve(records: Sequence[CalibrationRecord]) -> list[CurvePoint]:
+    """Accuracy and LLM share at every threshold that changes the routing, lowest first."""
+    if not records:
+        raise InvalidInputError("no records to calibrate from")
+    confidences = sorted({record.confidence for record in records if record.confidence is not None})
+    points = []
+    for threshold in [0.0, *[c for c in confidences if c > 0], MAX_THRESHOLD]:
+        escalated = [_escalates(record, threshold) for record in records]
+        outcomes = [record.llm_correct if up else record.tiny_correct
+                    for record, up in zip(records, escalated, strict=True)]
+        known = [outcome for outcome in outcomes if outcome is not None]
+        points.append(CurvePoint(threshold=round(threshold, 6), llm_share=sum(escalated) / len(records),
+                                 accuracy=sum(known) / len(known) if known else None, n=len(records)))
+    return points
+
+
+def token_curve(scores: Sequence[Sequence[float]]) -> list[CurvePoint]:
+    """The share of tokens the LLM would supply at each threshold (hybrid-token)."""
+    flat = sorted(score for request in scores for score in request)
+    if not flat:
+        raise InvalidInputError("no token scores to calibrate from")
+    candidates = sorted({0.0, *_quantiles(flat, 200), MAX_THRESHOLD})
+    points, below = [], 0
+    for threshold in candidates:
+        while below < len(flat) and flat[below] < threshold:
+            below += 1
+        points.append(CurvePoint(threshold=round(threshold, 6), llm_share=below / len(flat), accuracy=None,
+                                 n=len(scores)))
+    return points
+
+
+def _quantiles(values: Sequence[float], count: int) -> list[float]:
+    step = max(1, len(values) // count)
+    return [values[index] for index in range(0, len(values), step)] + [values[-1]]
+
+
+def choose(points: Sequence[CurvePoint], target_accuracy: float | None = None,
+           llm_budget: float | None = None) -> CurvePoint:
+    """The cheapest point reaching ``target_accuracy``, or the most accurate within ``llm_budget``
+    (without known accuracy: the one that uses most of the budget)."""
+    if (target_accuracy is None) == (llm_budget is None):
+        raise InvalidInputError("give exactly one of --target-accuracy and --llm-budget")
+    if target_accuracy is not None:
+        if not any(point.accuracy is not None for point in points):
+            raise InvalidInputError("these records carry no correctness, so no accuracy target can be met",
+                                    hint="calibrate from evaluations, or use --llm-budget")
+        reaching = [point for point in points if point.accuracy is not None and point.accuracy >= target_accuracy]
+        if not reaching:
+            best = max((point for point in points if point.accuracy is not None), key=lambda point: point.accuracy or 0)
+            raise InvalidInputError(f"no threshold reaches accuracy {target_accuracy:.3f}: the best is "
+                                    f"{best.accuracy:.3f} at LLM share {best.llm_share:.3f}")
+        return min(reaching, key=lambda point: (point.llm_share, point.threshold))
+    within = [point for point in points if point.llm_share <= (llm_budget or 0) + 1e-12]
+    if not within:
+        raise InvalidInputError(f"no threshold keeps the LLM share within {llm_budget:.3f}: invalid tiny answers "
+                                f"always escalate (lowest share {min(point.llm_share for point in points):.3f})")
+    if any(point.accuracy is not None for point in within):
+        return max(within, key=lambda point: (point.accuracy or 0.0, -point.llm_share, -point.threshold))
+    return max(within, key=lambda point: (point.llm_share, point.threshold))
+
+
+# --- records from the store ---------------------------------------------------------------------
+
+
+def _model_id(session: Any, name: str) -> int:
+    model_id = session.scalar(sa.select(ModelVersion.id).where(ModelVersion.name == name))
+    if model_id is None:
+        raise NotFoundError(f"model {name!r} is not registered, so it has no stored evaluations",
+                            hint="register it (`supertiny models register`) and evaluate it, or use --from logs")
+    return model_id
+
+
+def _latest_with_records(session: Any, model_id: int, domain: str | None, split: str | None) -> list[Evaluation]:
+    query = sa.select(Evaluation).where(Evaluation.model_version_id == model_id).order_by(Evaluation.id.desc())
+    if domain:
+        query = query.where(Evaluation.domain == domain)
+    if split:
+        query = query.where(Evaluation.split == split)
+    return [row for row in session.scalars(query) if isinstance((row.details or {}).get("records"), list)]
+
+
+def records_from_evaluations(store: Store, tiny: str, llm: str, domain: str | None = None, split: str | None = None,
+                             tiny_evaluation: int | None = None,
+                             llm_evaluation: int | None = None) -> tuple[list[CalibrationRecord], str]:
+    """Records joining the latest evaluations (with per-record details) of both models on one domain split."""
+    with store.session() as session:
+        if tiny_evaluation is not None and llm_evaluation is not None:
+            pair = (session.get(Evaluation, tiny_evaluation), session.get(Evaluation, llm_evaluation))
+            if None in pair:
+                raise NotFoundError(f"no evaluation {tiny_evaluation if pair[0] is None else llm_evaluation}")
+        else:
+            tiny_rows = _latest_with_records(session, _model_id(session, tiny), domain, split)
+            llm_rows = _latest_with_records(session, _model_id(session, llm), domain, split)
+            llm_by_set = {}
+            for row in llm_rows:
+                llm_by_set.setdefault((row.domain, row.split), row)
+            pair = next(((row, llm_by_set[(row.domain, row.split)]) for row in tiny_rows
+                         if (row.domain, row.split) in llm_by_set), (None, None))
+            if pair[0] is None:
+                raise NotFoundError(f"no evaluations of both {tiny!r} and {llm!r} on one domain split with "
+                                    "per-record details", hint="evaluate both models on the same tasks first")
+    tiny_row, llm_row = pair
+    assert tiny_row is not None and llm_row is not None
+    llm_records = {str(record["task_id"]): record for record in llm_row.details["records"]}
+    records = []
+    for record in tiny_row.details["records"]:
+        other = llm_records.get(str(record["task_id"]))
+        if other is None:
+            continue
+        confidence = record.get("confidence")
+        records.append(CalibrationRecord(confidence=float(confidence) if confidence is not None else None,
+                                         tiny_valid=bool(record.get("valid", True)),
+                                         tiny_correct=bool(record["correct"]), llm_correct=bool(other["correct"])))
+    if not records:
+        raise InvalidInputError(f"evaluations {tiny_row.id} and {llm_row.id} share no task")
+    source = (f"evaluations {tiny_row.id} ({tiny}) and {llm_row.id} ({llm}) on {tiny_row.domain}/{tiny_row.split}: "
+              f"{len(records)} common tasks")
+    return records, source
+
+
+def _log_details(store: Store, route: str, limit: int) -> list[dict[str, Any]]:
+    with store.session() as session:
+        rows = session.execute(sa.select(RequestLog.detail).where(RequestLog.route == route, RequestLog.status == 200)
+                               .order_by(RequestLog.id.desc()).limit(limit)).scalars()
+        return [detail for detail in rows if isinstance(detail, dict)]
+
+
+def records_from_logs(store: Store, route: str, limit: int = 100_000) -> tuple[list[CalibrationRecord], str]:
+    """Cascade records from the route's logged traffic: the tiny answer of cascade requests, and the
+    tiny shadow of shadow requests (agreement with the LLM as correctness)."""
+    records = []
+    agreements = 0
+    for detail in _log_details(store, route, limit):
+        tiny = detail.get("tiny")
+        shadow = detail.get("shadow")
+        if isinstance(tiny, dict) and "valid" in tiny:
+            records.append(CalibrationRecord(confidence=tiny.get("confidence"), tiny_valid=bool(tiny["valid"])))
+        elif isinstance(shadow, dict) and "agree" in shadow and detail.get("kind") == "shadow":
+            agreements += 1
+            records.append(CalibrationRecord(confidence=shadow.get("confidence"), tiny_valid=bool(shadow.get("valid")),
+                                             tiny_correct=bool(shadow["agree"]), llm_correct=True))
+    if not records:
+        raise InvalidInputError(f"no logged request of route {route!r} carries a tiny answer's confidence",
+                                hint="serve it with a cascade or shadow policy first, or calibrate from evaluations")
+    source = f"{len(records)} logged requests of route {route!r}"
+    if agreements:
+        source += f" ({agreements} shadowed: accuracy = agreement with the LLM)"
+    return records, source
+
+
+def token_scores_from_logs(store: Store, route: str, limit: int = 100_000) -> tuple[list[list[float]], str]:
+    scores = [detail["token_scores"] for detail in _log_details(store, route, limit)
+              if isinstance(detail.get("token_scores"), list) and detail["token_scores"]]
+    if not scores:
+        raise InvalidInputError(f"no logged request of route {route!r} carries token rewards",
+                                hint="serve it with a hybrid-token policy first")
+    return scores, f"token rewards of {len(scores)} logged requests of route {route!r} (share estimated)"
+
+
+def calibrate(store: Store, route: str, *, target_accuracy: float | None = None, llm_budget: float | None = None,
+              source: str = "auto", domain: str | None = None, split: str | None = None,
+              tiny_evaluation: int | None = None, llm_evaluation: int | None = None,
+              dry_run: bool = False) -> CalibrationResult:
+    """Compute the route's curve, choose the threshold, and (unless ``dry_run``) store a new version."""
+    for name, value in (("target accuracy", target_accuracy), ("LLM budget", llm_budget)):
+        if value is not None and not 0 <= value <= 1:
+            raise InvalidInputError(f"the {name} is a fraction between 0 and 1, got {value}")
+    row = policy_store.active_row(store, route)
+    if row is None:
+        raise NotFoundError(f"route {route!r} has no active policy", hint="`supertiny policy set` first")
+    if row.kind not in CALIBRATED_KINDS:
+        raise InvalidInputError(f"route {route!r} is served by a {row.kind} policy, which has no threshold",
+                                hint=f"calibrate a route whose policy is {' or '.join(CALIBRATED_KINDS)}")
+    params = dict(row.params)
+    if row.kind == "hybrid-token":
+        if target_accuracy is not None:
+            raise InvalidInputError("a hybrid-token threshold can only be calibrated to an LLM budget",
+                                    hint="use --llm-budget (token shares come from logged traffic)")
+        if source == "evaluations":
+            raise InvalidInputError("hybrid-token thresholds calibrate from logged traffic (--from logs)")
+        scores, described = token_scores_from_logs(store, route)
+        points = token_curve(scores)
+    else:
+        if source in ("auto", "evaluations"):
+            try:
+                records, described = records_from_evaluations(store, params["tiny"], params["llm"], domain, split,
+                                                              tiny_evaluation, llm_evaluation)
+            except (NotFoundError, InvalidInputError):
+                if source == "evaluations":
+                    raise
+                records, described = records_from_logs(store, route)
+        else:
+            records, described = records_from_logs(store, route)
+        points = cascade_curve(records)
+    chosen = choose(points, target_accuracy, llm_budget)
+    goal = f"target accuracy {target_accuracy}" if target_accuracy is not None else f"LLM budget {llm_budget}"
+    result = CalibrationResult(route=route, kind=row.kind, source=described, points=points, chosen=chosen, goal=goal)
+    if not dry_run:
+        accuracy = f", accuracy {chosen.accuracy:.3f}" if chosen.accuracy is not None else ""
+        note = (f"calibrated for {goal} from {described}: threshold {chosen.threshold}, "
+                f"LLM share {chosen.llm_share:.3f}{accuracy} (was v{row.version}, threshold {params.get('threshold')})")
+        result.policy = policy_store.set_policy(store, route, row.kind, {**params, "threshold": chosen.threshold}, note)
+    return result

@@ -1,0 +1,222 @@
+"""Token-level hybrid decoding (arXiv 2409.13757) and the ``hybrid-token`` policy kind.
+
+The tiny model proposes every token; a registered token reward scores the proposal; when the score is
+below the threshold the LLM supplies that token instead. Each model keeps its own KV cache
+(``DynamicCache``) over its own rendering of the prompt; every accepted token is appended to both.
+The LLM is lazy: it only catches up on the tokens it has not seen (one forward pass over all of
+them) when its token is needed, so at a low threshold it costs almost nothing.
+
+Both tiers must be in-process transformers models with the same vocabulary (the Qwen2.5 0.5B/1.5B
+pair shares one tokenizer).
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+import math
+import time
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import Field
+
+from supertiny.errors import BackendTimeoutError, ConfigError, InvalidInputError
+from supertiny.models.backend import (
+    ChatModel,
+    Generation,
+    GenerationOptions,
+    MessageLike,
+    ToolLike,
+    finish_reason,
+    parse_answer,
+)
+from supertiny.route.policy import Decision, Policy, PolicyParams, RouteContext, TierError
+from supertiny.route.token_rewards import TokenProposal, TokenReward
+
+DECODE_KWARGS = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+_fingerprints: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+
+
+class HybridParams(PolicyParams):
+    tiny: str = Field(description="Transformers model that proposes every token.")
+    llm: str = Field(description="Transformers model (same vocabulary) that supplies low-reward tokens.")
+    threshold: float = Field(default=0.5, ge=0, le=1.01,
+                             description="Lowest reward a tiny token needs to be kept (1.01: all from the LLM).")
+    reward: str = Field(default="tiny-probability", description="Registered token reward that scores proposals.")
+    top_k: int = Field(default=5, ge=1, le=50, description="Tiny log-probabilities a reward sees at each step.")
+
+    def models(self) -> dict[str, str]:
+        return {"tiny": self.tiny, "llm": self.llm}
+
+
+@dataclasses.dataclass
+class HybridResult:
+    generation: Generation
+    sources: str  # one letter a token: "t" from the tiny model, "L" from the LLM
+    scores: list[float]  # the reward of each tiny proposal
+
+    @property
+    def llm_tokens(self) -> int:
+        return self.sources.count("L")
+
+    @property
+    def llm_token_share(self) -> float:
+        return self.llm_tokens / len(self.sources) if self.sources else 0.0
+
+
+def _vocab_fingerprint(tokenizer: Any) -> str:
+    try:
+        return _fingerprints[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    items = sorted(tokenizer.get_vocab().items())
+    fingerprint = hashlib.sha256(repr(items).encode()).hexdigest()
+    with contextlib.suppress(TypeError):  # not weak-referenceable: recomputed next time
+        _fingerprints[tokenizer] = fingerprint
+    return fingerprint
+
+
+def check_compatible(tiny: ChatModel, llm: ChatModel) -> None:
+    """ConfigError unless both are in-process transformers models with the same vocabulary."""
+    for role, model in (("tiny", tiny), ("llm", llm)):
+        if getattr(model, "backend", None) != "transformers" or not hasattr(model, "model") \
+                or not hasattr(model, "tokenizer"):
+            raise ConfigError(
+                f"hybrid-token needs both tiers to be in-process transformers models; the {role} model "
+                f"{getattr(model, 'name', '?')!r} is served by the {getattr(model, 'backend', '?')!r} backend",
+                hint="use cascade for models behind an endpoint",
+            )
+    if _vocab_fingerprint(tiny.tokenizer) != _vocab_fingerprint(llm.tokenizer):  # type: ignore[attr-defined]
+        raise ConfigError(f"hybrid-token needs one vocabulary: {tiny.name!r} and {llm.name!r} have different "
+                          "tokenizers", hint="pair models of one family (e.g. Qwen2.5 0.5B and 1.5B)")
+
+
+def _pick(logprobs: Any, options: GenerationOptions, generator: Any) -> int:
+    import torch
+
+    if options.temperature <= 0:
+        return int(torch.argmax(logprobs).item())
+    probs = torch.softmax(logprobs / options.temperature, dim=-1)
+    if options.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < options.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+def hybrid_generate(tiny: Any, llm: Any, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None,
+                    options: GenerationOptions, threshold: float, reward: TokenReward, top_k: int = 5) -> HybridResult:
+    """Decode one answer token by token, the tiny model proposing and the LLM supplying low-reward tokens.
+
+    Raises TierError naming the model whose forward pass failed, or BackendTimeoutError (as the LLM's
+    TierError once the LLM took part) when ``options.timeout_s`` runs out.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    check_compatible(tiny, llm)
+    if options.max_new_tokens < 1:
+        raise InvalidInputError("max_new_tokens must be at least 1")
+    started = time.perf_counter()
+    deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
+    tiny_prompt = tiny.tokenizer(tiny.render_prompt(messages, tools), add_special_tokens=False)["input_ids"]
+    llm_prompt = llm.tokenizer(llm.render_prompt(messages, tools), add_special_tokens=False)["input_ids"]
+    stops = set(tiny.stop_token_ids) | set(llm.stop_token_ids)
+    width = min(tiny.model.get_output_embeddings().weight.shape[0], llm.model.get_output_embeddings().weight.shape[0])
+    generator = None
+    if options.temperature > 0:
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(options.seed if options.seed is not None else int(time.time_ns() % 2**31))
+
+    def forward(role: str, chat_model: Any, ids: list[int], cache: Any) -> Any:
+        try:
+            input_ids = torch.tensor([ids], dtype=torch.long, device=chat_model.model.device)
+            output = chat_model.model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+            return torch.log_softmax(output.logits[0, -1, :width].float().cpu(), dim=-1)
+        except Exception as exc:
+            raise TierError(role, chat_model.name, exc) from exc
+
+    tokens: list[int] = []
+    logprobs: list[float] = []
+    sources: list[str] = []
+    scores: list[float] = []
+    with torch.inference_mode():
+        tiny_cache = DynamicCache(config=tiny.model.config)
+        llm_cache = None
+        llm_pending = list(llm_prompt)  # tokens the LLM has not seen yet
+        tiny_logprobs = forward("tiny", tiny, tiny_prompt, tiny_cache)
+        for position in range(options.max_new_tokens):
+            if deadline is not None and time.monotonic() > deadline:
+                role, model = ("llm", llm) if llm_cache is not None else ("tiny", tiny)
+                raise TierError(role, model.name, BackendTimeoutError(
+                    f"hybrid decoding did not finish within {options.timeout_s:g}s"))
+            proposed = _pick(tiny_logprobs, options, generator)
+            top = torch.topk(tiny_logprobs, k=min(top_k, width)).values.tolist()
+            proposal = TokenProposal(token_id=proposed, logprob=float(tiny_logprobs[proposed]),
+                                     top_logprobs=tuple(top), position=position)
+            score = float(reward.score(proposal))
+            scores.append(score)
+            if score >= threshold:
+                token, logprob, source = proposed, proposal.logprob, "t"
+            else:
+                if llm_cache is None:
+                    llm_cache = DynamicCache(config=llm.model.config)
+                llm_logprobs = forward("llm", llm, llm_pending, llm_cache)
+                llm_pending = []
+                token = _pick(llm_logprobs, options, generator)
+                logprob, source = float(llm_logprobs[token]), "L"
+            tokens.append(token)
+            logprobs.append(logprob)
+            sources.append(source)
+            llm_pending.append(token)
+            if token in stops or position + 1 == options.max_new_tokens:
+                break
+            tiny_logprobs = forward("tiny", tiny, [token], tiny_cache)
+
+    hit_max = tokens[-1] not in stops and len(tokens) >= options.max_new_tokens
+    text_ids = tokens[:-1] if tokens and tokens[-1] in stops else tokens
+    text = tiny.tokenizer.decode(text_ids, **DECODE_KWARGS)
+    for stop in options.stop:
+        if stop and stop in text:
+            text = text[: text.index(stop)]
+    parse, message = parse_answer(text, tools)
+    generation = Generation(
+        text=text, message=message, parse=parse, prompt_tokens=len(tiny_prompt), completion_tokens=len(tokens),
+        latency_s=time.perf_counter() - started, finish_reason=finish_reason(parse, hit_max), token_ids=tokens,
+        token_logprobs=logprobs,
+    )
+    return HybridResult(generation=generation, sources="".join(sources), scores=scores)
+
+
+class HybridTokenPolicy(Policy):
+    name = "hybrid-token"
+    description = ("token-level hybrid: the tiny model proposes each token, a reward scores it, below the "
+                   "threshold the LLM supplies the token (both transformers models, one vocabulary)")
+    params_model = HybridParams
+
+    def decide(self, params: PolicyParams, context: RouteContext) -> Decision:
+        from supertiny.registry import lookup
+
+        assert isinstance(params, HybridParams)
+        reward = lookup("token_reward", params.reward)
+        tiny, llm = context.model("tiny"), context.model("llm")
+        started = time.monotonic()
+        with context.hold("tiny", "llm"):
+            remaining = max(0.001, params.timeout_s - (time.monotonic() - started))
+            timeout = remaining if context.options.timeout_s is None else min(remaining, context.options.timeout_s)
+            options = dataclasses.replace(context.options, timeout_s=timeout)
+            result = hybrid_generate(tiny, llm, context.messages, context.tools, options, params.threshold, reward,
+                                     params.top_k)
+        confidence = result.generation.confidence
+        mean_score = sum(result.scores) / len(result.scores) if result.scores else None
+        detail = {
+            "threshold": params.threshold, "reward": params.reward, "llm_tokens": result.llm_tokens,
+            "tokens": len(result.sources), "sources": result.sources,
+            "token_scores": [round(score, 4) for score in result.scores[:1024]],
+            "mean_score": None if mean_score is None or math.isnan(mean_score) else round(mean_score, 4),
+        }
+        return Decision(role="hybrid", generation=result.generation, model=f"{tiny.name}+{llm.name}",
+                        confidence=confidence, llm_token_share=result.llm_token_share,
+                        escalated=result.llm_tokens > 0, reason="low_reward_tokens" if result.llm_tokens else None,
+                        detail=detail)

@@ -1,0 +1,168 @@
+"""The built-in policy kinds that choose a whole answer: tiny, llm, cascade, canary and shadow.
+(The token-level kind, hybrid-token, is in :mod:`supertiny.route.hybrid`.)"""
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import Field
+
+from supertiny.models.backend import Generation
+from supertiny.route.policy import Decision, Policy, PolicyParams, RouteContext, TierError
+from supertiny.schema import ToolSpec
+
+
+def answer_problem(generation: Generation, tools: Sequence[ToolSpec] | None, call_required: bool) -> str | None:
+    """Why an answer cannot be served as it is: ``invalid_call`` (the calls do not parse), ``schema``
+    (they break the tools' JSON Schemas or name an unknown function), ``no_call`` (a call was
+    required); None when it is fine."""
+    from supertiny.models.parsing import validate_calls
+
+    if not generation.parse.ok:
+        return "invalid_call"
+    if generation.parse.calls and tools and validate_calls(generation.parse.calls, tools):
+        return "schema"
+    if call_required and not generation.parse.calls:
+        return "no_call"
+    return None
+
+
+def answer_summary(generation: Generation, tools: Sequence[ToolSpec] | None, call_required: bool) -> dict[str, Any]:
+    """What the log keeps of an answer that was not (or not only) the one served."""
+    problem = answer_problem(generation, tools, call_required)
+    return {
+        "confidence": generation.confidence,
+        "valid": problem is None,
+        "problem": problem,
+        "calls": [call.model_dump() for call in generation.parse.calls],
+        "text": generation.text[:2000],
+        "completion_tokens": generation.completion_tokens,
+        "latency_ms": round(generation.latency_s * 1000, 2),
+    }
+
+
+def calls_agree(first: Generation, second: Generation) -> bool:
+    """Both answers make the same calls (names and arguments, in any order), or both make none and
+    say the same thing."""
+    def key(generation: Generation) -> list[str]:
+        return sorted(f"{call.name}:{call.arguments_json()}" for call in generation.parse.calls)
+
+    if first.parse.calls or second.parse.calls:
+        return first.parse.ok and second.parse.ok and key(first) == key(second)
+    return (first.text or "").strip() == (second.text or "").strip()
+
+
+class TinyParams(PolicyParams):
+    tiny: str = Field(description="Model that answers every request.")
+    llm: str | None = Field(default=None, description="Optional model that answers when the tiny one fails.")
+
+    def models(self) -> dict[str, str]:
+        return {"tiny": self.tiny, **({"llm": self.llm} if self.llm else {})}
+
+
+class LlmParams(PolicyParams):
+    llm: str = Field(description="Model that answers every request.")
+    tiny: str | None = Field(default=None, description="Optional model that answers when the LLM fails.")
+
+    def models(self) -> dict[str, str]:
+        return {"llm": self.llm, **({"tiny": self.tiny} if self.tiny else {})}
+
+
+class TinyPolicy(Policy):
+    name = "tiny"
+    description = "the tiny model answers"
+    params_model = TinyParams
+
+    def decide(self, params: PolicyParams, context: RouteContext) -> Decision:
+        return Decision(role="tiny")
+
+
+class LlmPolicy(Policy):
+    name = "llm"
+    description = "the large model answers"
+    params_model = LlmParams
+
+    def decide(self, params: PolicyParams, context: RouteContext) -> Decision:
+        return Decision(role="llm")
+
+
+class CascadeParams(PolicyParams):
+    tiny: str = Field(description="Model that answers first.")
+    llm: str = Field(description="Model that answers when the tiny answer is rejected.")
+    threshold: float = Field(default=0.5, ge=0, le=1.01,
+                             description="Lowest confidence (geometric-mean token probability) accepted.")
+
+    def models(self) -> dict[str, str]:
+        return {"tiny": self.tiny, "llm": self.llm}
+
+
+class CascadePolicy(Policy):
+    name = "cascade"
+    description = ("the tiny model answers first; the LLM answers when the call does not parse, breaks the "
+                   "tools' schemas, or the confidence is below the threshold")
+    params_model = CascadeParams
+
+    def decide(self, params: PolicyParams, context: RouteContext) -> Decision:
+        assert isinstance(params, CascadeParams)
+        try:
+            tiny = context.generate("tiny")
+        except TierError as exc:
+            return Decision(role="llm", escalated=True, reason="tiny_failed", failure=exc)
+        problem = answer_problem(tiny, context.tools, context.call_required)
+        confidence = tiny.confidence
+        if problem is None and params.threshold > 0:
+            if confidence is None:
+                problem = "no_confidence"
+            elif confidence < params.threshold:
+                problem = "low_confidence"
+        detail = {"tiny": answer_summary(tiny, context.tools, context.call_required), "threshold": params.threshold}
+        if problem is None:
+            return Decision(role="tiny", generation=tiny, confidence=confidence, detail=detail)
+        return Decision(role="llm", escalated=True, reason=problem, confidence=confidence,
+                        fallback_generation=tiny, fallback_role="tiny", detail=detail)
+
+
+class CanaryParams(PolicyParams):
+    a: str = Field(description="Model that gets `percent` of the traffic (the canary).")
+    b: str = Field(description="Model that gets the rest.")
+    percent: float = Field(ge=0, le=100, description="Percent of requests served by `a`.")
+
+    def models(self) -> dict[str, str]:
+        return {"a": self.a, "b": self.b}
+
+
+def canary_bucket(request_id: str) -> float:
+    """A number in [0, 100) fixed by the request id: the same id always lands in the same bucket."""
+    digest = hashlib.sha256(request_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 10_000 / 100
+
+
+class CanaryPolicy(Policy):
+    name = "canary"
+    description = "percent of the traffic to model a, the rest to model b (deterministic per request id)"
+    params_model = CanaryParams
+
+    def decide(self, params: PolicyParams, context: RouteContext) -> Decision:
+        assert isinstance(params, CanaryParams)
+        bucket = canary_bucket(context.request_id)
+        return Decision(role="a" if bucket < params.percent else "b", detail={"bucket": bucket})
+
+
+class ShadowParams(PolicyParams):
+    primary: str = Field(description="Model that serves.")
+    shadow: str = Field(description="Model run in the background on the same request; its agreement is logged.")
+    sample_percent: float = Field(default=100.0, ge=0, le=100, description="Percent of requests shadowed.")
+
+    def models(self) -> dict[str, str]:
+        return {"primary": self.primary, "shadow": self.shadow}
+
+
+class ShadowPolicy(Policy):
+    name = "shadow"
+    description = "the primary model serves; the shadow model answers the same request in the background"
+    params_model = ShadowParams
+
+    def decide(self, params: PolicyParams, context: RouteContext) -> Decision:
+        assert isinstance(params, ShadowParams)
+        shadowed = canary_bucket("shadow:" + context.request_id) < params.sample_percent
+        return Decision(role="primary", shadow_role="shadow" if shadowed else None)

@@ -1,0 +1,270 @@
+"""Execute a route's policy for one request, with failure handling.
+
+When the model a policy chose raises or times out, the policy's other tier answers and the outcome
+says so (``fallback``); only when every tier failed does the request fail (502, or 504 on a timeout).
+Shadow runs happen on a small bounded background pool and never delay the answer.
+"""
+
+import concurrent.futures
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError
+from supertiny.models.backend import ChatModel, Generation, GenerationOptions
+from supertiny.route.kinds import answer_summary, calls_agree
+from supertiny.route.policy import Decision, PolicyParams, TierError
+from supertiny.route.policy_store import ActivePolicy
+from supertiny.route.pool import ModelPool
+from supertiny.schema import Message, ToolSpec
+
+
+@dataclasses.dataclass
+class RouteRequest:
+    """One chat request as the router sees it."""
+
+    request_id: str
+    messages: list[Message]
+    tools: list[ToolSpec] | None = None
+    options: GenerationOptions = dataclasses.field(default_factory=GenerationOptions)
+    call_required: bool = False
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How a request was answered."""
+
+    generation: Generation
+    policy: ActivePolicy
+    role: str  # the role that served
+    model: str  # the model(s) that served
+    escalated: bool = False
+    reason: str | None = None
+    confidence: float | None = None
+    llm_token_share: float | None = None
+    fallback: dict[str, Any] | None = None  # the failure the answer stands in for
+    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
+    streamed: bool = False  # the text was already streamed as deltas
+    shadow: concurrent.futures.Future | None = None  # resolves to the shadow's log detail
+    model_s: float = 0.0  # seconds spent inside models for this request (not counting the shadow)
+
+    def log_detail(self) -> dict[str, Any]:
+        detail = {"role": self.role, "kind": self.policy.kind, **self.detail}
+        if self.reason:
+            detail["reason"] = self.reason
+        if self.fallback:
+            detail["fallback"] = self.fallback
+        detail["model_ms"] = round(self.model_s * 1000, 2)
+        return detail
+
+
+class _Context:
+    """The RouteContext a policy decides with: its request and its models, with timeouts."""
+
+    def __init__(self, pool: ModelPool, policy: ActivePolicy, request: RouteRequest):
+        self.pool = pool
+        self.params: PolicyParams = policy.params
+        self.request_id = request.request_id
+        self.messages = request.messages
+        self.tools = request.tools
+        self.options = request.options
+        self.call_required = request.call_required
+        self.model_s = 0.0
+        self._roles = policy.params.models()
+
+    def model_name(self, role: str) -> str:
+        try:
+            return self._roles[role]
+        except KeyError:
+            raise ModelError(f"this policy has no {role!r} model (it has {', '.join(self._roles)})") from None
+
+    def model(self, role: str) -> ChatModel:
+        name = self.model_name(role)
+        try:
+            return self.pool.get(name)
+        except Exception as exc:
+            raise TierError(role, name, exc) from exc
+
+    def hold(self, *roles: str) -> Any:
+        return self.pool.slot([self.model_name(role) for role in roles], self.params.timeout_s)
+
+    def _options(self, started: float) -> GenerationOptions:
+        remaining = max(0.001, self.params.timeout_s - (time.monotonic() - started))
+        timeout = remaining if self.options.timeout_s is None else min(self.options.timeout_s, remaining)
+        return dataclasses.replace(self.options, timeout_s=timeout)
+
+    def generate(self, role: str) -> Generation:
+        model = self.model(role)
+        started = time.monotonic()
+        try:
+            with self.hold(role):
+                generation = model.generate(self.messages, self.tools, self._options(started))
+        except InvalidInputError:
+            raise  # the request itself is unusable: no other tier would do better
+        except Exception as exc:
+            raise TierError(role, self.model_name(role), exc) from exc
+        finally:
+            self.model_s += time.monotonic() - started
+        return generation
+
+    def stream(self, role: str) -> Iterator[str | Generation]:
+        model = self.model(role)
+        started = time.monotonic()
+        try:
+            with self.hold(role):
+                yield from model.stream(self.messages, self.tools, self._options(started))
+        except InvalidInputError:
+            raise
+        except Exception as exc:
+            raise TierError(role, self.model_name(role), exc) from exc
+        finally:
+            self.model_s += time.monotonic() - started
+
+
+def _failure(error: TierError) -> dict[str, Any]:
+    return {"role": error.role, "model": error.model, "error": f"{type(error.error).__name__}: {error.error}"[:500],
+            "timed_out": error.timed_out}
+
+
+def _final_error(errors: Sequence[TierError]) -> Exception:
+    what = "; ".join(str(error) for error in errors)
+    if errors and errors[-1].timed_out:
+        return BackendTimeoutError(f"no model answered in time: {what}")
+    return ModelError(f"no model could answer: {what}")
+
+
+class Router:
+    """Runs policies against a :class:`ModelPool`; ``shadow_workers`` bounds background shadow runs."""
+
+    def __init__(self, pool: ModelPool, shadow_workers: int = 1, shadow_backlog: int = 16):
+        self.pool = pool
+        self._shadow_pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, shadow_workers),
+                                                                  thread_name_prefix="supertiny-shadow")
+        self._shadow_backlog = shadow_backlog
+        self._shadow_inflight = 0
+        self._lock = threading.Lock()
+
+    def route(self, policy: ActivePolicy, request: RouteRequest) -> Outcome:
+        """Answer ``request`` by ``policy``."""
+        context = _Context(self.pool, policy, request)
+        decision, failure = self._decide(policy, context)
+        if decision is not None and decision.generation is not None:
+            return self._outcome(policy, context, decision, decision.generation, decision.role)
+        errors = [failure] if failure else []
+        if decision is not None:
+            try:
+                return self._outcome(policy, context, decision, context.generate(decision.role), decision.role)
+            except TierError as exc:
+                errors.append(exc)
+        return self._fall_back(policy, context, decision, errors)
+
+    def route_stream(self, policy: ActivePolicy, request: RouteRequest) -> Iterator[str | Outcome]:
+        """Text deltas while the serving model writes, then the :class:`Outcome`.
+
+        Deltas are live only when the policy picks one model up front and no tools were offered (with
+        tools, an answer is a call or text only once complete); otherwise the outcome comes alone and
+        ``outcome.streamed`` is False.
+        """
+        if request.tools:
+            yield self.route(policy, request)
+            return
+        context = _Context(self.pool, policy, request)
+        decision, failure = self._decide(policy, context)
+        if decision is None or decision.generation is not None:
+            if decision is not None and decision.generation is not None:
+                yield self._outcome(policy, context, decision, decision.generation, decision.role)
+            else:
+                yield self._fall_back(policy, context, decision, [failure] if failure else [])
+            return
+        started_streaming = False
+        try:
+            for item in context.stream(decision.role):
+                if isinstance(item, Generation):
+                    outcome = self._outcome(policy, context, decision, item, decision.role)
+                    outcome.streamed = True
+                    yield outcome
+                    return
+                started_streaming = True
+                yield item
+        except TierError as exc:
+            if started_streaming:
+                raise _final_error([exc]) from exc
+            yield self._fall_back(policy, context, decision, [exc])
+
+    def close(self) -> None:
+        self._shadow_pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _decide(self, policy: ActivePolicy, context: _Context) -> tuple[Decision | None, TierError | None]:
+        try:
+            return policy.policy.decide(policy.params, context), None
+        except TierError as exc:  # a policy that generates itself (hybrid-token) lost a model
+            return None, exc
+
+    def _fall_back(self, policy: ActivePolicy, context: _Context, decision: Decision | None,
+                   errors: list[TierError]) -> Outcome:
+        if decision is not None and decision.failure is not None:
+            errors = [decision.failure, *errors]
+        failed = errors[-1] if errors else None
+        if decision is not None and decision.fallback_generation is not None and decision.fallback_role:
+            outcome = self._outcome(policy, context, decision, decision.fallback_generation, decision.fallback_role)
+            outcome.fallback = _failure(failed) if failed else None
+            return outcome
+        other = policy.params.fallback_for(failed.role) if failed else None
+        if other is None or failed is None or other in {error.role for error in errors}:
+            raise _final_error(errors)
+        try:
+            generation = context.generate(other)
+        except TierError as exc:
+            raise _final_error([*errors, exc]) from exc
+        decision = decision or Decision(role=other)
+        outcome = self._outcome(policy, context, dataclasses.replace(decision, shadow_role=None), generation, other)
+        outcome.fallback = _failure(failed)
+        outcome.llm_token_share = None
+        return outcome
+
+    def _outcome(self, policy: ActivePolicy, context: _Context, decision: Decision, generation: Generation,
+                 role: str) -> Outcome:
+        model = decision.model if role == decision.role and decision.model else context.model_name(role)
+        confidence = decision.confidence if role == decision.role and decision.confidence is not None \
+            else generation.confidence
+        outcome = Outcome(
+            generation=generation, policy=policy, role=role, model=model, escalated=decision.escalated,
+            reason=decision.reason, confidence=confidence, llm_token_share=decision.llm_token_share,
+            detail=dict(decision.detail), model_s=context.model_s or generation.latency_s,
+            fallback=_failure(decision.failure) if decision.failure else None,
+        )
+        if decision.shadow_role:
+            outcome.shadow = self._start_shadow(context, decision.shadow_role, generation)
+            if outcome.shadow is None:
+                outcome.detail["shadow"] = {"skipped": "shadow backlog full"}
+        return outcome
+
+    def _start_shadow(self, context: _Context, role: str, served: Generation) -> concurrent.futures.Future | None:
+        with self._lock:
+            if self._shadow_inflight >= self._shadow_backlog:
+                return None
+            self._shadow_inflight += 1
+
+        def run() -> dict[str, Any]:
+            try:
+                shadow = context.generate(role)
+            except TierError as exc:
+                return {"role": role, "model": exc.model, "error": str(exc.error)[:500]}
+            except Exception as exc:  # the shadow never fails the request it shadows
+                return {"role": role, "error": f"{type(exc).__name__}: {exc}"[:500]}
+            finally:
+                with self._lock:
+                    self._shadow_inflight -= 1
+            summary = answer_summary(shadow, context.tools, context.call_required)
+            return {"role": role, "model": context.model_name(role), "agree": calls_agree(served, shadow), **summary}
+
+        try:
+            return self._shadow_pool.submit(run)
+        except RuntimeError:  # shut down
+            with self._lock:
+                self._shadow_inflight -= 1
+            return None

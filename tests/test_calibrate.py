@@ -1,0 +1,158 @@
+"""Threshold calibration from stored evaluations and from logged traffic, and the policy CLI."""
+
+import datetime as dt
+import json
+import uuid
+
+import pytest
+from click.testing import CliRunner
+from supertiny.cli import cli
+from supertiny.errors import InvalidInputError
+from supertiny.models.registry import register_model_version
+from supertiny.route.calibrate import CalibrationRecord, calibrate, cascade_curve, choose, token_curve
+from supertiny.route.policy_store import active_row, history, set_policy
+from supertiny.store.tables import Evaluation, RequestLog
+
+# task: (tiny confidence, tiny valid, tiny correct, llm correct)
+TASKS = {
+    "t0": (0.95, True, True, True), "t1": (0.9, True, True, True), "t2": (0.85, True, False, True),
+    "t3": (0.8, True, True, True), "t4": (0.7, True, False, True), "t5": (0.6, True, True, True),
+    "t6": (0.5, True, False, True), "t7": (0.4, True, False, True), "t8": (None, False, False, True),
+    "t9": (0.3, True, True, False),
+}
+
+
+def records() -> list[CalibrationRecord]:
+    return [CalibrationRecord(confidence, valid, tiny, llm) for confidence, valid, tiny, llm in TASKS.values()]
+
+
+def point_at(points, threshold):
+    return next(point for point in points if point.threshold == threshold)
+
+
+def test_the_cascade_curve_simulates_the_cascade_rule():
+    points = cascade_curve(records())
+    assert (points[0].threshold, points[0].llm_share, points[0].accuracy) == (0.0, 0.1, 0.6)  # only invalid escalates
+    assert (point_at(points, 0.4).llm_share, point_at(points, 0.4).accuracy) == (0.2, 0.5)
+    assert (point_at(points, 0.8).llm_share, point_at(points, 0.8).accuracy) == (0.6, 0.8)
+    assert (points[-1].threshold, points[-1].llm_share, points[-1].accuracy) == (1.01, 1.0, 0.9)
+
+
+def test_choose_the_cheapest_threshold_for_an_accuracy_or_the_best_within_a_budget():
+    points = cascade_curve(records())
+    assert choose(points, target_accuracy=0.8).threshold == 0.8
+    assert choose(points, target_accuracy=0.9).threshold == 0.9
+    assert choose(points, llm_budget=0.45).threshold == 0.6
+    with pytest.raises(InvalidInputError, match=r"no threshold reaches accuracy 0\.950: the best is 0\.900"):
+        choose(points, target_accuracy=0.95)
+    with pytest.raises(InvalidInputError, match="invalid tiny answers always escalate"):
+        choose(points, llm_budget=0.05)
+
+
+def test_token_curve_gives_the_llm_token_share():
+    points = token_curve([[0.1, 0.9, 0.5], [0.2, 0.95]])
+    assert points[0].llm_share == 0 and points[-1].llm_share == 1
+    assert choose(points, llm_budget=0.4).llm_share == 0.4
+
+
+def _evaluation(store, model: str, llm: bool) -> None:
+    with store.session() as session:
+        model_id = register_model_version(store, name=model, stage="external", format="hf", backend="transformers",
+                                          path="/nowhere").id
+        details = {"records": [{"task_id": task, "category": "simple", "correct": row[3] if llm else row[2],
+                                "valid": True if llm else row[1], "confidence": None if llm else row[0],
+                                "latency_s": 0.1, "completion_tokens": 20} for task, row in TASKS.items()]}
+        session.add(Evaluation(model_version_id=model_id, domain="bfcl", split="test", n_tasks=len(TASKS),
+                               accuracy=0.5, per_category={}, details=details))
+
+
+def test_calibrate_from_evaluations_stores_a_new_version(sqlite_store):
+    _evaluation(sqlite_store, "small", llm=False)
+    _evaluation(sqlite_store, "large", llm=True)
+    set_policy(sqlite_store, "weather", "cascade", {"tiny": "small", "llm": "large", "threshold": 0.5})
+    dry = calibrate(sqlite_store, "weather", target_accuracy=0.8, dry_run=True)
+    assert dry.policy is None and active_row(sqlite_store, "weather").version == 1
+    result = calibrate(sqlite_store, "weather", target_accuracy=0.8)
+    assert (result.chosen.threshold, result.policy.version) == (0.8, 2)
+    assert "10 common tasks" in result.source
+    row = active_row(sqlite_store, "weather")
+    assert row.params["threshold"] == 0.8 and row.params["llm"] == "large" and "was v1" in row.note
+
+
+def _log(store, route: str, detail: dict) -> None:
+    with store.session() as session:
+        session.add(RequestLog(request_id=uuid.uuid4().hex, created_at=dt.datetime.now(dt.UTC), route=route,
+                               request={}, detail=detail, status=200))
+
+
+def test_calibrate_from_logged_traffic(sqlite_store):
+    set_policy(sqlite_store, "weather", "cascade", {"tiny": "small", "llm": "large"})
+    for confidence in (0.2, 0.4, 0.6, 0.8):
+        _log(sqlite_store, "weather", {"kind": "cascade", "tiny": {"confidence": confidence, "valid": True}})
+    result = calibrate(sqlite_store, "weather", llm_budget=0.5)  # no evaluations of these models: logs
+    assert "4 logged requests" in result.source and result.chosen.llm_share == 0.5
+    assert result.chosen.threshold == 0.6
+    with pytest.raises(InvalidInputError, match="no correctness"):
+        calibrate(sqlite_store, "weather", target_accuracy=0.9)
+    set_policy(sqlite_store, "shadowed", "cascade", {"tiny": "small", "llm": "large"})
+    for confidence, agree in ((0.3, False), (0.6, True), (0.9, True)):
+        _log(sqlite_store, "shadowed", {"kind": "shadow", "shadow": {"confidence": confidence, "valid": True,
+                                                                     "agree": agree}})
+    shadowed = calibrate(sqlite_store, "shadowed", target_accuracy=1.0)
+    assert shadowed.chosen.threshold == 0.6 and "agreement with the LLM" in shadowed.source
+
+
+def test_calibrate_hybrid_token_from_token_rewards(sqlite_store):
+    set_policy(sqlite_store, "hybrid", "hybrid-token", {"tiny": "small", "llm": "large", "threshold": 0.5})
+    _log(sqlite_store, "hybrid", {"kind": "hybrid-token", "token_scores": [0.1, 0.2, 0.3, 0.9, 0.95]})
+    result = calibrate(sqlite_store, "hybrid", llm_budget=0.2)
+    assert result.chosen.llm_share <= 0.2 and active_row(sqlite_store, "hybrid").params["threshold"] == 0.2
+    with pytest.raises(InvalidInputError, match="only be calibrated to an LLM budget"):
+        calibrate(sqlite_store, "hybrid", target_accuracy=0.9)
+
+
+def test_calibrate_refuses_kinds_without_a_threshold(sqlite_store):
+    set_policy(sqlite_store, "plain", "tiny", {"tiny": "small"})
+    with pytest.raises(InvalidInputError, match="has no threshold"):
+        calibrate(sqlite_store, "plain", llm_budget=0.1)
+
+
+def run(store, *args: str):
+    return CliRunner().invoke(cli, ["--db", store.url, *args], catch_exceptions=False)
+
+
+def test_policy_cli(sqlite_store):
+    result = run(sqlite_store, "policy", "set", "weather", "cascade", "-p", "tiny=small", "-p", "llm=large",
+                 "-p", "threshold=0.6", "--note", "first")
+    assert result.exit_code == 0 and "version 1 is active (cascade" in result.output
+    assert run(sqlite_store, "policy", "set", "weather", "tiny", "--params", '{"tiny": "small"}').exit_code == 0
+    listed = json.loads(run(sqlite_store, "policy", "list", "--json").output)
+    assert [(row["route"], row["version"], row["kind"]) for row in listed] == [("weather", 2, "tiny")]
+    assert "tiny: small" in run(sqlite_store, "policy", "show", "weather").output
+    assert "version 1 is active" in run(sqlite_store, "policy", "activate", "weather", "1").output
+    versions = json.loads(run(sqlite_store, "policy", "history", "weather", "--json").output)
+    assert [(row["version"], row["active"]) for row in versions] == [(1, True), (2, False)]
+    assert "cascade" in run(sqlite_store, "policy", "kinds").output
+    bad = run(sqlite_store, "policy", "set", "weather", "cascade", "-p", "tiny=small")
+    assert bad.exit_code == 1 and bad.output.strip().splitlines() == \
+        ["error: invalid params for a cascade policy: llm: Field required"]
+    _evaluation(sqlite_store, "small", llm=False)
+    _evaluation(sqlite_store, "large", llm=True)
+    calibrated = run(sqlite_store, "policy", "calibrate", "weather", "--target-accuracy", "0.9")
+    assert calibrated.exit_code == 0 and "threshold 0.9: LLM share 0.800, accuracy 0.900; stored as version 3" \
+        in calibrated.output
+    assert len(history(sqlite_store, "weather")) == 3
+    assert "disabled" in run(sqlite_store, "policy", "disable", "weather").output
+
+
+def test_keys_cli(sqlite_store):
+    created = run(sqlite_store, "keys", "create", "ci")
+    secret = created.output.strip().splitlines()[0]
+    assert created.exit_code == 0 and secret.startswith("sk-st-")
+    listed = json.loads(run(sqlite_store, "keys", "list", "--json").output)
+    assert [(row["name"], row["active"]) for row in listed] == [("ci", True)]
+    assert secret not in json.dumps(listed) and listed[0]["prefix"] == secret[:14]
+    assert run(sqlite_store, "keys", "create", "ci").exit_code == 1
+    revoked = run(sqlite_store, "keys", "revoke", "ci")
+    assert "revoked" in revoked.output and "no active key is left" in revoked.output
+    assert json.loads(run(sqlite_store, "keys", "list", "--json").output)[0]["active"] is False
