@@ -1,8 +1,170 @@
-"""``supertiny train``: stage 2 trainers."""
+"""``supertiny train``: stage 2. One subcommand per registered trainer (sft, rft, dpo, kd and any
+plugin's); each command's options are generated from the trainer's config dataclass."""
+
+import dataclasses
+import typing
+from typing import Any
 
 import click
 
+from supertiny.cli.app import pass_settings, print_json
+from supertiny.config import Settings
 
-@click.group()
+COMMON_OPTIONS = ("student", "data", "teacher", "name", "domain", "as_json", "keep_checkpoints", "memory_check")
+
+
+class TrainGroup(click.Group):
+    """Subcommands come from the trainer registry, so a plugin's trainer is a command too."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from supertiny.registry import get_trainers
+
+        return sorted(set(super().list_commands(ctx)) | set(get_trainers()))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        from supertiny.registry import get_trainers
+
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        trainer = get_trainers().get(cmd_name)
+        return trainer_command(trainer) if trainer is not None else None
+
+
+@click.group(cls=TrainGroup)
 def train() -> None:
-    """Stage 2: train a student on a snapshot (sft, rft, dpo, kd)."""
+    """Stage 2: train a student on a snapshot (sft, rft, dpo, kd).
+
+    Every run becomes a new registered model (parent = the student, dataset = the snapshot); re-running
+    an interrupted command resumes it from its last checkpoint.
+    """
+
+
+def config_options(config_class: type) -> list[click.Option]:
+    """One ``--option`` per field of a config dataclass: type, default, choices and help from the field."""
+    hints = typing.get_type_hints(config_class)
+    options = []
+    for field in dataclasses.fields(config_class):
+        if field.name in COMMON_OPTIONS:
+            raise TypeError(f"{config_class.__name__}.{field.name} clashes with a common train option")
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+        help_text = field.metadata.get("help", "")
+        kind = _base_type(hints[field.name])
+        if kind is bool:
+            options.append(click.Option([f"{flag}/--no-{flag[2:]}", field.name], default=default, show_default=True,
+                                        help=help_text))
+            continue
+        click_type: Any = click.Choice(field.metadata["choices"]) if "choices" in field.metadata else kind
+        options.append(click.Option([flag, field.name], type=click_type, default=default,
+                                    show_default=default is not None, help=help_text))
+    return options
+
+
+def _base_type(hint: Any) -> Any:
+    """``int | None`` -> int; anything not a plain scalar is read as a string."""
+    arguments = [argument for argument in typing.get_args(hint) if argument is not type(None)]
+    kind = arguments[0] if arguments else hint
+    return kind if kind in (bool, int, float, str) else str
+
+
+def trainer_command(trainer: Any) -> click.Command:
+    """The ``supertiny train <name>`` command of one trainer."""
+    params: list[click.Parameter] = [
+        click.Option(["--student"], required=True, metavar="MODEL", help="Registered model to train."),
+        click.Option(["--data"], required=True, metavar="SNAPSHOT", help="Dataset snapshot: NAME or NAME@VERSION."),
+    ]
+    if trainer.teacher != "none":
+        required = " [required]" if trainer.teacher == "required" else ""
+        params.append(click.Option(["--teacher"], metavar="MODEL",
+                                   help=f"{getattr(trainer, 'teacher_help', 'Teacher model.')}{required}"))
+    params += [
+        click.Option(["--name"], metavar="NEW_NAME", help="Name of the new model (default: "
+                     "<student>-<algorithm>-<snapshot>-v<version>)."),
+        click.Option(["--domain"], help="Refuse the snapshot unless it comes from this domain."),
+        click.Option(["--keep-checkpoints"], is_flag=True, help="Keep the run's checkpoints after the model is saved."),
+        click.Option(["--memory-check/--no-memory-check"], default=True, show_default=True,
+                     help="Refuse to start when the estimated memory exceeds what is available."),
+        click.Option(["--json", "as_json"], is_flag=True, help="Print the result as JSON."),
+        *config_options(trainer.config_class),
+    ]
+
+    @pass_settings
+    def run(settings: Settings, student: str, data: str, name: str | None, domain: str | None,
+            keep_checkpoints: bool, memory_check: bool, as_json: bool, teacher: str | None = None,
+            **options: Any) -> None:
+        from supertiny.store.session import open_store
+        from supertiny.transfer.pipeline import train_model
+
+        _quiet_libraries()
+        config = trainer.config_class(**options)
+        store = open_store(settings)
+        progress = BarProgress()
+        try:
+            result = train_model(store, settings, trainer.name, student=student, data=data, config=config,
+                                 teacher=teacher, name=name, domain=domain, progress=progress,
+                                 check_memory=memory_check, keep_checkpoints=keep_checkpoints)
+        finally:
+            progress.close()
+        if as_json:
+            print_json(result)
+            return
+        click.echo(summary(result))
+
+    doc = (trainer.config_class.__doc__ or trainer.description or "").strip()
+    return click.Command(trainer.name, callback=run, params=params, help=doc,
+                         short_help=trainer.description or None)
+
+
+def summary(result: Any) -> str:
+    """Two lines: what was made from what, and how the training went."""
+    metrics = result.metrics
+    first, last = metrics.get("loss_first"), metrics.get("loss_last")
+    loss = f"{first:.4f} -> {last:.4f}" if first is not None and last is not None else "-"
+    size = f"{result.size_bytes / 1e6:,.1f} MB" if result.size_bytes else "-"
+    params = f"{result.param_count:,}" if result.param_count else "-"
+    return (f"model {result.name}: {result.algorithm} of {result.parent} on {result.dataset}\n"
+            f"  params {params}  size {size}  steps {metrics.get('steps')}  loss {loss}  "
+            f"time {metrics.get('wall_time_s', 0):.1f}s\n"
+            f"  saved to {result.path}")
+
+
+class BarProgress:
+    """A tqdm bar per phase (loading, sampling, training) with the loss or pass rate beside it."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def phase(self, description: str, total: int | None = None) -> None:
+        from tqdm import tqdm
+
+        self.close()
+        unit = "step" if "train" in description else "sample"
+        bar_format = None if total else "{desc} [{elapsed}]"  # a phase without a count: just its time
+        self.bar = tqdm(desc=description, total=total, dynamic_ncols=True, unit=unit, bar_format=bar_format)
+
+    def update(self, done: int, **info: Any) -> None:
+        if self.bar is None:
+            self.phase("working")
+        if self.bar.total is None and done:
+            self.bar.bar_format = None
+        self.bar.n = done
+        if info:
+            self.bar.set_postfix(info, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _quiet_libraries() -> None:
+    """The command draws its own progress: silence the libraries' bars and info logs."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()

@@ -1,0 +1,15 @@
+"""Built-in stage-2 trainers: sft, rft, dpo and kd."""
+
+import supertiny
+from supertiny.transfer.dpo_trainer import DPOTrainer
+from supertiny.transfer.kd_trainer import KDTrainer
+from supertiny.transfer.rft_trainer import RFTTrainer
+from supertiny.transfer.sft_trainer import SFTTrainer
+
+
+@supertiny.hookimpl(trylast=True)
+def register_trainers(register):
+    register(SFTTrainer())
+    register(RFTTrainer())
+    register(DPOTrainer())
+    register(KDTrainer())

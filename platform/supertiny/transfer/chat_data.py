@@ -1,0 +1,140 @@
+"""Conversations as training tokens: rendered with the tokenizer's own chat template and tools, exactly
+as the transformers backend renders a prompt (the same message conversion: tool-call arguments as
+objects, content never None), with the loss on the assistant turns only.
+
+The assistant spans are found by rendering prefixes: the text of turn ``i`` is what
+``render(messages[:i + 1])`` adds to ``render(messages[:i], add_generation_prompt=True)``, so the mask
+follows any template without ``{% generation %}`` markers. A span covers the turn's content and tool
+calls and its end-of-turn token; the user turns, the tool results and the template's own text stay
+masked. A token is trained when it starts inside a span.
+"""
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from supertiny.errors import InvalidInputError
+from supertiny.models.backend import chat_template_messages, tool_dicts
+
+IGNORE_INDEX = -100
+
+
+@dataclasses.dataclass
+class TokenizedConversation:
+    input_ids: list[int]
+    labels: list[int]  # input_ids on the assistant tokens, IGNORE_INDEX elsewhere
+    prompt_length: int  # tokens before the last assistant turn: the prompt of on-policy generation
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+@dataclasses.dataclass
+class TokenizeStats:
+    conversations: int = 0
+    kept: int = 0
+    no_assistant_turn: int = 0
+    truncated: int = 0  # cut at max_length, some assistant tokens kept
+    too_long: int = 0  # every assistant token past max_length: dropped
+    tokens: int = 0
+    trained_tokens: int = 0
+
+
+def render(tokenizer: Any, messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None,
+           add_generation_prompt: bool = False) -> str:
+    try:
+        return tokenizer.apply_chat_template(chat_template_messages(messages), tools=tool_dicts(tools),
+                                             add_generation_prompt=add_generation_prompt, tokenize=False)
+    except InvalidInputError:
+        raise
+    except Exception as exc:  # jinja2 errors carry the template's own message
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInputError(f"the chat template cannot render a training conversation: {first}") from exc
+
+
+def assistant_spans(tokenizer: Any, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[Any] | None) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of its assistant turns."""
+    full = render(tokenizer, messages, tools)
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for index, message in enumerate(messages):
+        if message.get("role") != "assistant" or index == 0:
+            continue
+        before = render(tokenizer, messages[:index], tools, add_generation_prompt=True)
+        through = render(tokenizer, messages[: index + 1], tools)
+        start = _common_prefix(before, through)
+        end = len(through.rstrip())
+        if end <= start:
+            continue
+        if full[:end] == through[:end]:
+            span = (start, end)
+        else:  # the template renders earlier turns differently once later ones follow: find the text
+            found = full.find(through[start:end], cursor)
+            if found < 0:
+                raise InvalidInputError("the chat template renders an assistant turn differently inside the "
+                                        "whole conversation; cannot find which tokens to train")
+            span = (found, found + end - start)
+        spans.append(span)
+        cursor = span[1]
+    return full, spans
+
+
+def tokenize_conversation(tokenizer: Any, messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None,
+                          max_length: int | None = None) -> TokenizedConversation:
+    """Token ids of the rendered conversation and labels that keep only the assistant tokens."""
+    text, spans = assistant_spans(tokenizer, messages, tools)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = list(encoding["input_ids"])
+    offsets = encoding["offset_mapping"]
+    labels = [IGNORE_INDEX] * len(input_ids)
+    span_index = 0
+    for position, (start, _end) in enumerate(offsets):
+        while span_index < len(spans) and start >= spans[span_index][1]:
+            span_index += 1
+        if span_index < len(spans) and spans[span_index][0] <= start < spans[span_index][1]:
+            labels[position] = input_ids[position]
+    prompt_length = len(input_ids)
+    if spans:
+        last_start = spans[-1][0]
+        prompt_length = next((position for position, (start, _) in enumerate(offsets) if start >= last_start),
+                             len(input_ids))
+    if max_length is not None:
+        input_ids, labels = input_ids[:max_length], labels[:max_length]
+        prompt_length = min(prompt_length, len(input_ids))
+    return TokenizedConversation(input_ids=input_ids, labels=labels, prompt_length=prompt_length)
+
+
+def tokenize_records(tokenizer: Any, records: Iterable[tuple[Sequence[dict[str, Any]], Sequence[Any] | None]],
+                     max_length: int) -> tuple[list[TokenizedConversation], TokenizeStats]:
+    """Tokenize (messages, tools) records for training; records with nothing to train are left out
+    and counted in the stats."""
+    stats = TokenizeStats()
+    kept = []
+    for messages, tools in records:
+        stats.conversations += 1
+        whole = tokenize_conversation(tokenizer, messages, tools)
+        if whole.trained_tokens == 0:
+            stats.no_assistant_turn += 1
+            continue
+        cut = TokenizedConversation(whole.input_ids[:max_length], whole.labels[:max_length],
+                                    min(whole.prompt_length, max_length))
+        if cut.trained_tokens == 0:
+            stats.too_long += 1
+            continue
+        if cut.trained_tokens < whole.trained_tokens:
+            stats.truncated += 1
+        stats.kept += 1
+        stats.tokens += len(cut.input_ids)
+        stats.trained_tokens += cut.trained_tokens
+        kept.append(cut)
+    return kept, stats
+
+
+def _common_prefix(left: str, right: str) -> int:
+    limit = min(len(left), len(right))
+    index = 0
+    while index < limit and left[index] == right[index]:
+        index += 1
+    return index

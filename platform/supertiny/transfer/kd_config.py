@@ -1,0 +1,40 @@
+"""Options of ``supertiny train kd``."""
+
+import dataclasses
+
+from supertiny.errors import InvalidInputError
+from supertiny.transfer.sft_config import VERDICT_FILTERS
+from supertiny.transfer.train_config import TrainConfig, option
+
+
+@dataclasses.dataclass
+class KDConfig(TrainConfig):
+    """Logit distillation from the teacher on the assistant tokens of the snapshot's conversations."""
+
+    beta: float = option(0.0, "Divergence: 0 = forward KL(teacher||student), 1 = reverse KL, in between the "
+                         "generalised JSD.")
+    temperature: float = option(1.0, "Softens both distributions; the loss is scaled by temperature².")
+    sft_weight: float = option(0.0, "Add this times the usual next-token loss on the same tokens.")
+    on_policy: float = option(0.0, "Fraction of steps trained on completions the student samples itself (GKD's "
+                              "lambda; 0 = off).")
+    max_new_tokens: int = option(128, "Tokens per on-policy completion.")
+    sample_temperature: float = option(0.9, "Temperature of on-policy sampling.")
+    verdict: str = option("pass", "Records to learn from: pass (verified passing, or unverified traffic) or any.",
+                          choices=VERDICT_FILTERS)
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 <= self.beta <= 1.0:
+            raise InvalidInputError("--beta must be in [0, 1]")
+        if self.temperature <= 0:
+            raise InvalidInputError("--temperature must be above 0")
+        if not 0.0 <= self.on_policy <= 1.0:
+            raise InvalidInputError("--on-policy must be in [0, 1]")
+        if self.sft_weight < 0:
+            raise InvalidInputError("--sft-weight must be at least 0")
+        if self.max_new_tokens < 1:
+            raise InvalidInputError("--max-new-tokens must be at least 1")
+        if self.on_policy > 0 and self.sample_temperature <= 0:
+            raise InvalidInputError("--sample-temperature must be above 0 for on-policy sampling")
+        if self.verdict not in VERDICT_FILTERS:
+            raise InvalidInputError(f"unknown verdict filter {self.verdict!r}", hint="pass or any")

@@ -1,0 +1,179 @@
+"""``kd``: logit distillation. The teacher and the student read the same tokens (the snapshot's
+conversations, or with ``--on-policy`` completions the student samples itself, as in GKD); the loss
+(:func:`supertiny.transfer.kd_loss.distillation_loss`) compares their next-token distributions on the
+assistant tokens only.
+
+Logits can only be compared over one vocabulary: the teacher's tokenizer must be the student's (the
+default Qwen2.5-Coder 0.5B / 1.5B pair shares one); anything else is refused before training.
+"""
+
+import random
+from typing import Any
+
+from supertiny.errors import InvalidInputError
+from supertiny.store import ModelVersion
+from supertiny.transfer.base import TrainContext, Trainer, TrainResult
+from supertiny.transfer.chat_data import IGNORE_INDEX
+from supertiny.transfer.kd_config import KDConfig
+from supertiny.transfer.resources import model_facts, model_ref, training_dtype
+from supertiny.transfer.sft_trainer import training_records
+
+
+class KDTrainer(Trainer):
+    name = "kd"
+    description = "logit distillation from the teacher (forward KL or generalised JSD), optionally on-policy"
+    config_class = KDConfig
+    teacher = "required"
+    teacher_help = "The model whose next-token distributions the student learns; it must share its tokenizer."
+
+    def check(self, context: TrainContext) -> None:
+        from supertiny.transfer.modeling import load_tokenizer, tokenizer_difference
+
+        assert context.teacher is not None
+        config: KDConfig = context.config  # type: ignore[assignment]
+        if not training_records(context.items(), config.verdict):
+            raise InvalidInputError(f"snapshot {context.dataset.name}@{context.dataset.version} has no passing "
+                                    f"record in split {config.split!r}", hint="or pass --verdict any")
+        difference = tokenizer_difference(load_tokenizer(model_ref(context.student)),
+                                          load_tokenizer(model_ref(context.teacher)))
+        if difference:
+            raise InvalidInputError(f"cannot distil {context.teacher.name!r} into {context.student.name!r}: their "
+                                    f"tokenizers differ ({difference})",
+                                    hint="logit distillation needs one vocabulary; use sft or rft on the teacher's "
+                                         "samples instead")
+
+    def resident_models(self, context: TrainContext) -> list[ModelVersion]:
+        return [context.teacher] if context.teacher is not None else []
+
+    def train(self, context: TrainContext) -> TrainResult:
+        import dataclasses
+
+        import datasets
+        from transformers import TrainingArguments
+
+        from supertiny.transfer.chat_data import tokenize_records
+        from supertiny.transfer.hf_loop import run_trainer, training_arguments
+        from supertiny.transfer.modeling import load_model, load_tokenizer, prepare_student, set_threads
+
+        assert context.teacher is not None
+        config: KDConfig = context.config  # type: ignore[assignment]
+        set_threads(config.threads)
+        student, teacher = model_ref(context.student), model_ref(context.teacher)
+        context.progress.phase(f"loading {student.name} and {teacher.name}")
+        tokenizer = load_tokenizer(student)
+        examples, stats = tokenize_records(tokenizer, training_records(context.items(), config.verdict),
+                                           config.max_length)
+        if not examples:
+            raise InvalidInputError(f"nothing to train on: no record has an assistant turn within --max-length "
+                                    f"{config.max_length}")
+        dtype, mixed = training_dtype(config, model_facts(student))
+        teacher_facts = model_facts(teacher)
+        teacher_model = load_model(teacher, "bfloat16" if teacher_facts.dtype == "bfloat16" else "float32",
+                                   trainable=False)
+        model = prepare_student(student, config, dtype)
+        dataset = datasets.Dataset.from_list([
+            {"input_ids": example.input_ids, "labels": example.labels, "prompt_length": example.prompt_length}
+            for example in examples])
+        output_dir = context.run_dir / "checkpoints"
+        args = TrainingArguments(**training_arguments(config, output_dir, mixed))
+        trainer = make_distillation_trainer(model=model, teacher=teacher_model, tokenizer=tokenizer, config=config,
+                                            args=args, dataset=dataset)
+        metrics = run_trainer(trainer, output_dir, context.progress)
+        metrics.update({f"data_{key}": value for key, value in dataclasses.asdict(stats).items()})
+        metrics["on_policy_steps"] = trainer.on_policy_batches
+        return TrainResult(model=trainer.model, tokenizer=tokenizer, metrics=metrics)
+
+
+def collate(examples: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
+    """Right-padded input ids, attention mask and labels, with each row's prompt length."""
+    import torch
+
+    width = max(len(example["input_ids"]) for example in examples)
+    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    for row, example in enumerate(examples):
+        length = len(example["input_ids"])
+        input_ids[row, :length] = torch.tensor(example["input_ids"])
+        attention_mask[row, :length] = 1
+        labels[row, :length] = torch.tensor(example["labels"])
+    prompt_length = torch.tensor([example["prompt_length"] for example in examples], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "prompt_length": prompt_length}
+
+
+def make_distillation_trainer(*, model: Any, teacher: Any, tokenizer: Any, config: KDConfig, args: Any,
+                              dataset: Any) -> Any:
+    """A ``transformers.Trainer`` whose loss is the distillation loss against ``teacher``."""
+    import torch
+    from transformers import Trainer as HFTrainer
+
+    from supertiny.transfer.kd_loss import distillation_loss
+
+    stop_ids = _stop_ids(model, tokenizer)
+
+    class DistillationTrainer(HFTrainer):
+        on_policy_batches = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if config.on_policy > 0 and self._draw() < config.on_policy:
+                inputs = self._on_policy(model, inputs)
+                self.on_policy_batches += 1
+            labels = inputs["labels"]
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            with torch.no_grad():
+                teacher_logits = teacher(input_ids=inputs["input_ids"].to(teacher.device),
+                                         attention_mask=inputs["attention_mask"].to(teacher.device)).logits
+            vocab = min(outputs.logits.shape[-1], teacher_logits.shape[-1])
+            student_logits = outputs.logits[:, :-1, :vocab]
+            teacher_logits = teacher_logits[:, :-1, :vocab].to(student_logits.device)
+            targets = labels[:, 1:]
+            mask = targets != IGNORE_INDEX
+            loss = distillation_loss(student_logits, teacher_logits, mask, beta=config.beta,
+                                     temperature=config.temperature)
+            if config.sft_weight > 0:
+                loss = loss + config.sft_weight * torch.nn.functional.cross_entropy(
+                    student_logits[mask].float(), targets[mask])
+            return (loss, outputs) if return_outputs else loss
+
+        def _draw(self) -> float:
+            """Deterministic per step, so a resumed run makes the same on-/off-policy choices."""
+            return random.Random(config.seed * 1_000_003 + self.state.global_step).random()
+
+        @torch.no_grad()
+        def _on_policy(self, model, inputs):
+            """Replace each row's last assistant turn by a completion the student samples now."""
+            was_training = model.training
+            model.eval()
+            rows = []
+            try:
+                for row in range(inputs["input_ids"].shape[0]):
+                    prompt = inputs["input_ids"][row, : int(inputs["prompt_length"][row])].unsqueeze(0)
+                    generated = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
+                                               do_sample=True, temperature=config.sample_temperature, top_k=0,
+                                               top_p=1.0, max_new_tokens=config.max_new_tokens,
+                                               eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
+                                               use_cache=True)[0, prompt.shape[1]:].tolist()
+                    end = next((index + 1 for index, token in enumerate(generated) if token in stop_ids),
+                               len(generated))
+                    completion = generated[:end]
+                    ids = prompt[0].tolist() + completion
+                    labels = [IGNORE_INDEX] * prompt.shape[1] + completion
+                    rows.append({"input_ids": ids[: config.max_length], "labels": labels[: config.max_length],
+                                 "prompt_length": prompt.shape[1]})
+            finally:
+                model.train(was_training)
+            batch = collate(rows, tokenizer.pad_token_id)
+            return {key: value.to(inputs["input_ids"].device) for key, value in batch.items()}
+
+    trainer = DistillationTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                  data_collator=lambda examples: collate(examples, tokenizer.pad_token_id))
+    trainer.model_accepts_loss_kwargs = False  # the loss is a per-token mean: let the trainer scale accumulation
+    return trainer
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)

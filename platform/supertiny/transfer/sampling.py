@@ -1,0 +1,105 @@
+"""Fresh samples for rft and dpo: the harvest runner with a model under training as the sampler, the
+domain's verifier judging each answer, the result kept as a snapshot.
+
+The harvest run is identified by its parameters (the sampler's label included), so an interrupted
+sampling resumes exactly; the snapshot made from it is remembered in the run directory, so a resumed
+training run reuses it instead of making another version.
+"""
+
+import dataclasses
+import gc
+import hashlib
+import json
+from typing import Any
+
+from supertiny.errors import InvalidInputError
+from supertiny.store import Dataset
+from supertiny.transfer.base import TrainContext
+from supertiny.transfer.modeling import save_json
+
+
+@dataclasses.dataclass
+class SamplingResult:
+    snapshot: Dataset | None  # None when no sample matched the verdict filter
+    run_id: int
+    samples: int
+    passed: int
+
+    def summary(self) -> dict[str, Any]:
+        ref = f"{self.snapshot.name}@{self.snapshot.version}" if self.snapshot else None
+        return {"harvest_run": self.run_id, "samples": self.samples, "passed": self.passed, "snapshot": ref}
+
+
+def sampler_label(context: TrainContext, tag: str) -> str:
+    """A harvest-run label unique to this run's identity: a model name alone could be reused by a
+    different model after a run directory is deleted."""
+    digest = hashlib.sha256(json.dumps([context.name, context.config.as_dict()], sort_keys=True,
+                                       default=str).encode()).hexdigest()[:8]
+    return f"{context.name[:150]}/{tag}#{digest}"
+
+
+def sample_and_snapshot(context: TrainContext, *, tag: str, sampler: str, label: str, samples_per_task: int,
+                        temperature: float, max_new_tokens: int, limit: int | None, use_prompt: bool,
+                        verdict: str | None, description: str) -> SamplingResult:
+    """Sample ``samples_per_task`` answers per task of the context's domain from ``sampler`` (a registered
+    model name or an HF directory), verify them, and snapshot those with ``verdict`` (None: all)."""
+    from supertiny.datasets.snapshot import SnapshotSource, create_snapshot, get_snapshot
+    from supertiny.harvest.runner import HarvestConfig, run_harvest
+
+    state_file = context.run_dir / f"sampling-{tag}.json"
+    state = _read(state_file)
+    if state.get("done"):
+        snapshot = get_snapshot(context.store, state["snapshot"]) if state.get("snapshot") else None
+        return SamplingResult(snapshot, state["run_id"], state["samples"], state["passed"])
+    if not context.domain:
+        raise InvalidInputError("sampling needs the snapshot's domain")
+    config = HarvestConfig(domain=context.domain, teacher=label, split=context.config.split,
+                           samples_per_task=samples_per_task, temperature=temperature, limit=limit,
+                           max_new_tokens=max_new_tokens, use_prompt=use_prompt)
+    opened: list[Any] = []
+    shown = {"phase": False}
+
+    def open_sampler() -> Any:
+        context.progress.phase(f"loading {sampler}")
+        shown["phase"] = False
+        chat_model = context.chat_model(sampler)
+        opened.append(chat_model)
+        return chat_model
+
+    def progress(done: int, passed: int, planned: int) -> None:
+        if not shown["phase"]:
+            context.progress.phase(description, planned)
+            shown["phase"] = True
+        context.progress.update(done, pass_rate=f"{passed / done:.0%}" if done else "-")
+
+    try:
+        result = run_harvest(context.store, config, open_sampler, progress)
+    finally:
+        for chat_model in opened:
+            _close(chat_model)
+        opened.clear()
+        gc.collect()
+    matching = result.passed if verdict == "pass" else result.done if verdict is None else None
+    snapshot = None
+    if matching != 0:  # an empty snapshot cannot exist: the caller decides what no sample means
+        snapshot = create_snapshot(context.store, f"{context.name[:150]}-{tag}",
+                                   SnapshotSource(runs=(result.run_id,), verdict=verdict),
+                                   note=f"sampled from {sampler} for training {context.name}")
+    save_json(state_file, {"done": True, "run_id": result.run_id, "samples": result.done, "passed": result.passed,
+                           "snapshot": f"{snapshot.name}@{snapshot.version}" if snapshot else None})
+    return SamplingResult(snapshot, result.run_id, result.done, result.passed)
+
+
+def _close(chat_model: Any) -> None:
+    """Release a LangChain wrapper's underlying supertiny model, when it has one."""
+    inner = getattr(chat_model, "model", None)
+    close = getattr(inner, "close", None)
+    if callable(close):
+        close()
+
+
+def _read(path: Any) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,69 @@
+"""``sft``: supervised fine-tuning with TRL's SFTTrainer on pre-tokenized conversations whose labels keep
+only the assistant tokens (see :mod:`supertiny.transfer.chat_data`)."""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from supertiny.errors import InvalidInputError
+from supertiny.store import DatasetItem
+from supertiny.transfer.base import Progress, TrainContext, Trainer, TrainResult
+from supertiny.transfer.chat_data import tokenize_records
+from supertiny.transfer.resources import ModelRef, model_facts, model_ref, training_dtype
+from supertiny.transfer.sft_config import SFTConfig
+from supertiny.transfer.train_config import TrainConfig
+
+Record = tuple[Sequence[dict[str, Any]], Sequence[Any] | None]
+
+
+def training_records(items: Sequence[DatasetItem], verdict: str = "pass") -> list[Record]:
+    """(messages, tools) of the items to learn from: with ``verdict="pass"`` failed samples are left out
+    (unverified records, such as logged traffic, are kept)."""
+    return [(item.messages, item.tools) for item in items if verdict == "any" or item.verdict in ("pass", None)]
+
+
+def fine_tune(student: ModelRef, records: Sequence[Record], config: TrainConfig, output_dir: Path,
+              progress: Progress, description: str = "training") -> tuple[Any, Any, dict[str, Any]]:
+    """Fine-tune ``student`` on ``records``; (model, tokenizer, metrics). Resumes from ``output_dir``."""
+    import dataclasses
+
+    import datasets
+    import trl
+
+    from supertiny.transfer.hf_loop import run_trainer, training_arguments
+    from supertiny.transfer.modeling import load_tokenizer, prepare_student, set_threads
+
+    set_threads(config.threads)
+    progress.phase(f"loading {student.name}")
+    tokenizer = load_tokenizer(student)
+    examples, stats = tokenize_records(tokenizer, records, config.max_length)
+    if not examples:
+        raise InvalidInputError(f"nothing to train on: none of {stats.conversations} records has an assistant turn "
+                                f"within --max-length {config.max_length}")
+    dtype, mixed = training_dtype(config, model_facts(student))
+    model = prepare_student(student, config, dtype)
+    dataset = datasets.Dataset.from_list([{"input_ids": example.input_ids, "labels": example.labels}
+                                          for example in examples])
+    args = trl.SFTConfig(**training_arguments(config, output_dir, mixed), max_length=None, packing=False,
+                         dataset_num_proc=None)
+    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    metrics = run_trainer(trainer, output_dir, progress, description)
+    metrics.update({f"data_{key}": value for key, value in dataclasses.asdict(stats).items()})
+    return trainer.model, tokenizer, metrics
+
+
+class SFTTrainer(Trainer):
+    name = "sft"
+    description = "supervised fine-tuning on a snapshot; loss on the assistant turns only"
+    config_class = SFTConfig
+
+    def check(self, context: TrainContext) -> None:
+        if not training_records(context.items(), context.config.verdict):
+            raise InvalidInputError(f"snapshot {context.dataset.name}@{context.dataset.version} has no passing "
+                                    f"record in split {context.config.split!r}", hint="or pass --verdict any")
+
+    def train(self, context: TrainContext) -> TrainResult:
+        records = training_records(context.items(), context.config.verdict)
+        model, tokenizer, metrics = fine_tune(model_ref(context.student), records, context.config,
+                                              context.run_dir / "checkpoints", context.progress)
+        return TrainResult(model=model, tokenizer=tokenizer, metrics=metrics)

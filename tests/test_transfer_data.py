@@ -1,0 +1,100 @@
+"""Training tokens: the loss mask keeps the assistant turns (tool calls, answers, end-of-turn tokens)
+and nothing else, checked by decoding what it keeps."""
+
+import json
+
+import pytest
+from helpers.toy_domain import WEATHER_TOOL
+from supertiny.errors import InvalidInputError
+from supertiny.models.backend import chat_template_messages
+from supertiny.transfer.chat_data import IGNORE_INDEX, assistant_spans, tokenize_conversation, tokenize_records
+from transformers import AutoTokenizer
+
+BFCL_TOOL = {"name": "calc.area", "description": "Area of a triangle.",
+             "parameters": {"type": "dict", "properties": {"base": {"type": "float"}}, "required": ["base"]}}
+
+
+def _call(name, **arguments):
+    return {"id": f"call_{name}", "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments)}}
+
+
+CONVERSATION = [
+    {"role": "user", "content": "Weather in Oslo in celsius?"},
+    {"role": "assistant", "content": "", "tool_calls": [_call("get_weather", city="Oslo", unit="celsius")]},
+    {"role": "tool", "tool_call_id": "call_get_weather", "content": '{"temperature": 3}'},
+    {"role": "assistant", "content": "It is 3 degrees in Oslo."},
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def _segments(tokenizer, tokenized):
+    """The decoded runs of consecutive trained tokens."""
+    runs, current = [], []
+    for token, label in zip(tokenized.input_ids, tokenized.labels, strict=True):
+        if label != IGNORE_INDEX:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return [tokenizer.decode(run) for run in runs]
+
+
+def test_only_the_assistant_turns_are_trained(tokenizer):
+    tokenized = tokenize_conversation(tokenizer, CONVERSATION, [WEATHER_TOOL])
+    assert _segments(tokenizer, tokenized) == [
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}\n</tool_call>'
+        "<|im_end|>",
+        "It is 3 degrees in Oslo.<|im_end|>",
+    ]
+    whole = tokenizer.decode(tokenized.input_ids)
+    assert whole == tokenizer.apply_chat_template(chat_template_messages(CONVERSATION), tools=[WEATHER_TOOL],
+                                                  tokenize=False)
+    assert '{"temperature": 3}' in whole and "<tools>" in whole  # present, but masked
+
+
+def test_the_prompt_length_ends_where_the_last_assistant_turn_starts(tokenizer):
+    tokenized = tokenize_conversation(tokenizer, CONVERSATION, [WEATHER_TOOL])
+    prompt = tokenizer.decode(tokenized.input_ids[: tokenized.prompt_length])
+    assert prompt == tokenizer.apply_chat_template(chat_template_messages(CONVERSATION[:3]), tools=[WEATHER_TOOL],
+                                                   tokenize=False, add_generation_prompt=True)
+
+
+def test_bfcl_style_tools_and_argument_objects_render_like_the_backend(tokenizer):
+    messages = [{"role": "user", "content": "Area of a triangle with base 3?"},
+                {"role": "assistant", "content": None,
+                 "tool_calls": [{"id": "c", "type": "function", "function": {"name": "calc.area",
+                                                                              "arguments": {"base": 3.0}}}]}]
+    text, spans = assistant_spans(tokenizer, messages, [BFCL_TOOL])
+    assert '"name": "calc.area"' in text and '"type": "dict"' in text
+    assert [text[start:end] for start, end in spans] == [
+        '<tool_call>\n{"name": "calc.area", "arguments": {"base": 3.0}}\n</tool_call><|im_end|>']
+
+
+def test_records_without_trainable_tokens_are_counted_and_dropped(tokenizer):
+    only_user = [{"role": "user", "content": "hello"}]
+    records = [(CONVERSATION, [WEATHER_TOOL]), (only_user, None), (CONVERSATION, [WEATHER_TOOL])]
+    full_length = len(tokenize_conversation(tokenizer, CONVERSATION, [WEATHER_TOOL]).input_ids)
+    kept, stats = tokenize_records(tokenizer, records, max_length=full_length - 3)
+    assert (stats.conversations, stats.kept, stats.no_assistant_turn, stats.truncated) == (3, 2, 1, 2)
+    assert all(len(example.input_ids) == full_length - 3 for example in kept)
+    kept, stats = tokenize_records(tokenizer, records, max_length=20)  # the prompt alone is longer
+    assert kept == [] and stats.too_long == 2
+
+
+def test_a_template_that_cannot_render_is_a_clear_error(tokenizer):
+    with pytest.raises(InvalidInputError, match="chat template"):
+        tokenize_conversation(tokenizer, [], None)
+
+
+def test_tool_call_arguments_are_rendered_as_objects_not_escaped_strings(tokenizer):
+    text, spans = assistant_spans(tokenizer, CONVERSATION, [WEATHER_TOOL])
+    first = text[spans[0][0]:spans[0][1]]
+    assert '"arguments": {"city": "Oslo", "unit": "celsius"}' in first and '\\"' not in first
