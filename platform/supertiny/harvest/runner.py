@@ -34,6 +34,8 @@ class HarvestConfig:
     # steer the teacher with the domain's system prompt and few-shot examples
     use_prompt: bool = True
     concurrency: int = 1
+    # digest of the domain's system prompt and few-shot turns: new steering means a new run
+    prompt_digest: str = ""
 
     def validate(self) -> None:
         if self.samples_per_task < 1:
@@ -63,6 +65,11 @@ class HarvestResult:
 
 
 ProgressCallback = Callable[[int, int, int], None]  # (done, passed, planned)
+
+
+def _prompt_digest(domain: Domain) -> str:
+    payload = json.dumps([domain.system_prompt, list(domain.few_shot)], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def _sample_seed(task_id: int, sample_index: int) -> int:
@@ -137,6 +144,8 @@ def run_harvest(store: Store, config: HarvestConfig, open_teacher: Callable[[], 
 
     config.validate()
     domain: Domain = lookup("domain", config.domain)
+    if config.use_prompt and not config.prompt_digest:
+        config = dataclasses.replace(config, prompt_digest=_prompt_digest(domain))
     task_ids = sync_tasks(store, domain, config.split, config.limit)
     planned = len(task_ids) * config.samples_per_task
     run = _get_or_create_run(store, config, planned)

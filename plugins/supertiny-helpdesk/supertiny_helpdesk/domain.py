@@ -20,8 +20,7 @@ class HelpdeskDomain(Domain):
     name = "helpdesk"
     description = ("Customer support for an online shop: lookups, refunds, cancellations and tickets, "
                    "judged on the shop's final state")
-    system_prompt = prompts.SYSTEM_PROMPT
-    few_shot = prompts.FEW_SHOT
+    system_prompt = prompts.SYSTEM_PROMPT_WITH_EXAMPLE
     max_steps = 6
 
     def tools(self) -> list[ToolSpec]:

@@ -49,3 +49,22 @@ FEW_SHOT: list[dict[str, Any]] = [
                                      "for your electric kettle (order ORD-48213) to your original payment "
                                      "method."},
 ]
+
+
+def example_as_text(turns: list[dict[str, Any]]) -> str:
+    """The solved example written out in prose. Given as chat turns, the 1.5B teacher imitated the
+    rendered ``<tool_response>`` blocks instead of calling tools (0 of 5 tasks passed); as text in the
+    system prompt it keeps the steer without the turns to copy."""
+    lines = ["Example of a complete conversation:", f"Customer: {turns[0]['content']}"]
+    for turn in turns[1:]:
+        if turn.get("tool_calls"):
+            function = turn["tool_calls"][0]["function"]
+            lines.append(f"You call {function['name']} with {function['arguments']}")
+        elif turn["role"] == "tool":
+            lines.append(f"The tool returns {turn['content']}")
+        else:
+            lines.append(f"You answer: {turn['content']}")
+    return "\n".join(lines)
+
+
+SYSTEM_PROMPT_WITH_EXAMPLE = f"{SYSTEM_PROMPT}\n\n{example_as_text(FEW_SHOT)}"
