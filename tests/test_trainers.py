@@ -56,11 +56,15 @@ def test_sft_lowers_the_loss_and_registers_a_reloadable_model_with_its_lineage(e
     row = get_model_version(store, "s1")
     assert (row.stage, row.algorithm, row.format, row.backend) == ("sft", "sft", "hf", "transformers")
     assert row.parent_id == get_model_version(store, "student").id and row.dataset_id == snapshot.id
-    assert row.config["learning_rate"] == 5e-3 and row.config["data"] == "weather@1"
+    assert row.config["source"]["learning_rate"] == 5e-3 and row.config["source"]["data"] == "weather@1"
     assert row.param_count == get_model_version(store, "student").param_count and row.size_bytes > 0
     assert [version.name for version in lineage(store, "s1")] == ["s1", "student"]
     assert row.path == str(settings.models_dir / "s1")
     _reload_and_generate(row.path)
+    # the registered row opens through the backend too (evaluation and serving use this path)
+    from supertiny.models.loading import open_model
+
+    assert open_model(store, "s1").generate([{"role": "user", "content": "hi"}]).completion_tokens > 0
     # the checkpoints are gone once the model is registered
     assert not (run_dir(settings, "s1") / "checkpoints").exists()
 
@@ -176,7 +180,8 @@ def test_kd_lowers_the_divergence_to_the_teacher(env):
                           config=config, name="k1")
     assert trained.metrics["loss_last"] < trained.metrics["loss_first"]
     row = get_model_version(store, "k1")
-    assert (row.stage, row.dataset_id, row.config["teacher"], row.config["beta"]) == ("kd", snapshot.id, "teacher", 0.5)
+    source = row.config["source"]
+    assert (row.stage, row.dataset_id, source["teacher"], source["beta"]) == ("kd", snapshot.id, "teacher", 0.5)
     _reload_and_generate(row.path)
 
 

@@ -170,8 +170,10 @@ def execute_run(run: PreparedRun, keep_checkpoints: bool = False) -> TrainedMode
     save_dtype = resources.model_facts(resources.model_ref(context.student)).dtype
     save_model(result.model, result.tokenizer, out, save_dtype if save_dtype in resources.DTYPE_BYTES else "float32")
     metrics = {**result.metrics, "wall_time_s": state["elapsed_s"]}
-    config = {**context.config.as_dict(), "data": _dataset_ref(context.dataset),
-              "teacher": context.teacher.name if context.teacher else None, "domain": context.domain}
+    # the training recipe is provenance, kept under "source": the rest of a row's config is what the
+    # backend opens the model with
+    config = {"source": {**context.config.as_dict(), "data": _dataset_ref(context.dataset),
+                         "teacher": context.teacher.name if context.teacher else None, "domain": context.domain}}
     param_count, size_bytes = weights.count_safetensors_parameters(out), weights.weights_size(out)
     row = register_model_version(context.store, name=context.name, stage=stage_of(trainer), format="hf",
                                  backend="transformers", path=str(out), parent=context.student.name,

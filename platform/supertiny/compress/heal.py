@@ -1,0 +1,50 @@
+"""Healing: distil a pruned model back towards the model it was pruned from.
+
+``heal`` is the kd trainer (:class:`supertiny.transfer.kd_trainer.KDTrainer`: the same options, the same
+loss on the assistant tokens of a snapshot) registered under its own name so its models get the
+registry stage ``healed``: ``supertiny train heal --student PRUNED --teacher PARENT --data SNAPSHOT``,
+or ``supertiny compress prune ... --heal``, which runs it right after pruning with the unpruned parent
+as the teacher. The healed row's parent is the pruned model.
+"""
+
+from supertiny.config import Settings
+from supertiny.errors import InvalidInputError
+from supertiny.store import Store
+from supertiny.transfer.base import Progress
+from supertiny.transfer.kd_config import KDConfig
+from supertiny.transfer.kd_trainer import KDTrainer
+from supertiny.transfer.pipeline import TrainedModel
+
+
+class HealTrainer(KDTrainer):
+    name = "heal"
+    description = "kd of a pruned model from the model it was pruned from (stage healed)"
+    stage = "healed"
+    teacher_help = "The model the student was pruned from (default of `compress prune --heal`: its parent)."
+
+
+def heal_model(
+    store: Store,
+    settings: Settings,
+    pruned: str,
+    *,
+    data: str,
+    teacher: str | None = None,
+    name: str | None = None,
+    config: KDConfig | None = None,
+    domain: str | None = None,
+    progress: Progress | None = None,
+    check_memory: bool = True,
+) -> TrainedModel:
+    """Train ``pruned`` on snapshot ``data`` by distillation from ``teacher`` (default: its parent)."""
+    from supertiny.models.registry import lineage
+    from supertiny.transfer.pipeline import train_model
+
+    if teacher is None:
+        chain = lineage(store, pruned)
+        if len(chain) < 2:
+            raise InvalidInputError(f"model {pruned!r} has no parent to heal it from", hint="give --teacher")
+        teacher = chain[1].name
+    return train_model(store, settings, HealTrainer.name, student=pruned, data=data, teacher=teacher,
+                       config=config, name=name or f"{pruned}-healed", domain=domain, progress=progress,
+                       check_memory=check_memory)

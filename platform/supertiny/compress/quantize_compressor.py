@@ -1,0 +1,81 @@
+"""``quantize``: weight-only int8 (or int4) quantization for CPU serving.
+
+Decoding one token reads every weight once, so on a CPU it is bound by memory bandwidth: int8 weights
+halve the bytes read per token against bf16. The kernels are torch's own packed-weight CPU kernels
+(``_weight_int8pack_mm``, ``_weight_int4pack_mm_for_cpu``), so nothing beyond torch is needed; the
+modules are in :mod:`supertiny.compress.quantized`, the format in :mod:`supertiny.compress.quantized_io`.
+
+Why not ``torch.ao.quantization.quantize_dynamic`` (fbgemm int8 activations and weights): on the
+2-core x86 machine it prefilled much faster but decoded slower than weight-only int8, needs fp32
+activations everywhere else, agreed less with the bf16 model's greedy tokens (per-tensor activation
+quantization meets Qwen's activation outliers), and torch has deprecated it. int4 (group-wise) is a third
+of bf16's bytes and decoded as fast as int8 on a quiet core and faster when memory bandwidth was contended,
+but it moves the logits much more (``python -m bench.compress`` measures it; the metrics of every run
+compare the logits on a probe prompt before and after).
+"""
+
+import time
+from typing import Any
+
+from supertiny.compress.base import CompressContext, Compressor, CompressResult
+from supertiny.compress.quantize_config import QuantizeConfig
+
+PROBE = [{"role": "system", "content": "You are a helpful assistant that calls tools."},
+         {"role": "user", "content": "What is the weather in Paris today, in celsius? Use the tool."}]
+
+
+class QuantizeCompressor(Compressor):
+    name = "quantize"
+    description = "weight-only int8 / int4 quantization for CPU serving (transformers-quantized backend)"
+    config_class = QuantizeConfig
+    stage = "quantized"
+    data = "none"
+
+    def name_suffix(self, config: QuantizeConfig) -> str:  # type: ignore[override]
+        return config.scheme if config.scheme == "int8" else f"{config.scheme}-g{config.group_size}"
+
+    def compress(self, context: CompressContext) -> CompressResult:
+        import torch
+
+        from supertiny.compress.quantized import quantize_modules
+        from supertiny.compress.quantized_io import save_quantized
+        from supertiny.transfer.modeling import load_model, load_tokenizer, set_threads
+
+        config: QuantizeConfig = context.config  # type: ignore[assignment]
+        set_threads(config.threads)
+        started = time.perf_counter()
+        context.progress.phase(f"loading {context.source_ref.name}")
+        tokenizer = load_tokenizer(context.source_ref)
+        model = load_model(context.source_ref, config.compute_dtype, trainable=False)
+        params = sum(parameter.numel() for parameter in model.parameters())
+        probe = _probe_ids(tokenizer)
+        with torch.inference_mode():
+            reference = model(input_ids=probe).logits[0].float()
+        context.progress.phase(f"quantizing to {config.scheme}")
+        manifest = quantize_modules(model, config.scheme, getattr(torch, config.compute_dtype),
+                                    group_size=config.group_size, skip=config.skipped)
+        with torch.inference_mode():
+            logits = model(input_ids=probe).logits[0].float()
+        context.progress.phase(f"saving {context.name}")
+        save_quantized(model, tokenizer, manifest, context.output_dir, config.compute_dtype)
+        agreement = float((logits.argmax(-1) == reference.argmax(-1)).float().mean())
+        metrics: dict[str, Any] = {
+            "scheme": config.scheme, "group_size": config.group_size if config.scheme == "int4" else None,
+            "compute_dtype": config.compute_dtype, "int8_layers": len(manifest["int8"]),
+            "int4_layers": len(manifest["int4"]), "tied_head": manifest["tied_head"],
+            "probe_tokens": int(probe.shape[1]), "probe_top1_agreement": round(agreement, 4),
+            "probe_logit_cosine": round(float(torch.nn.functional.cosine_similarity(
+                logits.flatten(), reference.flatten(), dim=0)), 5),
+            "probe_max_abs_logit_diff": round(float((logits - reference).abs().max()), 4),
+            "wall_time_s": round(time.perf_counter() - started, 2),
+        }
+        return CompressResult(param_count=params, metrics=metrics, format="quantized",
+                              backend="transformers-quantized")
+
+
+def _probe_ids(tokenizer: Any) -> Any:
+    """A short chat prompt to compare the logits before and after quantization."""
+    import torch
+
+    text = tokenizer.apply_chat_template(PROBE, tokenize=False, add_generation_prompt=True)
+    return torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], dtype=torch.long)

@@ -1,0 +1,56 @@
+"""The ``transformers-quantized`` backend: a model written by ``supertiny compress quantize``, run
+in-process exactly like the ``transformers`` backend runs an HF directory (same prompts, stop tokens,
+batching, streaming and log-probabilities), with its linear layers on the int8 / int4 CPU kernels.
+
+Config keys: ``threads``, ``name``, ``max_batch_size`` (as for ``transformers``); the compute dtype
+and the scheme come from the directory's ``quantization.json``. CPU only.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from supertiny.errors import InvalidInputError, ModelError
+from supertiny.models.transformers_backend import TransformersBackend, TransformersChatModel
+
+CONFIG_KEYS = ("threads", "name", "max_batch_size", "model_type")
+
+
+class QuantizedBackend(TransformersBackend):
+    name = "transformers-quantized"
+    description = "a model quantized by `supertiny compress quantize` (int8 / int4 weights), run with transformers"
+
+    def open(self, location: str, config: dict[str, Any]) -> "QuantizedChatModel":
+        return QuantizedChatModel.load(location, config)
+
+
+class QuantizedChatModel(TransformersChatModel):
+    backend = "transformers-quantized"
+
+    @classmethod
+    def load(cls, location: str | Path, config: dict[str, Any] | None = None) -> "QuantizedChatModel":
+        config = dict(config or {})
+        unknown = sorted(set(config) - set(CONFIG_KEYS))
+        if unknown:
+            raise InvalidInputError(f"unknown transformers-quantized backend option(s) {', '.join(unknown)}",
+                                    hint=f"known: {', '.join(CONFIG_KEYS)}")
+        import torch
+        from transformers import AutoTokenizer
+
+        from supertiny.compress.quantized_io import is_quantized_dir, load_quantized
+
+        path = Path(location).expanduser()
+        if not is_quantized_dir(path):
+            raise ModelError(f"{path} is not a quantized model directory (no quantization.json)",
+                             hint="make one with `supertiny compress quantize`")
+        if config.get("threads"):
+            torch.set_num_threads(int(config["threads"]))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"cannot load the tokenizer in {path}: {exc}") from exc
+        if not getattr(tokenizer, "chat_template", None):
+            raise ModelError(f"the tokenizer in {path} has no chat template",
+                             hint="supertiny needs an instruct model whose template renders tools")
+        model = load_quantized(path)
+        return cls(model, tokenizer, str(config.get("name") or path.name),
+                   max_batch_size=int(config.get("max_batch_size", 8)))

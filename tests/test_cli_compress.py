@@ -1,0 +1,132 @@
+"""``supertiny compress``: commands generated from the compressor registry and the config dataclasses, a
+summary table before/after (params, bytes, tokens/s, accuracy), healing, one-line errors."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from conftest import REPO_ROOT
+from helpers import toy_domain
+from helpers.training import harvest_snapshot
+from supertiny.cli import cli
+from supertiny.cli.compress import compressor_command
+from supertiny.compress.quantize_config import QuantizeConfig
+from supertiny.models.loading import close_models
+from supertiny.store.engine import Store
+
+EVAL = ["--eval-domain", "toy-weather", "--eval-split", "test", "--eval-per-category", "1"]
+
+
+@pytest.fixture
+def invoke(register_plugin, tmp_path, tiny_model_dir):
+    register_plugin(toy_domain, name="toy-domains")
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+
+    def run(*args: str):
+        return CliRunner().invoke(cli, ["--db", url, "--home", str(tmp_path / "home"), *args])
+
+    assert run("models", "register", str(tiny_model_dir), "--name", "student").exit_code == 0
+    run.store = Store(url)
+    yield run
+    close_models()
+
+
+def test_compress_lists_the_registered_compressors_with_their_options(invoke):
+    listed = invoke("compress", "--help")
+    assert listed.exit_code == 0 and "  prune " in listed.output and "  quantize " in listed.output
+    prune_help = invoke("compress", "prune", "--help").output
+    for option in ("--target-params", "--ratio", "--drop-kv-groups", "--drop-layers", "--data SNAPSHOT", "--heal",
+                   "--eval-domain", "--importance [activation|magnitude]"):
+        assert option in prune_help
+    quantize_help = invoke("compress", "quantize", "--help").output
+    assert "--scheme [int8|int4]" in quantize_help and "--data" not in quantize_help and "--heal" not in quantize_help
+    assert "  heal " in invoke("train", "--help").output
+
+
+def test_prune_prints_a_before_and_after_table_with_accuracy(invoke):
+    harvest_snapshot(invoke.store, "weather")
+    result = invoke("compress", "prune", "--model", "student", "--data", "weather", "--target-params", "120k",
+                    "--threads", "1", *EVAL)
+    assert result.exit_code == 0, result.output
+    assert "model student-pruned-120k: prune of student (calibrated on weather@1)" in result.output
+    table = result.output[result.output.index("NAME"):]
+    assert "DECODE TOK/S" in table and "ACCURACY" in table and "CELSIUS" in table
+    assert "\nstudent " in table and "\nstudent-pruned-120k  pruned" in table
+    assert "accuracy on toy-weather test (2 tasks a model)" in result.output
+    shown = json.loads(invoke("models", "show", "student-pruned-120k", "--lineage", "--json").output)
+    assert [row["name"] for row in shown["lineage"]] == ["student-pruned-120k", "student"]
+
+
+def test_quantize_json_output(invoke):
+    result = invoke("compress", "quantize", "--model", "student", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output[result.output.index("{"):])
+    assert payload["result"]["name"] == "student-int8" and payload["result"]["stage"] == "quantized"
+    before, after = payload["models"]
+    assert before["name"] == "student" and after["backend"] == "transformers-quantized"
+    assert after["size_bytes"] < before["size_bytes"] and after["decode_tok_s"] > 0 and before["decode_tok_s"] > 0
+
+
+def test_prune_heal_distils_the_pruned_model_from_its_parent(invoke):
+    harvest_snapshot(invoke.store, "weather")
+    result = invoke("compress", "prune", "--model", "student", "--data", "weather", "--ratio", "0.2", "--name", "p",
+                    "--heal", "--heal-max-steps", "2", "--no-speed", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output[result.output.index("{"):])
+    assert payload["healed"]["name"] == "p-healed" and payload["healed"]["metrics"]["steps"] == 2
+    shown = json.loads(invoke("models", "show", "p-healed", "--lineage", "--json").output)
+    trained_with = shown["config"].get("source") or shown["config"]  # the trainer's settings, wherever kept
+    assert shown["stage"] == "healed" and trained_with["teacher"] == "student"
+    assert [row["name"] for row in shown["lineage"]] == ["p-healed", "p", "student"]
+    assert [row["stage"] for row in payload["models"]] == ["external", "pruned", "healed"]
+
+
+def test_bad_input_is_one_line_and_exit_1(invoke, tmp_path):
+    harvest_snapshot(invoke.store, "weather")
+    cases = [
+        (["prune", "--model", "student", "--target-params", "2B", "--importance", "magnitude"],
+         "error: the target of 2,000,000,000 parameters is more than model 'student' has"),
+        (["prune", "--model", "student", "--ratio", "0.1"], "needs calibration data: give --data SNAPSHOT"),
+        (["prune", "--model", "student", "--data", "weather", "--domain", "toy-alerts", "--ratio", "0.1"],
+         "not domain 'toy-alerts'"),
+        (["prune", "--model", "student", "--ratio", "0.1", "--importance", "magnitude", "--heal"],
+         "error: --heal distils on a snapshot: give --data"),
+        (["prune", "--model", "nope", "--ratio", "0.1"], "error: unknown model 'nope'"),
+        (["quantize", "--model", "student", "--group-size", "7"], "--group-size must be one of"),
+    ]
+    for args, message in cases:
+        result = invoke("compress", *args)
+        assert result.exit_code == 1, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output, (args, result.output)
+
+
+def test_config_fields_must_not_clash_with_the_common_options():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Clashing(QuantizeConfig):
+        speed: bool = True
+
+    class Compressor:
+        name, description, data, healable, config_class = "clash", "", "none", False, Clashing
+
+    with pytest.raises(TypeError, match=r"clash with common compress options: \['speed'\]"):
+        compressor_command(Compressor())
+
+
+def test_the_compression_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    from bench.compress import main
+
+    result = main(["--tiny", "--new-tokens", "4", "--prompt-tokens", "16", "--bandwidth-gib", "0.0625",
+                   "--out", str(tmp_path)])
+    assert [row["stage"] for row in result["models"]] == ["external", "pruned", "quantized"]
+    for row in result["models"]:
+        assert "error" not in row, row
+        assert row["decode_tok_s"] > 0 and row["bytes_per_token"] > 0 and row["peak_rss_bytes"] > 2**20
+        assert row["fraction_of_bound"] > 0
+    tiny, pruned, int8 = result["models"]
+    assert pruned["params"] < tiny["params"] == int8["params"] and int8["bytes_per_token"] < tiny["bytes_per_token"] / 3
+    written = sorted(path.suffix for path in tmp_path.iterdir())
+    assert written == [".json", ".md", ".png"]
+    assert "| tiny-int8 | quantized |" in next(tmp_path.glob("*.md")).read_text()
