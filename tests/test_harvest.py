@@ -186,3 +186,13 @@ def test_domain_with_an_invalid_tool_schema_is_refused_before_any_work(store, re
         run_harvest(store, HarvestConfig(domain="broken-schema", teacher="x"), lambda: None)
     with store.session() as session:
         assert session.scalar(sa.select(sa.func.count(HarvestRun.id))) == 0
+
+
+def test_limit_takes_tasks_round_robin_over_categories_and_status_counts_running_runs(store, toy):
+    result = run_harvest(store, HarvestConfig(domain="toy-weather", teacher="oracle", limit=4),
+                         lambda: ScriptedChatModel(respond=weather_oracle))
+    status = run_status(store, result.run_id)
+    assert {row["category"]: row["samples"] for row in status["categories"]} == {"celsius": 2, "fahrenheit": 2}
+    with store.session() as session:  # a run killed with -9 never updates its row: counts come from samples
+        session.get(HarvestRun, result.run_id).n_done = 0
+    assert run_status(store, result.run_id)["done"] == 4

@@ -36,6 +36,8 @@ class HarvestConfig:
     concurrency: int = 1
     # digest of the domain's system prompt and few-shot turns: new steering means a new run
     prompt_digest: str = ""
+    # how --limit picks tasks; part of the fingerprint so a run never mixes two selections
+    task_order: str = "round-robin-categories"
 
     def validate(self) -> None:
         if self.samples_per_task < 1:

@@ -27,21 +27,18 @@ def check_tool_schemas(tools: list[dict[str, Any]], where: str) -> None:
 
 
 def sync_tasks(store: Store, domain: Domain, split: str, limit: int | None = None) -> list[int]:
-    """Store the split's tasks (first ``limit`` distinct ones) and return their ids in task order.
+    """Store the split's tasks and return their ids in harvest order.
 
-    Tasks with the same content hash are one task, stored and harvested once.
+    Tasks with the same content hash are one task, stored and harvested once. With ``limit``, the
+    first N distinct tasks taken round-robin over the categories, so a small harvest covers them all.
     """
+    from supertiny.evaluate.selection import select_tasks
     from supertiny.prototype.agent import task_tools
 
     chosen: dict[str, DomainTask] = {}
-    for task in domain.tasks(split):
-        digest = task.content_hash()
-        if digest in chosen:
-            continue
+    for task in select_tasks(domain, split, limit=limit):
         check_tool_schemas(task_tools(domain, task), f"domain {domain.name!r}, task {task.external_id!r}")
-        chosen[digest] = task
-        if limit is not None and len(chosen) >= limit:
-            break
+        chosen[task.content_hash()] = task
     if not chosen:
         raise InvalidInputError(f"domain {domain.name!r} has no tasks in split {split!r}")
     with store.session() as session:

@@ -54,21 +54,20 @@ def few_shot(dotted_names: bool = False) -> list[dict[str, Any]]:
         return f"(Example. Functions: {listed})\n"
 
     rent = _name("bike.rent", dotted_names)
-    # a 0.5B model copies the last example most: with several calls last it loops on calls, with the
-    # no-call example first it refuses more often (measured on BFCL dev tasks, see the README)
+    # small models copy the examples closely (measured on BFCL dev tasks, see the README): with several
+    # calls last the 0.5B loops on calls, with the no-call example first it refuses more, and a closing
+    # "Done: ..." after the example results made the 1.5B claim work it never called
     return [
         {"role": "user", "content": functions(("library.find_book", "title, author, year"),
                                               ("library.renew_loan", "loan_id"))
          + "Is the novel Dune in the library?"},
         *_calls(1, [("library.find_book", {"title": "Dune"})], dotted_names),
-        {"role": "assistant", "content": "Dune is in the library."},
         {"role": "user",
          "content": functions(("garden.water_plant", "plant, litres"), ("garden.check_soil", "bed"))
          + "Water the roses with 2 litres and the tulips with 1 litre, then check the soil of bed 3."},
         *_calls(2, [("garden.water_plant", {"plant": "roses", "litres": 2}),
                     ("garden.water_plant", {"plant": "tulips", "litres": 1}),
                     ("garden.check_soil", {"bed": 3})], dotted_names),
-        {"role": "assistant", "content": "Done: both watered, and the soil of bed 3 is checked."},
         {"role": "user", "content": functions(("bike.rent", "station, hours"))
          + "How far is it from the central station to the harbour?"},
         {"role": "assistant", "content": f"No function here measures distances ({rent} only rents bikes)."},
