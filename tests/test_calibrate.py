@@ -59,8 +59,9 @@ def _evaluation(store, model: str, llm: bool) -> None:
     with store.session() as session:
         model_id = register_model_version(store, name=model, stage="external", format="hf", backend="transformers",
                                           path="/nowhere").id
-        details = {"records": [{"task_id": task, "category": "simple", "correct": row[3] if llm else row[2],
-                                "valid": True if llm else row[1], "confidence": None if llm else row[0],
+        details = {"records": [{"task": f"t{task}", "task_hash": f"h{task}", "category": "simple",
+                                "correct": row[3] if llm else row[2], "valid": True if llm else row[1],
+                                "confidence": None if llm else row[0],
                                 "latency_s": 0.1, "completion_tokens": 20} for task, row in TASKS.items()]}
         session.add(Evaluation(model_version_id=model_id, domain="bfcl", split="test", n_tasks=len(TASKS),
                                accuracy=0.5, per_category={}, details=details))

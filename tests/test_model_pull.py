@@ -121,7 +121,7 @@ def test_pull_downloads_assembles_converts_and_registers(settings, sqlite_store,
     assert (row.stage, row.format, row.backend, row.path) == ("base", "hf", "transformers", str(target))
     assert row.param_count == result.param_count == untied - vocab * hidden
     assert row.size_bytes == (target / "model.safetensors").stat().st_size
-    assert row.config["dtype"] == "bfloat16" and row.config["source"]["sha256"] == entry.sha256
+    assert row.config["dtype"] == "auto" and row.config["source"]["sha256"] == entry.sha256
     assert row.config["source"]["packages"] == [f"tiny-model-part{i}==1.0.0" for i in (1, 2, 3)]
 
     model = AutoModelForCausalLM.from_pretrained(target)

@@ -157,7 +157,8 @@ def test_bad_input_is_refused_before_training(env, monkeypatch):
     assert get_model_version(store, "student-sft-weather-v1").stage == "sft"
 
 
-def test_memory_estimate_grows_with_full_fine_tuning_and_a_teacher():
+def test_memory_estimate_grows_with_full_fine_tuning_and_a_teacher(monkeypatch):
+    monkeypatch.setenv("SUPERTINY_CPU_BF16", "1")
     student = resources.ModelFacts(param_count=494_000_000, dtype="bfloat16", hidden_size=896, num_layers=24,
                                    vocab_size=151_936)
     teacher = resources.ModelFacts(param_count=1_540_000_000, dtype="bfloat16", hidden_size=1536, num_layers=28,
@@ -170,6 +171,10 @@ def test_memory_estimate_grows_with_full_fine_tuning_and_a_teacher():
     # full fine-tuning of a bf16 model trains fp32 weights with bf16 compute by default
     assert resources.training_dtype(SFTConfig(lora=False), student) == ("float32", True)
     assert resources.training_dtype(SFTConfig(), student) == ("bfloat16", False)
+    # a CPU that emulates bf16 trains in fp32 (an AVX2-only CPU ran bf16 matmuls ~100x slower)
+    monkeypatch.setenv("SUPERTINY_CPU_BF16", "0")
+    assert resources.training_dtype(SFTConfig(), student) == ("float32", False)
+    assert resources.training_dtype(SFTConfig(lora=False), student) == ("float32", False)
 
 
 def test_kd_lowers_the_divergence_to_the_teacher(env):

@@ -27,13 +27,16 @@ def serve(settings: Settings, host: str, port: int, workers: int, preload: bool,
     \b
     POST /v1/chat/completions   model = a route name (`supertiny policy list`)
     GET  /v1/models             the routes with an active policy
-    GET  /health, GET /metrics  status and Prometheus metrics
+    GET  /health, GET /metrics  status and Prometheus metrics (summed over all --workers)
     """
     import os
+    import shutil
+    import tempfile
 
     import uvicorn
 
     from supertiny.serve.app import OPTIONS_ENV, ServeOptions, create_app
+    from supertiny.serve.metrics import MULTIPROCESS_ENV
     from supertiny.store.session import open_store
 
     if workers < 1:
@@ -44,17 +47,59 @@ def serve(settings: Settings, host: str, port: int, workers: int, preload: bool,
     click.echo(f"supertiny serving on http://{host}:{port}/v1 ({workers} worker{'s' if workers > 1 else ''}, "
                f"store {describe_url(settings.database_url)})", err=True)
     if workers == 1:
+        os.environ.pop(MULTIPROCESS_ENV, None)  # one process: its own registry, as in tests and embedding
         uvicorn.run(create_app(settings, options), host=host, port=port, log_level=log_level)
         return
     os.environ["SUPERTINY_DATABASE_URL"] = settings.database_url
     os.environ["SUPERTINY_HOME"] = str(settings.home)
     os.environ[OPTIONS_ENV] = options.to_env()
-    uvicorn.run("supertiny.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level)
+    # the workers count into files here and /metrics sums them; fresh each run, as prometheus_client requires
+    metrics_dir = tempfile.mkdtemp(prefix="supertiny-prometheus-")
+    os.environ[MULTIPROCESS_ENV] = metrics_dir
+    try:
+        uvicorn.run("supertiny.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    log_level=log_level)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @click.command()
-@click.option("--quick", is_flag=True, help="A small subset for a first look (about 10 minutes).")
-def demo(quick: bool) -> None:
-    """Run the whole pipeline end to end on the embedded default and print a report."""
-    raise SupertinyError("the end-to-end demo is not part of this build yet (issue #8)")
+@click.option("--quick", is_flag=True, help="A small subset for a first look (about 10 minutes on 2 CPU cores).")
+@click.option("--harvest-tasks", type=int, help="BFCL train tasks the teacher answers (default 30; quick 6).")
+@click.option("--eval-per-category", type=int, help="BFCL test tasks per category in each evaluation (default 4; "
+              "quick 1).")
+@click.option("--sft-epochs", type=float, help="Epochs of supervised fine-tuning (default 2).")
+@click.option("--kd-epochs", type=float, help="Epochs of logit distillation after sft (default 1; 0 skips it).")
+@click.option("--quantize", type=click.Choice(["int8", "int4", "none"]), help="Quantization (default int8).")
+@click.option("--prune-to", metavar="PARAMS", help="Also prune the trained student to this size and heal it "
+              "(e.g. 0.4B; adds about 10 minutes).")
+@click.option("--requests", type=int, help="Real requests sent through the server (default 10; quick 5).")
+@click.option("--eval-each-step", is_flag=True, help="Also evaluate the student after sft, before kd.")
+@click.option("--route", help="Route the demo's policy is stored under (default demo).")
+@pass_settings
+def demo(settings: Settings, quick: bool, quantize: str | None, **sizes: object) -> None:
+    """Run the whole pipeline end to end on the embedded default and print a report.
+
+    \b
+    harvest BFCL with the 1.5B teacher -> verified snapshot -> train the 0.5B student (sft, then kd)
+    -> quantize -> evaluate teacher / base / trained / compressed -> cascade policy with a calibrated
+    threshold -> serve and answer real requests through the OpenAI client -> report.md + PNGs.
+
+    Re-running reuses every finished step; Ctrl-C leaves a state the next run resumes from. The
+    default sizes take about 45 minutes on 2 CPU cores (the first run also downloads ~1.6 GB).
+    """
+    from supertiny.demo.plan import DemoPlan
+    from supertiny.demo.runner import run_demo
+
+    overrides = {key: value for key, value in sizes.items() if value not in (None, False)}
+    if quantize is not None:
+        overrides["quantize"] = "" if quantize == "none" else quantize
+    for key in ("harvest_tasks", "eval_per_category", "requests"):
+        if key in overrides and int(overrides[key]) < 1:  # type: ignore[call-overload]
+            raise SupertinyError(f"--{key.replace('_', '-')} must be at least 1")
+    plan = DemoPlan.quick(**overrides) if quick else DemoPlan(**overrides)
+    try:
+        run_demo(settings, plan)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: finished steps are kept; run the same command again to resume", err=True)
+        raise SystemExit(130) from None

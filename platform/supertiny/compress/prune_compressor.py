@@ -57,14 +57,15 @@ class PruneCompressor(Compressor):
         from supertiny.compress.importance import choose_plan
         from supertiny.compress.structure import Shape, apply_plan, check_model_type, solve_shape
         from supertiny.transfer.modeling import load_model, load_tokenizer, save_model, set_threads
-        from supertiny.transfer.resources import model_facts
+        from supertiny.transfer.resources import DTYPE_BYTES, compute_dtype, model_facts
 
         config: PruneConfig = context.config  # type: ignore[assignment]
         set_threads(config.threads)
         ref = context.source_ref
         started = time.perf_counter()
         context.progress.phase(f"loading {ref.name}")
-        dtype = "bfloat16" if model_facts(ref).dtype == "bfloat16" else "float32"
+        declared = model_facts(ref).dtype
+        dtype = compute_dtype(model_facts(ref))
         tokenizer = load_tokenizer(ref)
         model = load_model(ref, dtype, trainable=False)
         check_model_type(getattr(model.config, "model_type", None), f"model {ref.name!r}")
@@ -86,7 +87,7 @@ class PruneCompressor(Compressor):
         del model
         params = sum(parameter.numel() for parameter in pruned.parameters())
         context.progress.phase(f"saving {context.name}")
-        save_model(pruned, tokenizer, context.output_dir, dtype)
+        save_model(pruned, tokenizer, context.output_dir, declared if declared in DTYPE_BYTES else dtype)
         removed = sorted(set(range(shape.num_layers)) - set(plan.layers))
         metrics: dict[str, Any] = {
             "source_params": total, "target_params": target, "params": params,

@@ -449,7 +449,7 @@ def _manifest(entry: CatalogModel, details: dict[str, Any], timings: dict[str, f
         "param_count": details["param_count"],
         "size_bytes": None,  # filled in by _write_manifest
         "config": {  # the backend's options, and under "source" (never passed to it) the provenance
-            "dtype": DTYPE,
+            "dtype": "auto",  # bf16 on disk; computed in fp32 where the CPU emulates bf16 (models/hardware.py)
             "source": {
                 "kind": "pypi",
                 "packages": entry.requirements,

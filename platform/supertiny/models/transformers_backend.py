@@ -4,8 +4,9 @@ run in-process with the model's own chat template.
 Config keys:
 
 - ``dtype``: ``"auto"`` (default), ``"bfloat16"``, ``"float32"`` or ``"float16"``. ``auto`` takes the dtype
-  the model's config.json declares when it is bf16 or fp32 (fp16 becomes fp32 on CPU, where fp16 matmuls
-  are slow); a GGUF, dequantized on load, becomes bf16; a config that declares nothing gives fp32.
+  the model's config.json declares where the hardware computes it natively, else fp32
+  (:func:`supertiny.models.hardware.fast_dtype`: bf16 on a CPU without AVX512-BF16/AMX, or fp16 on any
+  CPU, becomes fp32); a GGUF, dequantized on load, counts as bf16; a config that declares nothing gives fp32.
 - ``threads``: torch CPU threads (process-wide: ``torch.set_num_threads``).
 - ``gguf_file``: the GGUF file inside the directory, by name or absolute path (a location naming a
   .gguf file works too).
@@ -37,6 +38,7 @@ from supertiny.models.backend import (
     parse_answer,
     tool_dicts,
 )
+from supertiny.models.hardware import fast_dtype
 
 CONFIG_KEYS = ("dtype", "threads", "gguf_file", "device", "name", "max_batch_size",
                "model_type")  # model_type: informational, written by the model registry
@@ -264,16 +266,13 @@ def _resolve_dtype(name: str, path: Path, gguf_file: str | None) -> Any:
     if name != "auto":
         return getattr(torch, name)
     if gguf_file:
-        return torch.bfloat16
+        return getattr(torch, fast_dtype("bfloat16", "cuda" if torch.cuda.is_available() else "cpu"))
     declared = None
     with contextlib.suppress(OSError, ValueError):
         config = json.loads((path / "config.json").read_text())
         declared = config.get("dtype") or config.get("torch_dtype")
-    if declared == "bfloat16":
-        return torch.bfloat16
-    if declared == "float16" and torch.cuda.is_available():
-        return torch.float16
-    return torch.float32
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return getattr(torch, fast_dtype(str(declared), device))
 
 
 @contextlib.contextmanager

@@ -151,6 +151,11 @@ def _latest_with_records(session: Any, model_id: int, domain: str | None, split:
     return [row for row in session.scalars(query) if isinstance((row.details or {}).get("records"), list)]
 
 
+def _task_key(record: dict[str, Any]) -> str:
+    """What joins two evaluations' records: the task's content hash (older records: its id)."""
+    return str(record.get("task_hash") or record.get("task_id") or record["task"])
+
+
 def records_from_evaluations(store: Store, tiny: str, llm: str, domain: str | None = None, split: str | None = None,
                              tiny_evaluation: int | None = None,
                              llm_evaluation: int | None = None) -> tuple[list[CalibrationRecord], str]:
@@ -173,10 +178,10 @@ def records_from_evaluations(store: Store, tiny: str, llm: str, domain: str | No
                                     "per-record details", hint="evaluate both models on the same tasks first")
     tiny_row, llm_row = pair
     assert tiny_row is not None and llm_row is not None
-    llm_records = {str(record["task_id"]): record for record in llm_row.details["records"]}
+    llm_records = {_task_key(record): record for record in llm_row.details["records"]}
     records = []
     for record in tiny_row.details["records"]:
-        other = llm_records.get(str(record["task_id"]))
+        other = llm_records.get(_task_key(record))
         if other is None:
             continue
         confidence = record.get("confidence")

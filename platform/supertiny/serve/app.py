@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None, options: ServeOptions | None = 
         finally:
             app.state.router.close()
             await run_in_threadpool(writer.close, options.log_close_timeout_s)
+            metrics.close()
 
     app = FastAPI(title="supertiny", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings

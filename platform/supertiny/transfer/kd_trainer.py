@@ -15,7 +15,7 @@ from supertiny.store import ModelVersion
 from supertiny.transfer.base import TrainContext, Trainer, TrainResult
 from supertiny.transfer.chat_data import IGNORE_INDEX
 from supertiny.transfer.kd_config import KDConfig
-from supertiny.transfer.resources import model_facts, model_ref, training_dtype
+from supertiny.transfer.resources import compute_dtype, model_facts, model_ref, training_dtype
 from supertiny.transfer.sft_trainer import training_records
 
 
@@ -68,7 +68,7 @@ class KDTrainer(Trainer):
                                     f"{config.max_length}")
         dtype, mixed = training_dtype(config, model_facts(student))
         teacher_facts = model_facts(teacher)
-        teacher_model = load_model(teacher, "bfloat16" if teacher_facts.dtype == "bfloat16" else "float32",
+        teacher_model = load_model(teacher, compute_dtype(teacher_facts),
                                    trainable=False)
         model = prepare_student(student, config, dtype)
         dataset = datasets.Dataset.from_list([

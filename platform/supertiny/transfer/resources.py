@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from supertiny.errors import InvalidInputError, ResourceError
+from supertiny.models.hardware import fast_dtype
 from supertiny.store import ModelVersion
 from supertiny.transfer.train_config import TrainConfig
 
@@ -85,7 +86,8 @@ def training_dtype(config: TrainConfig, facts: ModelFacts) -> tuple[str, bool]:
     """(dtype the weights are held in while training, whether compute autocasts to bf16)."""
     precision = config.precision
     if precision == "auto":
-        precision = ("bf16" if config.lora else "mixed") if facts.dtype == "bfloat16" else "fp32"
+        native = fast_dtype(facts.dtype, "cuda" if _cuda() else "cpu") == "bfloat16"
+        precision = ("bf16" if config.lora else "mixed") if native else "fp32"
     if precision == "bf16":
         return "bfloat16", False
     return "float32", precision == "mixed"
@@ -132,3 +134,14 @@ def check_memory(config: TrainConfig, student: ModelFacts, resident: list[ModelF
                             f"{available / GIB:.1f} GiB is available",
                             hint="try " + ", ".join(hint for hint in hints if hint) + ", or free memory")
     return needed
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def compute_dtype(facts: ModelFacts) -> str:
+    """The dtype to run a frozen model (a teacher, a model being pruned) in on this machine."""
+    return fast_dtype(facts.dtype, "cuda" if _cuda() else "cpu")

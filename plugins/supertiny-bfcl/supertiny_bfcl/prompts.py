@@ -18,8 +18,9 @@ make one function call for each of them, all in the same reply. Never stop after
 (not `{short}`).
 3. Pass the values the user gave, with the types the parameters ask for. Fill every required \
 parameter; leave out optional parameters the user did not mention.
-4. When a listed function can do what the user asks, call it, even if you know the answer yourself. \
-Only when none of them can, call nothing and say so in one short sentence.
+4. When a listed function is about what the user asks, call it: even if you know the answer yourself, \
+and even if a detail is missing (use the value the request implies). Call nothing only when the request \
+is about something no listed function does at all; then say so in one short sentence.
 The examples below come with their own functions, named at the start of each example; for the real \
 request use only the functions listed in the tools."""
 

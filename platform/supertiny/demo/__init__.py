@@ -1,0 +1,1 @@
+"""The end-to-end demo: ``supertiny demo`` (see :mod:`supertiny.demo.runner`)."""

@@ -1,0 +1,174 @@
+"""The demo's report: report.md (printed at the end), report.json and two plots, next to the state file.
+
+- accuracy per model (overall and per category), latency per request, parameters and bytes;
+- the cascade's accuracy / LLM-share curve over thresholds, the chosen point, and what live traffic got;
+- the wall time of every step; where the files are.
+"""
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+EVAL_STEPS = (("eval-teacher", "teacher (LLM)"), ("eval-base", "student, untrained"), ("eval-sft", "student + sft"),
+              ("eval-trained", "student, trained"), ("eval-pruned", "student, pruned + healed"),
+              ("eval-compressed", "student, compressed"))
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _megabytes(value: int | None) -> str:
+    return "-" if not value else f"{value / 1e6:,.0f} MB"
+
+
+def _params(value: int | None) -> str:
+    return "-" if not value else f"{value / 1e6:,.0f}M"
+
+
+def evaluation_rows(state: Any) -> list[dict[str, Any]]:
+    rows = []
+    for step, label in EVAL_STEPS:
+        if state.done(step):
+            rows.append({"label": label, **state.result(step)})
+    return rows
+
+
+def _models_table(rows: list[dict[str, Any]]) -> list[str]:
+    categories = sorted({category for row in rows for category in row["per_category"]})
+    header = ["model", "name", "accuracy", *categories, "invalid calls", "latency / request", "params", "size"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["label"], f"`{row['model']}`", f"**{_percent(row['accuracy'])}**",
+                 *(_percent(row["per_category"].get(category)) for category in categories),
+                 _percent(row["invalid_rate"]), f"{row['mean_latency_s']:.1f} s", _params(row["params"]),
+                 _megabytes(row["size_bytes"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _steps_table(state: Any) -> list[str]:
+    lines = ["| step | wall time |", "|---|---|"]
+    total = 0.0
+    for name, step in state.steps.items():
+        total += step["wall_s"]
+        lines.append(f"| {name} | {step['wall_s']:.0f} s |")
+    lines.append(f"| **total** | **{total / 60:.1f} min** |")
+    return lines
+
+
+def plot_routing(path: Path, policy: dict[str, Any], rows: list[dict[str, Any]], served: dict[str, Any] | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = sorted((point for point in policy["curve"] if point["accuracy"] is not None),
+                   key=lambda point: point["llm_share"])
+    figure, axes = plt.subplots(figsize=(6.4, 4.4))
+    axes.plot([point["llm_share"] * 100 for point in curve], [point["accuracy"] * 100 for point in curve],
+              marker=".", label="cascade, over thresholds")
+    axes.scatter([policy["expected_llm_share"] * 100], [policy["expected_accuracy"] * 100], s=90, marker="*",
+                 color="tab:red", zorder=3, label=f"chosen threshold {policy['threshold']:.3g}")
+    by_model = {row["model"]: row for row in rows}
+    for model, share, label in ((policy["llm"], 100, "LLM only"), (policy["tiny"], 0, "tiny only")):
+        if model in by_model:
+            axes.scatter([share], [by_model[model]["accuracy"] * 100], s=60, marker="s", label=label, zorder=3)
+    if served and served.get("accuracy") is not None:
+        axes.scatter([served["llm_share"] * 100], [served["accuracy"] * 100], s=60, marker="D", color="tab:green",
+                     label=f"served traffic ({served['requests']} requests)", zorder=3)
+    axes.set_xlabel("requests escalated to the LLM (%)")
+    axes.set_ylabel("BFCL test accuracy (%)")
+    axes.set_title("Accuracy vs LLM share (cascade)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_size(path: Path, rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.4))
+    for row in rows:
+        if row["size_bytes"]:
+            axes.scatter([row["size_bytes"] / 1e6], [row["accuracy"] * 100], s=60)
+            axes.annotate(row["label"], (row["size_bytes"] / 1e6, row["accuracy"] * 100), fontsize=8,
+                          xytext=(5, 4), textcoords="offset points")
+    axes.set_xscale("log")
+    axes.set_xlabel("size on disk (MB, log scale)")
+    axes.set_ylabel("BFCL test accuracy (%)")
+    axes.set_title("Accuracy vs size")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_report(demo: Any) -> Path:
+    """Write report.md, report.json and the PNGs into the demo's directory; return report.md."""
+    state, plan, directory = demo.state, demo.plan, demo.directory
+    rows = evaluation_rows(state)
+    policy = state.result("policy") if state.done("policy") else None
+    served = state.result("serve") if state.done("serve") else None
+    harvest = state.result("harvest") if state.done("harvest") else None
+    routing_png, size_png = directory / "accuracy_vs_llm_share.png", directory / "accuracy_vs_size.png"
+    if policy:
+        plot_routing(routing_png, policy, rows, served)
+    if rows:
+        plot_size(size_png, rows)
+
+    lines = [f"# supertiny demo report ({plan.tag})", "",
+             f"{time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} ({platform.machine()}, "
+             f"{_cpu()}); store `{demo.settings.database_url}`.", ""]
+    if harvest:
+        lines += [f"Harvest: the teacher `{plan.teacher}` answered {harvest['done']} BFCL train tasks; "
+                  f"{harvest['passed']} passed the verifier ({harvest['pass_rate']:.0%}) and became the training "
+                  f"snapshot `{state.result('snapshot')['ref']}`.", ""]
+    if rows:
+        lines += [f"## Models on BFCL test ({rows[0]['n']} tasks, {plan.eval_per_category} per category)", "",
+                  *_models_table(rows), "",
+                  "Latency is per request on this CPU, evaluated in batches of 4; the teacher is evaluated on the "
+                  "raw requests (as it is served), without the domain prompt that steered it during the harvest.",
+                  ""]
+    if policy:
+        lines += ["## Routing", "",
+                  f"Route `{policy['route']}`: cascade `{policy['tiny']}` -> `{policy['llm']}` ({policy['why']}). "
+                  f"Calibrated threshold {policy['threshold']:.4g} "
+                  f"({', '.join(f'{key} {value:.3g}' for key, value in policy['goal'].items())}): on the evaluation "
+                  f"tasks {_percent(policy['expected_accuracy'])} accuracy with "
+                  f"{_percent(policy['expected_llm_share'])} of requests escalated to the LLM.", ""]
+    if served:
+        lines += [f"Served through the OpenAI client ({served['requests']} fresh test requests): accuracy "
+                  f"{_percent(served['accuracy'])}, {_percent(served['llm_share'])} escalated to the LLM, "
+                  f"latency p50 {served['p50_latency_s']:.1f} s, mean {served['mean_latency_s']:.1f} s.", ""]
+    lines += ["## Steps", "", *_steps_table(state), "", "## Files", "",
+              f"- this report: `{directory / 'report.md'}` (and `report.json`)"]
+    if policy:
+        lines.append(f"- accuracy vs LLM share: `{routing_png}`")
+    if rows:
+        lines.append(f"- accuracy vs size: `{size_png}`")
+    lines += [f"- models: `{demo.settings.models_dir}`", f"- store: `{demo.settings.database_url}`", "",
+              f"Serve it: `supertiny serve`, then POST /v1/chat/completions with `model: \"{plan.route}\"`.", ""]
+    report = directory / "report.md"
+    report.write_text("\n".join(lines))
+    (directory / "report.json").write_text(json.dumps({"plan": plan.tag, "steps": state.steps}, indent=2,
+                                                      default=str))
+    return report
+
+
+def _cpu() -> str:
+    import os
+
+    try:
+        model = next(line.partition(":")[2].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    return f"{model}, {os.cpu_count()} cores"

@@ -1,0 +1,338 @@
+"""``supertiny demo``: the whole pipeline on the embedded default, one resumable step at a time.
+
+models -> harvest -> snapshot -> evaluate teacher and base student -> train sft -> train kd ->
+(prune + heal) -> quantize -> evaluate the trained and compressed students -> cascade policy with a
+calibrated threshold -> serve and answer real requests through the OpenAI client -> report.
+
+Every step is a call into the same library the CLI uses. A finished step is recorded in the demo's
+state file and skipped on the next run; an interrupted one resumes through its own machinery (the
+harvest's fingerprinted run, the trainers' checkpoints).
+"""
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from supertiny.config import Settings
+from supertiny.demo.plan import DemoPlan
+from supertiny.demo.state import DemoState
+from supertiny.errors import InvalidInputError, SupertinyError
+from supertiny.store.engine import Store
+
+Echo = Callable[[str], None]
+# accuracy the compressed student may lose against the trained one and still be the one served
+COMPRESSED_TOLERANCE = 0.03
+
+
+class Demo:
+    """One run of a plan against one store."""
+
+    def __init__(self, settings: Settings, store: Store, plan: DemoPlan, echo: Echo = click.echo):
+        self.settings = settings
+        self.store = store
+        self.plan = plan
+        self.echo = echo
+        self.state = DemoState(settings.home / "demo" / plan.tag / "state.json", plan.digest())
+        self.current: str | None = None
+        # what answers the harvest (default: the plan's teacher through LangChain); tests script it
+        self.open_teacher: Callable[[], Any] | None = None
+
+    @property
+    def directory(self) -> Path:
+        return self.state.directory
+
+    # --- the pipeline -----------------------------------------------------------------------------------
+
+    def steps(self) -> list[tuple[str, str, Callable[[], dict[str, Any]]]]:
+        """(step name, what it does, how) in order."""
+        plan = self.plan
+        steps: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
+            ("models", "pull the default student and teacher, and the BFCL data", self.models),
+            ("harvest", f"teacher answers {plan.harvest_tasks} BFCL train tasks, each verified", self.harvest),
+            ("snapshot", "the verified trajectories become an immutable training set", self.snapshot),
+            ("eval-teacher", f"evaluate the teacher on {plan.eval_per_category} test tasks per category",
+             lambda: self.evaluate_model(plan.teacher)),
+            ("eval-base", "evaluate the untrained student", lambda: self.evaluate_model(plan.student)),
+            ("train-sft", f"fine-tune the student on the snapshot ({plan.sft_epochs:g} epochs, LoRA)", self.train_sft),
+        ]
+        if plan.eval_each_step:
+            steps.append(("eval-sft", "evaluate the sft student", lambda: self.evaluate_model(self.model("train-sft"))))
+        if plan.kd_epochs > 0:
+            steps.append(("train-kd", f"distil the teacher's logits into it ({plan.kd_epochs:g} epochs)",
+                          self.train_kd))
+        steps.append(("eval-trained", "evaluate the trained student", lambda: self.evaluate_model(self.trained())))
+        if plan.prune_to:
+            steps.append(("prune", f"prune the trained student to {plan.prune_to} parameters and heal it", self.prune))
+            steps.append(("eval-pruned", "evaluate the pruned student",
+                          lambda: self.evaluate_model(self.model("prune"))))
+        if plan.quantize:
+            steps.append(("quantize", f"quantize it to {plan.quantize}", self.quantize))
+            steps.append(("eval-compressed", "evaluate the compressed student",
+                          lambda: self.evaluate_model(self.model("quantize"))))
+        steps += [
+            ("policy", "store a cascade policy and calibrate its threshold on the evaluations", self.policy),
+            ("serve", f"serve it and send {plan.requests} real requests through the OpenAI client", self.serve),
+        ]
+        return steps
+
+    def run(self) -> Path:
+        """Run every step not yet done; write and return the report."""
+        from supertiny.demo.report import write_report
+        from supertiny.models.loading import close_models
+
+        steps = self.steps()
+        self.echo(f"supertiny demo: {len(steps)} steps, state and report in {self.directory}")
+        for index, (name, description, action) in enumerate(steps, 1):
+            prefix = f"[{index}/{len(steps)}] {name}: {description}"
+            if self.state.done(name):
+                self.echo(f"{prefix} -- done earlier ({self.state.steps[name]['wall_s']:.0f}s), reused")
+                continue
+            self.echo(prefix)
+            self.current = name
+            started = time.perf_counter()
+            try:
+                result = action()
+            finally:
+                close_models()  # one model set in memory at a time: the 1.5B in fp32 alone is 6 GiB
+            wall = time.perf_counter() - started
+            self.state.record(name, result, wall)
+            self.echo(f"      {name} done in {wall:.0f}s")
+        self.current = None
+        report = write_report(self)
+        self.echo("")
+        self.echo(report.read_text())
+        return report
+
+    # --- steps ------------------------------------------------------------------------------------------
+
+    def models(self) -> dict[str, Any]:
+        from supertiny.models.pull import pull_model
+        from supertiny.models.registry import find_model_version
+        from supertiny.registry import lookup
+
+        pulled = {}
+        for name in (self.plan.student, self.plan.teacher):
+            row = find_model_version(self.store, name)
+            if row is not None and Path(row.path).exists():
+                pulled[name] = {"already_present": True}
+                continue
+            try:
+                result = pull_model(self.settings, self.store, name, report=self.echo)
+            except SupertinyError as exc:
+                raise _offline_error(self.settings, f"the default model {name}", exc) from exc
+            pulled[name] = {"already_present": result.already_present, "timings": result.timings}
+        try:
+            domain = lookup("domain", self.plan.domain)
+            counts = {split: sum(1 for _ in domain.tasks(split)) for split in ("train", "test")}
+        except SupertinyError as exc:
+            raise _offline_error(self.settings, f"the {self.plan.domain} data", exc) from exc
+        return {"models": pulled, "tasks": counts}
+
+    def harvest(self) -> dict[str, Any]:
+        from supertiny.harvest.runner import HarvestConfig, run_harvest
+        from supertiny.prototype.teacher import open_chat_model
+
+        config = HarvestConfig(domain=self.plan.domain, teacher=self.plan.teacher, split="train",
+                               limit=self.plan.harvest_tasks)
+        with _bar("harvest", "sample") as bar:
+            def progress(done: int, passed: int, planned: int) -> None:
+                bar.total = planned
+                bar.n = done
+                bar.set_postfix(pass_rate=f"{passed / done:.0%}" if done else "-", refresh=False)
+                bar.refresh()
+
+            open_teacher = self.open_teacher or (lambda: open_chat_model(self.store, self.plan.teacher))
+            result = run_harvest(self.store, config, open_teacher, progress)
+        if result.passed == 0:
+            raise InvalidInputError(f"the teacher passed none of the {result.done} harvested tasks: "
+                                    "nothing to train on", hint="see `supertiny harvest status` for the reasons")
+        return {"run_id": result.run_id, "done": result.done, "passed": result.passed,
+                "pass_rate": result.passed / result.done, "s_per_sample": result.elapsed_s / max(result.newly_done, 1)}
+
+    def snapshot(self) -> dict[str, Any]:
+        from supertiny.datasets.snapshot import SnapshotSource, create_snapshot, snapshot_items
+
+        run_id = self.state.result("harvest")["run_id"]
+        dataset = create_snapshot(self.store, self.plan.snapshot, SnapshotSource(runs=(run_id,), verdict="pass"),
+                                  note=f"supertiny demo {self.plan.tag}")
+        return {"ref": f"{dataset.name}@{dataset.version}", "items": len(snapshot_items(self.store, dataset))}
+
+    def evaluate_model(self, model: str) -> dict[str, Any]:
+        from supertiny.evaluate.runner import EvalConfig, evaluate
+
+        config = EvalConfig(model=model, domain=self.plan.domain, split="test",
+                            per_category=self.plan.eval_per_category)
+        with _bar(f"eval {model}", "task") as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            evaluation = evaluate(self.store, config, progress)
+        version = _version(self.store, model)
+        return {"model": model, "evaluation_id": evaluation.id, "accuracy": evaluation.accuracy,
+                "invalid_rate": evaluation.invalid_rate, "mean_latency_s": evaluation.mean_latency_s,
+                "tokens_per_request": evaluation.tokens_per_request, "n": evaluation.n_tasks,
+                "per_category": {category: stats["accuracy"] for category, stats in evaluation.per_category.items()},
+                "params": version.param_count, "size_bytes": version.size_bytes, "stage": version.stage}
+
+    def train_sft(self) -> dict[str, Any]:
+        from supertiny.transfer.sft_config import SFTConfig
+
+        return self._train("sft", self.plan.student, SFTConfig(epochs=self.plan.sft_epochs), None,
+                           self.plan.model_name("sft"))
+
+    def train_kd(self) -> dict[str, Any]:
+        from supertiny.transfer.kd_config import KDConfig
+
+        return self._train("kd", self.model("train-sft"), KDConfig(epochs=self.plan.kd_epochs), self.plan.teacher,
+                           self.plan.model_name("kd"))
+
+    def _train(self, algorithm: str, student: str, config: Any, teacher: str | None, name: str) -> dict[str, Any]:
+        from supertiny.cli.train import BarProgress
+        from supertiny.models.registry import find_model_version
+        from supertiny.transfer.pipeline import train_model
+
+        if find_model_version(self.store, name) is None:
+            progress = BarProgress()
+            try:
+                train_model(self.store, self.settings, algorithm, student=student, data=self.data_ref(),
+                            config=config, teacher=teacher, name=name, domain=self.plan.domain, progress=progress)
+            finally:
+                progress.close()
+        return _model_facts(self.store, name)
+
+    def prune(self) -> dict[str, Any]:
+        from supertiny.cli.train import BarProgress
+        from supertiny.compress.heal import heal_model
+        from supertiny.compress.pipeline import compress_model
+        from supertiny.compress.prune_config import PruneConfig
+        from supertiny.models.registry import find_model_version
+        from supertiny.transfer.kd_config import KDConfig
+
+        pruned, healed = self.plan.model_name("pruned"), self.plan.model_name("healed")
+        progress = BarProgress()
+        try:
+            if find_model_version(self.store, pruned) is None:
+                compress_model(self.store, self.settings, "prune", model=self.trained(), data=self.data_ref(),
+                               config=PruneConfig(target_params=self.plan.prune_to), name=pruned,
+                               domain=self.plan.domain, progress=progress)
+            if find_model_version(self.store, healed) is None:
+                heal_model(self.store, self.settings, pruned, data=self.data_ref(), teacher=self.trained(),
+                           name=healed, config=KDConfig(epochs=self.plan.heal_epochs), domain=self.plan.domain,
+                           progress=progress)
+        finally:
+            progress.close()
+        return _model_facts(self.store, healed)
+
+    def quantize(self) -> dict[str, Any]:
+        from supertiny.cli.train import BarProgress
+        from supertiny.compress.pipeline import compress_model
+        from supertiny.compress.quantize_config import QuantizeConfig
+        from supertiny.models.registry import find_model_version
+
+        source = self.model("prune") if self.plan.prune_to else self.trained()
+        name = self.plan.model_name(self.plan.quantize)
+        if find_model_version(self.store, name) is None:
+            progress = BarProgress()
+            try:
+                compress_model(self.store, self.settings, "quantize", model=source,
+                               config=QuantizeConfig(scheme=self.plan.quantize), name=name, progress=progress)
+            finally:
+                progress.close()
+        return _model_facts(self.store, name)
+
+    def policy(self) -> dict[str, Any]:
+        from supertiny.route.calibrate import calibrate
+        from supertiny.route.policy_store import set_policy
+
+        teacher = self.state.result("eval-teacher")
+        trained = self.state.result("eval-trained")
+        tiny, why = self.trained(), "the trained student"
+        for step in ("eval-compressed", "eval-pruned"):
+            if self.state.done(step):
+                candidate = self.state.result(step)
+                if candidate["accuracy"] >= trained["accuracy"] - COMPRESSED_TOLERANCE:
+                    tiny = candidate["model"]
+                    why = f"{step.removeprefix('eval-')} student, within {COMPRESSED_TOLERANCE:.0%} of the trained one"
+                    break
+        set_policy(self.store, self.plan.route, "cascade", {"tiny": tiny, "llm": self.plan.teacher, "threshold": 0.5},
+                   note=f"supertiny demo {self.plan.tag}: tiny = {why}")
+        goal: dict[str, float] = {"target_accuracy": teacher["accuracy"]}
+        try:
+            calibration = calibrate(self.store, self.plan.route, source="evaluations", domain=self.plan.domain,
+                                    split="test", **goal)
+        except InvalidInputError as exc:
+            # the cascade cannot reach the teacher on these tasks: take the most accurate point within a 50% budget
+            self.echo(f"      {exc.message}; calibrating to an LLM budget of 50% instead")
+            goal = {"llm_budget": 0.5}
+            calibration = calibrate(self.store, self.plan.route, source="evaluations", domain=self.plan.domain,
+                                    split="test", **goal)
+        chosen = calibration.chosen
+        self.echo(f"      route {self.plan.route!r}: cascade {tiny} -> {self.plan.teacher}, threshold "
+                  f"{chosen.threshold:.4g}: accuracy {chosen.accuracy:.1%} with {chosen.llm_share:.0%} of requests "
+                  f"escalated (on the evaluation tasks)")
+        return {"route": self.plan.route, "tiny": tiny, "llm": self.plan.teacher, "why": why, "goal": goal,
+                "threshold": chosen.threshold, "expected_accuracy": chosen.accuracy,
+                "expected_llm_share": chosen.llm_share,
+                "version": calibration.policy.version if calibration.policy else None,
+                "curve": [{"threshold": point.threshold, "llm_share": point.llm_share, "accuracy": point.accuracy}
+                          for point in calibration.points]}
+
+    def serve(self) -> dict[str, Any]:
+        from supertiny.demo.traffic import send_requests
+
+        return send_requests(self, self.plan.requests)
+
+    # --- helpers ----------------------------------------------------------------------------------------
+
+    def data_ref(self) -> str:
+        return self.state.result("snapshot")["ref"]
+
+    def model(self, step: str) -> str:
+        return self.state.result(step)["name"]
+
+    def trained(self) -> str:
+        """The student after training: kd when the plan distils, else sft."""
+        return self.model("train-kd" if self.plan.kd_epochs > 0 else "train-sft")
+
+
+def _version(store: Store, name: str) -> Any:
+    from supertiny.models.registry import get_model_version
+
+    return get_model_version(store, name)
+
+
+def _model_facts(store: Store, name: str) -> dict[str, Any]:
+    version = _version(store, name)
+    return {"name": name, "params": version.param_count, "size_bytes": version.size_bytes, "stage": version.stage,
+            "metrics": version.metrics or {}}
+
+
+def _offline_error(settings: Settings, what: str, cause: SupertinyError) -> SupertinyError:
+    return SupertinyError(
+        f"the demo needs {what}, which is not cached in {settings.home} and could not be fetched: {cause.message}",
+        hint="connect this machine to PyPI (or point PIP_INDEX_URL at a mirror) and run `make demo` again; "
+             "models are fetched once (about 1.6 GB) and cached, and every finished step is kept")
+
+
+@contextlib.contextmanager
+def _bar(description: str, unit: str) -> Iterator[Any]:
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit=unit, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def run_demo(settings: Settings, plan: DemoPlan, echo: Echo = click.echo) -> Path:
+    """Run (or resume) the demo; returns the report's path."""
+    from supertiny.store.session import open_store
+
+    return Demo(settings, open_store(settings), plan, echo).run()

@@ -1,0 +1,57 @@
+"""The demo's memory between runs: which steps finished, what they made and how long they took.
+
+One JSON file per plan (``<home>/demo/<tag>/state.json``), rewritten atomically after every step, so
+Ctrl-C or a crash loses at most the step in flight, and that step's own machinery (the harvest's
+fingerprinted runs, the trainers' checkpoints) resumes it.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from supertiny.errors import InvalidInputError
+
+
+class DemoState:
+    """Finished steps of one plan, by name: ``{"result": {...}, "wall_s": float, "finished_at": str}``."""
+
+    def __init__(self, path: Path, plan_digest: str):
+        self.path = path
+        self.plan_digest = plan_digest
+        self.steps: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise InvalidInputError(f"the demo state {path} is unreadable ({exc})",
+                                        hint="delete it to start the demo's bookkeeping afresh; the store keeps "
+                                             "every harvested sample and model, and the steps reuse them") from exc
+            if data.get("plan") == plan_digest:
+                self.steps = dict(data.get("steps", {}))
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    def done(self, step: str) -> bool:
+        return step in self.steps
+
+    def result(self, step: str) -> dict[str, Any]:
+        return self.steps[step]["result"]
+
+    def record(self, step: str, result: dict[str, Any], wall_s: float) -> None:
+        self.steps[step] = {"result": result, "wall_s": round(wall_s, 2),
+                            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.save()
+
+    def forget(self, step: str) -> None:
+        if self.steps.pop(step, None) is not None:
+            self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"plan": self.plan_digest, "steps": self.steps}, indent=2, default=str))
+        os.replace(temporary, self.path)

@@ -1,0 +1,87 @@
+"""The demo's last stage: start the server and send it real requests with the official OpenAI client.
+
+The requests are BFCL test tasks the evaluations did not use. Each answer is checked by the domain's
+verifier, so the report shows what production traffic got: accuracy, latency per request, and the share
+the router escalated to the LLM.
+"""
+
+import json
+import statistics
+import time
+from typing import Any
+
+from supertiny.domain import Domain, DomainTask
+from supertiny.schema.tools import ParsedCall
+
+
+def fresh_test_tasks(domain: Domain, skip_per_category: int, count: int) -> list[DomainTask]:
+    """``count`` test tasks round-robin over the categories, past the first ``skip_per_category`` of each
+    (those the evaluations used)."""
+    from supertiny.evaluate.selection import select_tasks
+
+    used = {task.content_hash() for task in select_tasks(domain, "test", per_category=skip_per_category)}
+    per_category = skip_per_category + count
+    candidates = [task for task in select_tasks(domain, "test", per_category=per_category)
+                  if task.content_hash() not in used]
+    by_category: dict[str, list[DomainTask]] = {}
+    for task in candidates:
+        by_category.setdefault(task.category, []).append(task)
+    chosen: list[DomainTask] = []
+    queues = [tasks for _, tasks in sorted(by_category.items())]
+    while len(chosen) < count and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(queue.pop(0))
+    return chosen
+
+
+def send_requests(demo: Any, count: int) -> dict[str, Any]:
+    """Serve ``demo``'s route in-process, send ``count`` requests, verify the answers."""
+    import openai
+
+    from supertiny.prototype.agent import task_tools
+    from supertiny.registry import lookup
+    from supertiny.serve.app import ServeOptions, create_app
+    from supertiny.serve.background import BackgroundServer
+
+    domain: Domain = lookup("domain", demo.plan.domain)
+    tasks = fresh_test_tasks(domain, demo.plan.eval_per_category, count)
+    route = demo.plan.route
+    records = []
+    with BackgroundServer(create_app(demo.settings, ServeOptions())) as server:
+        demo.echo(f"      serving {server.base_url} (route {route!r}); loading the models of the route")
+        client = openai.OpenAI(base_url=server.base_url, api_key="unused", timeout=600, max_retries=0)
+        for index, task in enumerate(tasks, 1):
+            started = time.perf_counter()
+            response = client.chat.completions.create(model=route, messages=task.messages,
+                                                      tools=task_tools(domain, task), temperature=0)
+            latency = time.perf_counter() - started
+            message = response.choices[0].message
+            calls = [ParsedCall(name=call.function.name, arguments=_arguments(call.function.arguments))
+                     for call in message.tool_calls or []]
+            verdict = domain.verify(task, calls, [*task.messages, message.model_dump(exclude_none=True)])
+            correct = verdict.verdict == "pass"
+            extension = (response.model_extra or {}).get("supertiny", {})
+            records.append({"task": task.external_id, "category": task.category, "correct": correct,
+                            "served_by": extension.get("served_by"), "escalated": bool(extension.get("escalated")),
+                            "reason": extension.get("reason"), "confidence": extension.get("confidence"),
+                            "latency_s": round(latency, 3), "calls": [call.name for call in calls]})
+            demo.echo(f"      request {index}/{len(tasks)} {task.category:<17} -> "
+                      f"{extension.get('served_by', '?')}{' (escalated)' if extension.get('escalated') else ''}, "
+                      f"{'correct' if correct else 'wrong'}, {latency:.1f}s")
+        server.server.should_exit = True  # flush the request log on the way out
+    latencies = [record["latency_s"] for record in records]
+    return {"route": route, "requests": len(records),
+            "accuracy": sum(record["correct"] for record in records) / len(records) if records else None,
+            "llm_share": sum(record["escalated"] for record in records) / len(records) if records else None,
+            "p50_latency_s": statistics.median(latencies) if latencies else None,
+            "mean_latency_s": statistics.fmean(latencies) if latencies else None,
+            "records": records}
+
+
+def _arguments(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

