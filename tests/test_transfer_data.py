@@ -98,3 +98,23 @@ def test_tool_call_arguments_are_rendered_as_objects_not_escaped_strings(tokeniz
     text, spans = assistant_spans(tokenizer, CONVERSATION, [WEATHER_TOOL])
     first = text[spans[0][0]:spans[0][1]]
     assert '"arguments": {"city": "Oslo", "unit": "celsius"}' in first and '\\"' not in first
+
+
+def test_the_text_around_tool_calls_is_left_out_unless_asked_for(tokenizer):
+    from types import SimpleNamespace
+
+    from supertiny.transfer.sft_trainer import training_records
+
+    narrated = [CONVERSATION[0], {**CONVERSATION[1], "content": "To get the weather I will call get_weather."},
+                *CONVERSATION[2:]]
+    item = SimpleNamespace(messages=narrated, tools=[WEATHER_TOOL], verdict="pass")
+    (messages, _), = training_records([item])
+    assert messages[1]["content"] == "" and messages[1]["tool_calls"] == narrated[1]["tool_calls"]
+    assert messages[3]["content"] == "It is 3 degrees in Oslo."  # a plain answer keeps its text
+    trained = tokenize_conversation(tokenizer, messages, [WEATHER_TOOL])
+    kept = tokenizer.decode([token for token, label in zip(trained.input_ids, trained.labels, strict=True)
+                             if label != IGNORE_INDEX])
+    assert "I will call" not in kept and "get_weather" in kept
+    (messages, _), = training_records([item], call_prose=True)
+    assert messages[1]["content"] == narrated[1]["content"]
+    assert narrated[1]["content"]  # the stored record is never modified

@@ -65,10 +65,10 @@ def serve(settings: Settings, host: str, port: int, workers: int, preload: bool,
 
 @click.command()
 @click.option("--quick", is_flag=True, help="A small subset for a first look (about 10 minutes on 2 CPU cores).")
-@click.option("--harvest-tasks", type=int, help="BFCL train tasks the teacher answers (default 30; quick 6).")
+@click.option("--harvest-tasks", type=int, help="BFCL train tasks the teacher answers (default 24; quick 6).")
 @click.option("--eval-per-category", type=int, help="BFCL test tasks per category in each evaluation (default 4; "
               "quick 1).")
-@click.option("--sft-epochs", type=float, help="Epochs of supervised fine-tuning (default 2).")
+@click.option("--sft-epochs", type=float, help="Epochs of supervised fine-tuning (default 3).")
 @click.option("--kd-epochs", type=float, help="Epochs of logit distillation after sft (default 1; 0 skips it).")
 @click.option("--quantize", type=click.Choice(["int8", "int4", "none"]), help="Quantization (default int8).")
 @click.option("--prune-to", metavar="PARAMS", help="Also prune the trained student to this size and heal it "

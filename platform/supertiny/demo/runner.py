@@ -137,7 +137,7 @@ class Demo:
         from supertiny.prototype.teacher import open_chat_model
 
         config = HarvestConfig(domain=self.plan.domain, teacher=self.plan.teacher, split="train",
-                               limit=self.plan.harvest_tasks)
+                               limit=self.plan.harvest_tasks, max_new_tokens=self.plan.max_new_tokens)
         with _bar("harvest", "sample") as bar:
             def progress(done: int, passed: int, planned: int) -> None:
                 bar.total = planned
@@ -165,7 +165,7 @@ class Demo:
         from supertiny.evaluate.runner import EvalConfig, evaluate
 
         config = EvalConfig(model=model, domain=self.plan.domain, split="test",
-                            per_category=self.plan.eval_per_category)
+                            per_category=self.plan.eval_per_category, max_new_tokens=self.plan.max_new_tokens)
         with _bar(f"eval {model}", "task") as bar:
             def progress(done: int, total: int) -> None:
                 bar.total = total
@@ -183,14 +183,15 @@ class Demo:
     def train_sft(self) -> dict[str, Any]:
         from supertiny.transfer.sft_config import SFTConfig
 
-        return self._train("sft", self.plan.student, SFTConfig(epochs=self.plan.sft_epochs), None,
+        # a few dozen records: one record per optimizer step, or the run is a handful of updates
+        return self._train("sft", self.plan.student, SFTConfig(epochs=self.plan.sft_epochs, grad_accum=1), None,
                            self.plan.model_name("sft"))
 
     def train_kd(self) -> dict[str, Any]:
         from supertiny.transfer.kd_config import KDConfig
 
-        return self._train("kd", self.model("train-sft"), KDConfig(epochs=self.plan.kd_epochs), self.plan.teacher,
-                           self.plan.model_name("kd"))
+        return self._train("kd", self.model("train-sft"), KDConfig(epochs=self.plan.kd_epochs, grad_accum=1),
+                           self.plan.teacher, self.plan.model_name("kd"))
 
     def _train(self, algorithm: str, student: str, config: Any, teacher: str | None, name: str) -> dict[str, Any]:
         from supertiny.cli.train import BarProgress

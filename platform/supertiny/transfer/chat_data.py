@@ -41,6 +41,12 @@ class TokenizeStats:
     trained_tokens: int = 0
 
 
+def without_call_prose(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` with the text of every assistant turn that makes tool calls removed: the calls are the answer."""
+    return [{**message, "content": ""} if message.get("role") == "assistant" and message.get("tool_calls")
+            and message.get("content") else dict(message) for message in messages]
+
+
 def render(tokenizer: Any, messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None,
            add_generation_prompt: bool = False) -> str:
     try:

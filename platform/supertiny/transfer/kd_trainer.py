@@ -61,8 +61,8 @@ class KDTrainer(Trainer):
         student, teacher = model_ref(context.student), model_ref(context.teacher)
         context.progress.phase(f"loading {student.name} and {teacher.name}")
         tokenizer = load_tokenizer(student)
-        examples, stats = tokenize_records(tokenizer, training_records(context.items(), config.verdict),
-                                           config.max_length)
+        records = training_records(context.items(), config.verdict, config.call_prose)
+        examples, stats = tokenize_records(tokenizer, records, config.max_length)
         if not examples:
             raise InvalidInputError(f"nothing to train on: no record has an assistant turn within --max-length "
                                     f"{config.max_length}")

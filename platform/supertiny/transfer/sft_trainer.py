@@ -8,7 +8,7 @@ from typing import Any
 from supertiny.errors import InvalidInputError
 from supertiny.store import DatasetItem
 from supertiny.transfer.base import Progress, TrainContext, Trainer, TrainResult
-from supertiny.transfer.chat_data import tokenize_records
+from supertiny.transfer.chat_data import tokenize_records, without_call_prose
 from supertiny.transfer.resources import ModelRef, model_facts, model_ref, training_dtype
 from supertiny.transfer.sft_config import SFTConfig
 from supertiny.transfer.train_config import TrainConfig
@@ -16,10 +16,11 @@ from supertiny.transfer.train_config import TrainConfig
 Record = tuple[Sequence[dict[str, Any]], Sequence[Any] | None]
 
 
-def training_records(items: Sequence[DatasetItem], verdict: str = "pass") -> list[Record]:
+def training_records(items: Sequence[DatasetItem], verdict: str = "pass", call_prose: bool = False) -> list[Record]:
     """(messages, tools) of the items to learn from: with ``verdict="pass"`` failed samples are left out
-    (unverified records, such as logged traffic, are kept)."""
-    return [(item.messages, item.tools) for item in items if verdict == "any" or item.verdict in ("pass", None)]
+    (unverified records, such as logged traffic, are kept); without ``call_prose`` the text around tool calls is."""
+    return [(item.messages if call_prose else without_call_prose(item.messages), item.tools) for item in items
+            if verdict == "any" or item.verdict in ("pass", None)]
 
 
 def fine_tune(student: ModelRef, records: Sequence[Record], config: TrainConfig, output_dir: Path,
@@ -63,7 +64,7 @@ class SFTTrainer(Trainer):
                                     f"record in split {context.config.split!r}", hint="or pass --verdict any")
 
     def train(self, context: TrainContext) -> TrainResult:
-        records = training_records(context.items(), context.config.verdict)
+        records = training_records(context.items(), context.config.verdict, context.config.call_prose)
         model, tokenizer, metrics = fine_tune(model_ref(context.student), records, context.config,
                                               context.run_dir / "checkpoints", context.progress)
         return TrainResult(model=model, tokenizer=tokenizer, metrics=metrics)
