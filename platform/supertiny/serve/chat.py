@@ -264,8 +264,9 @@ def _stream_response(state: Any, request: _Request, chat: ChatCompletionRequest,
             for chunk in writer.finish(generation.finish_reason, usage if include_usage else None,
                                        supertiny=_extension(request, outcome)):
                 yield ServerSentEvent(data=chunk.wire())
-            yield ServerSentEvent(data="[DONE]")
+            # logged before the end marker: a client that has read [DONE] finds its request in the log
             request.finish(200, outcome, _completion(request, chat, outcome).wire())
+            yield ServerSentEvent(data="[DONE]")
         except SupertinyError as exc:
             request.finish(exc.http_status, error=str(exc))
             yield ServerSentEvent(data=json.dumps(error_body(exc)[1]))
