@@ -30,7 +30,8 @@ class DemoPlan:
     max_new_tokens: int = 256
     eval_per_category: int = 4  # test tasks per category for each evaluation
     sft_epochs: float = 3.0
-    kd_epochs: float = 1.0
+    # 0 until kd stops collapsing the student (measured: 45% -> 15% on BFCL test after one epoch); --kd-epochs 1
+    kd_epochs: float = 0.0
     quantize: str = "int8"  # "" skips quantization
     prune_to: str = ""  # e.g. "0.4B": prune the trained student and heal it (not in the default budget)
     heal_epochs: float = 1.0
