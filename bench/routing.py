@@ -153,15 +153,9 @@ def table_points(curve: Sequence[Any], thresholds: Sequence[float], llm_accuracy
 def check_answer(domain: Any, task: Any, tools: list[dict[str, Any]], generation: Any) -> dict[str, Any]:
     """Validity and verdict of one answer, as :func:`supertiny.evaluate.runner.evaluate` judges single-shot
     answers."""
-    from supertiny.domain import Verdict
-    from supertiny.models.parsing import validate_calls
+    from supertiny.evaluate.runner import judge
 
-    calls = generation.parse.calls
-    valid = generation.parse.ok and not validate_calls(calls, tools)
-    try:
-        verdict = domain.verify(task, calls, [*task.messages, generation.message.openai()])
-    except Exception as exc:
-        verdict = Verdict("unknown", f"verifier error: {type(exc).__name__}: {exc}")
+    verdict, valid = judge(domain, task, tools, generation)
     return {"correct": verdict.verdict == "pass", "verdict": verdict.verdict, "reason": verdict.reason[:300],
             "valid": valid}
 

@@ -17,7 +17,7 @@ from supertiny.schema.tools import ParsedCall
 def fresh_test_tasks(domain: Domain, skip_per_category: int, count: int) -> list[DomainTask]:
     """``count`` test tasks round-robin over the categories, past the first ``skip_per_category`` of each
     (those the evaluations used)."""
-    from supertiny.evaluate.selection import select_tasks
+    from supertiny.evaluate.selection import round_robin, select_tasks
 
     used = {task.content_hash() for task in select_tasks(domain, "test", per_category=skip_per_category)}
     per_category = skip_per_category + count
@@ -26,13 +26,7 @@ def fresh_test_tasks(domain: Domain, skip_per_category: int, count: int) -> list
     by_category: dict[str, list[DomainTask]] = {}
     for task in candidates:
         by_category.setdefault(task.category, []).append(task)
-    chosen: list[DomainTask] = []
-    queues = [tasks for _, tasks in sorted(by_category.items())]
-    while len(chosen) < count and any(queues):
-        for queue in queues:
-            if queue and len(chosen) < count:
-                chosen.append(queue.pop(0))
-    return chosen
+    return round_robin(by_category, count)
 
 
 def send_requests(demo: Any, count: int) -> dict[str, Any]:

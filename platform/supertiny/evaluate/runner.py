@@ -41,9 +41,22 @@ def _record(task: DomainTask, verdict: Verdict, valid: bool, confidence: float |
             "completion_tokens": completion_tokens, "answer": answer}
 
 
+def judge(domain: Domain, task: DomainTask, tools: list[dict[str, Any]],
+          generation: Generation) -> tuple[Verdict, bool]:
+    """(the domain's verdict, whether the calls parse and fit the tools' schemas) of one single-shot answer."""
+    from supertiny.models.parsing import validate_calls
+
+    calls = generation.parse.calls
+    valid = generation.parse.ok and not validate_calls(calls, tools)
+    try:
+        verdict = domain.verify(task, calls, [*task.messages, generation.message.openai()])
+    except Exception as exc:
+        verdict = Verdict("unknown", f"verifier error: {type(exc).__name__}: {exc}")
+    return verdict, valid
+
+
 def _single_shot(model: ChatModel, domain: Domain, tasks: list[DomainTask], config: EvalConfig,
                  progress: ProgressCallback | None) -> list[dict[str, Any]]:
-    from supertiny.models.parsing import validate_calls
     from supertiny.prototype.agent import prompt_messages, task_tools
 
     options = GenerationOptions(max_new_tokens=config.max_new_tokens, temperature=0.0, logprobs=True)
@@ -56,12 +69,7 @@ def _single_shot(model: ChatModel, domain: Domain, tasks: list[DomainTask], conf
         generations: list[Generation] = model.generate_batch(conversations, options)
         batch_latency = (time.perf_counter() - began) / len(batch)
         for task, (_, tools), generation in zip(batch, conversations, generations, strict=True):
-            calls = generation.parse.calls
-            valid = generation.parse.ok and not validate_calls(calls, tools)
-            try:
-                verdict = domain.verify(task, calls, [*task.messages, generation.message.openai()])
-            except Exception as exc:
-                verdict = Verdict("unknown", f"verifier error: {type(exc).__name__}: {exc}")
+            verdict, valid = judge(domain, task, tools, generation)
             records.append(_record(task, verdict, valid, generation.confidence,
                                    generation.latency_s if len(batch) == 1 else batch_latency,
                                    generation.completion_tokens, generation.text))

@@ -17,6 +17,11 @@ def select_tasks(domain: Domain, split: str, per_category: int | None = None, li
         bucket = by_category.setdefault(task.category, [])
         if per_category is None or len(bucket) < per_category:
             bucket.append(task)
+    return round_robin(by_category, limit)
+
+
+def round_robin(by_category: dict[str, list[DomainTask]], limit: int | None = None) -> list[DomainTask]:
+    """One task of each category in turn (categories by name), at most ``limit`` in all."""
     chosen: list[DomainTask] = []
     queues = [list(tasks) for _, tasks in sorted(by_category.items())]
     while any(queues) and (limit is None or len(chosen) < limit):
