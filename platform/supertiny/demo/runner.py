@@ -37,7 +37,6 @@ class Demo:
         self.plan = plan
         self.echo = echo
         self.state = DemoState(settings.home / "demo" / plan.tag / "state.json", plan.digest())
-        self.current: str | None = None
         # what answers the harvest (default: the plan's teacher through LangChain); tests script it
         self.open_teacher: Callable[[], Any] | None = None
 
@@ -92,7 +91,6 @@ class Demo:
                 self.echo(f"{prefix} -- done earlier ({self.state.steps[name]['wall_s']:.0f}s), reused")
                 continue
             self.echo(prefix)
-            self.current = name
             started = time.perf_counter()
             try:
                 result = action()
@@ -101,7 +99,6 @@ class Demo:
             wall = time.perf_counter() - started
             self.state.record(name, result, wall)
             self.echo(f"      {name} done in {wall:.0f}s")
-        self.current = None
         report = write_report(self)
         self.echo("")
         self.echo(report.read_text())
