@@ -184,10 +184,40 @@ def test_kd_lowers_the_divergence_to_the_teacher(env):
     trained = train_model(store, settings, "kd", student="student", teacher="teacher", data="weather",
                           config=config, name="k1")
     assert trained.metrics["loss_last"] < trained.metrics["loss_first"]
+    # the toy domain has a system prompt: the teacher read it before every conversation
+    assert trained.metrics["data_teacher_context"] == trained.metrics["data_kept"] > 0
     row = get_model_version(store, "k1")
     source = row.config["source"]
     assert (row.stage, row.dataset_id, source["teacher"], source["beta"]) == ("kd", snapshot.id, "teacher", 0.5)
     _reload_and_generate(row.path)
+
+
+def test_kd_logits_on_the_trained_positions_are_the_full_forward_passes(tiny_model_dir):
+    import torch
+    from supertiny.transfer.chat_data import IGNORE_INDEX
+    from supertiny.transfer.kd_trainer import trained_logits
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    input_ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 0, 0]])
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    labels[0, 4:] = input_ids[0, 4:]
+    labels[1, 2:4] = input_ids[1, 2:4]
+    with torch.no_grad():
+        full = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        kept = trained_logits(model, input_ids, attention_mask, labels)
+    expected = torch.cat([full[0, 3:5], full[1, 1:3]])
+    torch.testing.assert_close(kept, expected)
+
+
+def test_kd_without_teacher_context_gives_both_the_same_tokens(env):
+    store, settings = env
+    harvest_snapshot(store, "weather", limit=2)
+    config = KDConfig(**FAST, max_steps=1, teacher_context=False)
+    trained = train_model(store, settings, "kd", student="student", teacher="teacher", data="weather",
+                          config=config, name="k3")
+    assert trained.metrics["data_teacher_context"] == 0 and trained.metrics["data_kept"] > 0
 
 
 def test_kd_on_policy_trains_on_the_students_own_completions(env):

@@ -100,7 +100,9 @@ def compressor_command(compressor: Any) -> click.Command:
         if heal:
             if not data:
                 raise InvalidInputError("--heal distils on a snapshot: give --data")
-            heal_config = KDConfig(max_steps=heal_max_steps, epochs=heal_epochs, learning_rate=heal_learning_rate)
+            # the unpruned parent is a student: it answers the bare conversation, as the pruned model will
+            heal_config = KDConfig(max_steps=heal_max_steps, epochs=heal_epochs, learning_rate=heal_learning_rate,
+                                   teacher_context=False)
             heal_config.validate()
         progress = BarProgress()
         try:

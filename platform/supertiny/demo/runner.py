@@ -221,8 +221,8 @@ class Demo:
                                domain=self.plan.domain, progress=progress)
             if find_model_version(self.store, healed) is None:
                 heal_model(self.store, self.settings, pruned, data=self.data_ref(), teacher=self.trained(),
-                           name=healed, config=KDConfig(epochs=self.plan.heal_epochs), domain=self.plan.domain,
-                           progress=progress)
+                           name=healed, config=KDConfig(epochs=self.plan.heal_epochs, teacher_context=False),
+                           domain=self.plan.domain, progress=progress)
         finally:
             progress.close()
         return _model_facts(self.store, healed)

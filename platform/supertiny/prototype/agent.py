@@ -12,6 +12,7 @@ so the student learns to behave that way without them.
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from supertiny.domain import Domain, DomainTask, ToolEnvironment
@@ -37,9 +38,15 @@ def task_tools(domain: Domain, task: DomainTask) -> list[dict[str, Any]]:
 
 def prompt_messages(domain: Domain, task: DomainTask) -> list[dict[str, Any]]:
     """What the teacher sees before the task: the domain's system prompt and few-shot turns."""
+    return context_messages(domain, task.messages)
+
+
+def context_messages(domain: Domain, conversation: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The domain's system prompt (unless ``conversation`` brings its own) and few-shot turns, to put
+    before ``conversation``."""
     messages: list[dict[str, Any]] = []
-    task_has_system = bool(task.messages) and task.messages[0].get("role") == "system"
-    if domain.system_prompt and not task_has_system:
+    has_system = bool(conversation) and conversation[0].get("role") == "system"
+    if domain.system_prompt and not has_system:
         messages.append({"role": "system", "content": domain.system_prompt})
     messages.extend(dict(message) for message in domain.few_shot)
     return messages

@@ -24,6 +24,7 @@ class TokenizedConversation:
     input_ids: list[int]
     labels: list[int]  # input_ids on the assistant tokens, IGNORE_INDEX elsewhere
     prompt_length: int  # tokens before the last assistant turn: the prompt of on-policy generation
+    record: int = 0  # which of the tokenized records this came from
 
     @property
     def trained_tokens(self) -> int:
@@ -118,14 +119,14 @@ def tokenize_records(tokenizer: Any, records: Iterable[tuple[Sequence[dict[str, 
     and counted in the stats."""
     stats = TokenizeStats()
     kept = []
-    for messages, tools in records:
+    for index, (messages, tools) in enumerate(records):
         stats.conversations += 1
         whole = tokenize_conversation(tokenizer, messages, tools)
         if whole.trained_tokens == 0:
             stats.no_assistant_turn += 1
             continue
         cut = TokenizedConversation(whole.input_ids[:max_length], whole.labels[:max_length],
-                                    min(whole.prompt_length, max_length))
+                                    min(whole.prompt_length, max_length), record=index)
         if cut.trained_tokens == 0:
             stats.too_long += 1
             continue

@@ -14,6 +14,9 @@ class KDConfig(TrainConfig):
     beta: float = option(0.0, "Divergence: 0 = forward KL(teacher||student), 1 = reverse KL, in between the "
                          "generalised JSD.")
     temperature: float = option(1.0, "Softens both distributions; the loss is scaled by temperature².")
+    teacher_context: bool = option(True, "The teacher reads each conversation behind the domain's system prompt and "
+                                   "few-shot turns (the context it harvested with), the student without them: "
+                                   "context distillation. --no-teacher-context gives both the same tokens.")
     sft_weight: float = option(0.0, "Add this times the usual next-token loss on the same tokens.")
     on_policy: float = option(0.0, "Fraction of steps trained on completions the student samples itself (GKD's "
                               "lambda; 0 = off).")

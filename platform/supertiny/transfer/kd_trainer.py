@@ -3,6 +3,10 @@ conversations, or with ``--on-policy`` completions the student samples itself, a
 (:func:`supertiny.transfer.kd_loss.distillation_loss`) compares their next-token distributions on the
 assistant tokens only.
 
+By default the teacher reads each conversation behind the domain's system prompt and few-shot turns,
+the context it harvested the data with, while the student reads it bare (context distillation, see
+:mod:`supertiny.transfer.kd_data`).
+
 Logits can only be compared over one vocabulary: the teacher's tokenizer must be the student's (the
 default Qwen2.5-Coder 0.5B / 1.5B pair shares one); anything else is refused before training.
 """
@@ -15,6 +19,7 @@ from supertiny.store import ModelVersion
 from supertiny.transfer.base import TrainContext, Trainer, TrainResult
 from supertiny.transfer.chat_data import IGNORE_INDEX
 from supertiny.transfer.kd_config import KDConfig
+from supertiny.transfer.kd_data import distillation_examples
 from supertiny.transfer.resources import compute_dtype, model_facts, model_ref, training_dtype
 from supertiny.transfer.sft_trainer import training_records
 
@@ -45,13 +50,24 @@ class KDTrainer(Trainer):
     def resident_models(self, context: TrainContext) -> list[ModelVersion]:
         return [context.teacher] if context.teacher is not None else []
 
+    @staticmethod
+    def _teacher_context(context: TrainContext) -> Any:
+        """messages -> the domain's context before them, or None (no domain, or --no-teacher-context)."""
+        from supertiny.prototype.agent import context_messages
+        from supertiny.registry import lookup
+
+        config: KDConfig = context.config  # type: ignore[assignment]
+        if not config.teacher_context or not context.domain:
+            return None
+        domain = lookup("domain", context.domain)
+        return lambda messages: context_messages(domain, messages)
+
     def train(self, context: TrainContext) -> TrainResult:
         import dataclasses
 
         import datasets
         from transformers import TrainingArguments
 
-        from supertiny.transfer.chat_data import tokenize_records
         from supertiny.transfer.hf_loop import run_trainer, training_arguments
         from supertiny.transfer.modeling import load_model, load_tokenizer, prepare_student, set_threads
 
@@ -62,8 +78,8 @@ class KDTrainer(Trainer):
         context.progress.phase(f"loading {student.name} and {teacher.name}")
         tokenizer = load_tokenizer(student)
         records = training_records(context.items(), config.verdict, config.call_prose)
-        examples, stats = tokenize_records(tokenizer, records, config.max_length)
-        if not examples:
+        rows, stats = distillation_examples(tokenizer, records, config.max_length, self._teacher_context(context))
+        if not rows:
             raise InvalidInputError(f"nothing to train on: no record has an assistant turn within --max-length "
                                     f"{config.max_length}")
         dtype, mixed = training_dtype(config, model_facts(student))
@@ -71,9 +87,7 @@ class KDTrainer(Trainer):
         teacher_model = load_model(teacher, compute_dtype(teacher_facts),
                                    trainable=False)
         model = prepare_student(student, config, dtype)
-        dataset = datasets.Dataset.from_list([
-            {"input_ids": example.input_ids, "labels": example.labels, "prompt_length": example.prompt_length}
-            for example in examples])
+        dataset = datasets.Dataset.from_list(rows)
         output_dir = context.run_dir / "checkpoints"
         args = TrainingArguments(**training_arguments(config, output_dir, mixed))
         trainer = make_distillation_trainer(model=model, teacher=teacher_model, tokenizer=tokenizer, config=config,
@@ -85,20 +99,40 @@ class KDTrainer(Trainer):
 
 
 def collate(examples: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
-    """Right-padded input ids, attention mask and labels, with each row's prompt length."""
+    """Right-padded ids, attention masks and labels of the student and the teacher, with their prompt lengths."""
     import torch
 
-    width = max(len(example["input_ids"]) for example in examples)
-    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    for row, example in enumerate(examples):
-        length = len(example["input_ids"])
-        input_ids[row, :length] = torch.tensor(example["input_ids"])
-        attention_mask[row, :length] = 1
-        labels[row, :length] = torch.tensor(example["labels"])
-    prompt_length = torch.tensor([example["prompt_length"] for example in examples], dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "prompt_length": prompt_length}
+    batch: dict[str, Any] = {}
+    for prefix in ("", "teacher_"):
+        rows = [(example[f"{prefix}input_ids"], example[f"{prefix}labels"]) for example in examples]
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        for row, (ids, row_labels) in enumerate(rows):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+            labels[row, : len(ids)] = torch.tensor(row_labels)
+        batch.update({f"{prefix}input_ids": input_ids, f"{prefix}attention_mask": attention_mask,
+                      f"{prefix}labels": labels,
+                      f"{prefix}prompt_length": torch.tensor([example[f"{prefix}prompt_length"]
+                                                              for example in examples], dtype=torch.long)})
+    return batch
+
+
+def trained_logits(model: Any, input_ids: Any, attention_mask: Any, labels: Any) -> Any:
+    """``(N, vocab)``: the logits predicting each trained token (``labels`` not IGNORE_INDEX), in order.
+    The output layer runs on those positions only: on a 150k vocabulary it costs more than the
+    rest of the model over a long prompt."""
+    import torch
+
+    mask = labels[:, 1:] != IGNORE_INDEX
+    positions = torch.nonzero(mask.any(dim=0)).flatten()
+    try:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions).logits
+    except TypeError:  # an architecture without logits_to_keep: all positions
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][mask]
+    return logits[mask[:, positions]]
 
 
 def make_distillation_trainer(*, model: Any, teacher: Any, tokenizer: Any, config: KDConfig, args: Any,
@@ -118,22 +152,21 @@ def make_distillation_trainer(*, model: Any, teacher: Any, tokenizer: Any, confi
             if config.on_policy > 0 and self._draw() < config.on_policy:
                 inputs = self._on_policy(model, inputs)
                 self.on_policy_batches += 1
-            labels = inputs["labels"]
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            student_logits = trained_logits(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
             with torch.no_grad():
-                teacher_logits = teacher(input_ids=inputs["input_ids"].to(teacher.device),
-                                         attention_mask=inputs["attention_mask"].to(teacher.device)).logits
-            vocab = min(outputs.logits.shape[-1], teacher_logits.shape[-1])
-            student_logits = outputs.logits[:, :-1, :vocab]
-            teacher_logits = teacher_logits[:, :-1, :vocab].to(student_logits.device)
-            targets = labels[:, 1:]
-            mask = targets != IGNORE_INDEX
-            loss = distillation_loss(student_logits, teacher_logits, mask, beta=config.beta,
+                teacher_logits = trained_logits(teacher, inputs["teacher_input_ids"].to(teacher.device),
+                                                inputs["teacher_attention_mask"].to(teacher.device),
+                                                inputs["teacher_labels"].to(teacher.device))
+            vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
+            student_logits = student_logits[:, :vocab]
+            teacher_logits = teacher_logits[:, :vocab].to(student_logits.device)
+            loss = distillation_loss(student_logits, teacher_logits, beta=config.beta,
                                      temperature=config.temperature)
             if config.sft_weight > 0:
+                targets = inputs["labels"][:, 1:]
                 loss = loss + config.sft_weight * torch.nn.functional.cross_entropy(
-                    student_logits[mask].float(), targets[mask])
-            return (loss, outputs) if return_outputs else loss
+                    student_logits.float(), targets[targets != IGNORE_INDEX])
+            return (loss, {"logits": student_logits}) if return_outputs else loss
 
         def _draw(self) -> float:
             """Deterministic per step, so a resumed run makes the same on-/off-policy choices."""
@@ -155,11 +188,10 @@ def make_distillation_trainer(*, model: Any, teacher: Any, tokenizer: Any, confi
                                                use_cache=True)[0, prompt.shape[1]:].tolist()
                     end = next((index + 1 for index, token in enumerate(generated) if token in stop_ids),
                                len(generated))
-                    completion = generated[:end]
-                    ids = prompt[0].tolist() + completion
-                    labels = [IGNORE_INDEX] * prompt.shape[1] + completion
-                    rows.append({"input_ids": ids[: config.max_length], "labels": labels[: config.max_length],
-                                 "prompt_length": prompt.shape[1]})
+                    completion = generated[:end][: max(config.max_length - prompt.shape[1], 1)]
+                    teacher_prompt = inputs["teacher_input_ids"][row, : int(inputs["teacher_prompt_length"][row])]
+                    rows.append(_with_completion("", prompt[0].tolist(), completion)
+                                | _with_completion("teacher_", teacher_prompt.tolist(), completion))
             finally:
                 model.train(was_training)
             batch = collate(rows, tokenizer.pad_token_id)
@@ -169,6 +201,11 @@ def make_distillation_trainer(*, model: Any, teacher: Any, tokenizer: Any, confi
                                   data_collator=lambda examples: collate(examples, tokenizer.pad_token_id))
     trainer.model_accepts_loss_kwargs = False  # the loss is a per-token mean: let the trainer scale accumulation
     return trainer
+
+
+def _with_completion(prefix: str, prompt: list[int], completion: list[int]) -> dict[str, Any]:
+    return {f"{prefix}input_ids": prompt + completion, f"{prefix}labels": [IGNORE_INDEX] * len(prompt) + completion,
+            f"{prefix}prompt_length": len(prompt)}
 
 
 def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
