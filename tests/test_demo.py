@@ -84,6 +84,23 @@ def test_a_changed_plan_makes_its_own_models(env):
     assert DemoPlan().tag != DemoPlan(harvest_tasks=31).tag
     assert DemoPlan().tag == DemoPlan(requests=3).tag  # how many requests are sent changes no model
     assert DemoPlan.quick().tag.startswith("demo-quick-")
+    base, more_kd = DemoPlan().step_keys(), DemoPlan(kd_epochs=2.0).step_keys()
+    same = [step for step in base if base[step] == more_kd[step]]
+    assert same == ["models", "harvest", "snapshot", "eval-teacher", "eval-base", "train-sft", "eval-sft"]
+    assert DemoPlan(harvest_tasks=31).model_name("train-sft") != DemoPlan().model_name("train-sft")
+
+
+def test_a_changed_plan_reuses_the_steps_it_does_not_change(env):
+    store, settings = env
+    plan = DemoPlan(**{**PLAN.__dict__, "kd_epochs": 0.0, "quantize": ""})
+    _demo(store, settings, plan).run()
+    lines: list[str] = []
+    report = _demo(store, settings, DemoPlan(**{**plan.__dict__, "kd_epochs": 1.0}), echo=lines.append).run()
+    reused = [line.split("]")[1].split(":")[0].strip() for line in lines if "reused" in line]
+    assert reused == ["models", "harvest", "snapshot", "eval-teacher", "eval-base", "train-sft"]
+    assert any("] train-kd:" in line and "reused" not in line for line in lines)
+    state = json.loads((report.parent / "state.json").read_text())["steps"]
+    assert state["eval-trained"]["result"]["model"] == state["train-kd"]["result"]["name"]
 
 
 def test_no_network_and_no_cached_models_is_one_clear_message(tmp_path):

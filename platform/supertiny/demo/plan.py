@@ -15,7 +15,7 @@ STUDENT = "qwen2.5-coder-0.5b-instruct"
 TEACHER = "qwen2.5-coder-1.5b-instruct"
 DOMAIN = "bfcl"
 # bumped when the steps' own settings change, so a re-run trains new models instead of reusing old ones
-RECIPE = 2
+RECIPE = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,19 +48,58 @@ class DemoPlan:
 
     @property
     def tag(self) -> str:
-        """``<prefix>-<digest>``: names what this plan makes, so a changed plan never reuses another's models."""
+        """``<prefix>-<digest>``: names this plan in the report."""
         return f"{self.prefix}-{self.digest()[:6]}"
+
+    def digest(self) -> str:
+        """Identifies the whole plan (what requests are sent to which route changes no model)."""
+        sizes = {key: value for key, value in dataclasses.asdict(self).items() if key not in ("requests", "route")}
+        return _digest({**sizes, "recipe": RECIPE})
+
+    @property
+    def trained_step(self) -> str:
+        """The step whose model is "the trained student": kd when the plan distils, else sft."""
+        return "train-kd" if self.kd_epochs > 0 else "train-sft"
+
+    def step_keys(self) -> dict[str, str]:
+        """Each step's identity: the settings it reads and the keys of the steps it builds on. A changed
+        plan re-runs a step only when its key changed, so ``--kd-epochs 1`` after a run without kd
+        reuses the harvest, the snapshot, the base evaluations and the sft student."""
+        evaluation = {"domain": self.domain, "per_category": self.eval_per_category,
+                      "max_new_tokens": self.max_new_tokens}
+        keys: dict[str, str] = {}
+        keys["models"] = _digest({"student": self.student, "teacher": self.teacher, "domain": self.domain})
+        keys["harvest"] = _digest({"teacher": self.teacher, "domain": self.domain, "tasks": self.harvest_tasks,
+                                   "max_new_tokens": self.max_new_tokens})
+        keys["snapshot"] = _digest({"harvest": keys["harvest"]})
+        keys["eval-teacher"] = _digest({"model": self.teacher, **evaluation})
+        keys["eval-base"] = _digest({"model": self.student, **evaluation})
+        keys["train-sft"] = _digest({"data": keys["snapshot"], "student": self.student, "epochs": self.sft_epochs,
+                                     "recipe": RECIPE})
+        keys["eval-sft"] = _digest({"model": keys["train-sft"], **evaluation})
+        keys["train-kd"] = _digest({"student": keys["train-sft"], "teacher": self.teacher, "epochs": self.kd_epochs,
+                                    "recipe": RECIPE})
+        trained = keys[self.trained_step]
+        keys["eval-trained"] = _digest({"model": trained, **evaluation})
+        keys["prune"] = _digest({"model": trained, "to": self.prune_to, "heal_epochs": self.heal_epochs,
+                                 "recipe": RECIPE})
+        keys["eval-pruned"] = _digest({"model": keys["prune"], **evaluation})
+        keys["quantize"] = _digest({"model": keys["prune"] if self.prune_to else trained, "scheme": self.quantize})
+        keys["eval-compressed"] = _digest({"model": keys["quantize"], **evaluation})
+        keys["policy"] = _digest({"route": self.route, "llm": self.teacher, "evaluations": [
+            keys[step] for step in ("eval-teacher", "eval-trained", "eval-pruned", "eval-compressed")]})
+        keys["serve"] = _digest({"policy": keys["policy"], "requests": self.requests})
+        return keys
 
     @property
     def snapshot(self) -> str:
-        return f"{self.tag}-{self.domain}"
+        return f"{self.prefix}-{self.step_keys()['snapshot'][:6]}-{self.domain}"
 
-    def model_name(self, step: str) -> str:
-        return f"{self.tag}-{step}"
+    def model_name(self, step: str, what: str | None = None) -> str:
+        """The name of the model ``step`` makes (``what`` it is, default the step's name): changes with the
+        step's key."""
+        return f"{self.prefix}-{self.step_keys()[step][:6]}-{what or step.removeprefix('train-')}"
 
-    def digest(self) -> str:
-        """Identifies the plan in the demo's state file: a changed plan starts its steps afresh."""
-        sizes = {key: value for key, value in dataclasses.asdict(self).items() if key not in ("requests", "route")}
-        sizes["recipe"] = RECIPE
-        payload = json.dumps(sizes, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+def _digest(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]

@@ -49,13 +49,16 @@ def _models_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _steps_table(state: Any) -> list[str]:
-    lines = ["| step | wall time |", "|---|---|"]
+def _steps_table(state: Any, names: list[str]) -> list[str]:
+    """Wall time of each step of the plan, when it finished (a step reused from an earlier run keeps its time)."""
+    lines = ["| step | wall time | finished |", "|---|---|---|"]
     total = 0.0
-    for name, step in state.steps.items():
-        total += step["wall_s"]
-        lines.append(f"| {name} | {step['wall_s']:.0f} s |")
-    lines.append(f"| **total** | **{total / 60:.1f} min** |")
+    for name in names:
+        if state.done(name):
+            step = state.steps[name]
+            total += step["wall_s"]
+            lines.append(f"| {name} | {step['wall_s']:.0f} s | {step.get('finished_at', '-')} |")
+    lines.append(f"| **total** | **{total / 60:.1f} min** | |")
     return lines
 
 
@@ -148,7 +151,7 @@ def write_report(demo: Any) -> Path:
         lines += [f"Served through the OpenAI client ({served['requests']} fresh test requests): accuracy "
                   f"{_percent(served['accuracy'])}, {_percent(served['llm_share'])} escalated to the LLM, "
                   f"latency p50 {served['p50_latency_s']:.1f} s, mean {served['mean_latency_s']:.1f} s.", ""]
-    lines += ["## Steps", "", *_steps_table(state), "", "## Files", "",
+    lines += ["## Steps", "", *_steps_table(state, [name for name, _, _ in demo.steps()]), "", "## Files", "",
               f"- this report: `{directory / 'report.md'}` (and `report.json`)"]
     if policy:
         lines.append(f"- accuracy vs LLM share: `{routing_png}`")
@@ -158,7 +161,7 @@ def write_report(demo: Any) -> Path:
               f"Serve it: `supertiny serve`, then POST /v1/chat/completions with `model: \"{plan.route}\"`.", ""]
     report = directory / "report.md"
     report.write_text("\n".join(lines))
-    (directory / "report.json").write_text(json.dumps({"plan": plan.tag, "steps": state.steps}, indent=2,
+    (directory / "report.json").write_text(json.dumps({"plan": plan.tag, "steps": state.current()}, indent=2,
                                                       default=str))
     return report
 

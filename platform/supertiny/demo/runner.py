@@ -5,7 +5,8 @@ models -> harvest -> snapshot -> evaluate teacher and base student -> train sft 
 calibrated threshold -> serve and answer real requests through the OpenAI client -> report.
 
 Every step is a call into the same library the CLI uses. A finished step is recorded in the demo's
-state file and skipped on the next run; an interrupted one resumes through its own machinery (the
+state file with its key (the settings it read and the keys of the steps before it) and skipped on the
+next run while its key is unchanged; an interrupted one resumes through its own machinery (the
 harvest's fingerprinted run, the trainers' checkpoints).
 """
 
@@ -36,7 +37,7 @@ class Demo:
         self.store = store
         self.plan = plan
         self.echo = echo
-        self.state = DemoState(settings.home / "demo" / plan.tag / "state.json", plan.digest())
+        self.state = DemoState(settings.home / "demo" / plan.prefix / "state.json", plan.step_keys())
         # what answers the harvest (default: the plan's teacher through LangChain); tests script it
         self.open_teacher: Callable[[], Any] | None = None
 
@@ -182,13 +183,13 @@ class Demo:
 
         # a few dozen records: one record per optimizer step, or the run is a handful of updates
         return self._train("sft", self.plan.student, SFTConfig(epochs=self.plan.sft_epochs, grad_accum=1), None,
-                           self.plan.model_name("sft"))
+                           self.plan.model_name("train-sft"))
 
     def train_kd(self) -> dict[str, Any]:
         from supertiny.transfer.kd_config import KDConfig
 
         return self._train("kd", self.model("train-sft"), KDConfig(epochs=self.plan.kd_epochs, grad_accum=1),
-                           self.plan.teacher, self.plan.model_name("kd"))
+                           self.plan.teacher, self.plan.model_name("train-kd"))
 
     def _train(self, algorithm: str, student: str, config: Any, teacher: str | None, name: str) -> dict[str, Any]:
         from supertiny.cli.train import BarProgress
@@ -212,7 +213,7 @@ class Demo:
         from supertiny.models.registry import find_model_version
         from supertiny.transfer.kd_config import KDConfig
 
-        pruned, healed = self.plan.model_name("pruned"), self.plan.model_name("healed")
+        pruned, healed = self.plan.model_name("prune", "pruned"), self.plan.model_name("prune", "healed")
         progress = BarProgress()
         try:
             if find_model_version(self.store, pruned) is None:
@@ -234,7 +235,7 @@ class Demo:
         from supertiny.models.registry import find_model_version
 
         source = self.model("prune") if self.plan.prune_to else self.trained()
-        name = self.plan.model_name(self.plan.quantize)
+        name = self.plan.model_name("quantize", self.plan.quantize)
         if find_model_version(self.store, name) is None:
             progress = BarProgress()
             try:
@@ -296,7 +297,7 @@ class Demo:
 
     def trained(self) -> str:
         """The student after training: kd when the plan distils, else sft."""
-        return self.model("train-kd" if self.plan.kd_epochs > 0 else "train-sft")
+        return self.model(self.plan.trained_step)
 
 
 def _version(store: Store, name: str) -> Any:
