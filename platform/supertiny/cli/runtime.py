@@ -4,6 +4,7 @@ import click
 
 from supertiny.cli.app import pass_settings
 from supertiny.config import Settings
+from supertiny.demo.plan import DemoPlan
 from supertiny.errors import SupertinyError
 from supertiny.store.engine import describe_url
 
@@ -63,18 +64,24 @@ def serve(settings: Settings, host: str, port: int, workers: int, preload: bool,
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+_DEMO, _QUICK = DemoPlan(), DemoPlan.quick()
+
+
 @click.command()
 @click.option("--quick", is_flag=True, help="A small subset for a first look (about 10 minutes on 2 CPU cores).")
-@click.option("--harvest-tasks", type=int, help="BFCL train tasks the teacher answers (default 24; quick 6).")
-@click.option("--eval-per-category", type=int, help="BFCL test tasks per category in each evaluation (default 4; "
-              "quick 1).")
-@click.option("--sft-epochs", type=float, help="Epochs of supervised fine-tuning (default 3).")
-@click.option("--kd-epochs", type=float, help="Epochs of logit distillation after sft (default 0: kd "
-              "currently lowers BFCL accuracy, see the README).")
-@click.option("--quantize", type=click.Choice(["int8", "int4", "none"]), help="Quantization (default int8).")
+@click.option("--harvest-tasks", type=int, help=f"BFCL train tasks the teacher answers (default "
+              f"{_DEMO.harvest_tasks}; quick {_QUICK.harvest_tasks}).")
+@click.option("--eval-per-category", type=int, help=f"BFCL test tasks per category in each evaluation (default "
+              f"{_DEMO.eval_per_category}; quick {_QUICK.eval_per_category}).")
+@click.option("--sft-epochs", type=float, help=f"Epochs of supervised fine-tuning (default {_DEMO.sft_epochs:g}).")
+@click.option("--kd-epochs", type=float, help=f"Epochs of logit distillation after sft (default "
+              f"{_DEMO.kd_epochs:g}; 0 skips kd).")
+@click.option("--quantize", type=click.Choice(["int8", "int4", "none"]),
+              help=f"Quantization (default {_DEMO.quantize}).")
 @click.option("--prune-to", metavar="PARAMS", help="Also prune the trained student to this size and heal it "
               "(e.g. 0.4B; adds about 10 minutes).")
-@click.option("--requests", type=int, help="Real requests sent through the server (default 10; quick 5).")
+@click.option("--requests", type=int, help=f"Real requests sent through the server (default {_DEMO.requests}; "
+              f"quick {_QUICK.requests}).")
 @click.option("--eval-each-step", is_flag=True, help="Also evaluate the student after sft, before kd.")
 @click.option("--route", help="Route the demo's policy is stored under (default demo).")
 @pass_settings
@@ -82,17 +89,17 @@ def demo(settings: Settings, quick: bool, quantize: str | None, **sizes: object)
     """Run the whole pipeline end to end on the embedded default and print a report.
 
     \b
-    harvest BFCL with the 1.5B teacher -> verified snapshot -> train the 0.5B student (sft; kd too with --kd-epochs)
+    harvest BFCL with the 1.5B teacher -> verified snapshot -> train the 0.5B student (sft, then kd)
     -> quantize -> evaluate teacher / base / trained / compressed -> cascade policy with a calibrated
     threshold -> serve and answer real requests through the OpenAI client -> report.md + PNGs.
 
-    Re-running reuses every finished step; Ctrl-C leaves a state the next run resumes from. The
+    Re-running reuses every finished step (a changed size re-runs only the steps it changes); Ctrl-C
+    leaves a state the next run resumes from. The
     default sizes take about 45 minutes on 2 CPU cores (the first run also downloads ~1.6 GB).
     """
-    from supertiny.demo.plan import DemoPlan
     from supertiny.demo.runner import run_demo
 
-    overrides = {key: value for key, value in sizes.items() if value not in (None, False)}
+    overrides = {key: value for key, value in sizes.items() if value is not None and value is not False}
     if quantize is not None:
         overrides["quantize"] = "" if quantize == "none" else quantize
     for key in ("harvest_tasks", "eval_per_category", "requests"):

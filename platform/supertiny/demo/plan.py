@@ -25,17 +25,16 @@ class DemoPlan:
     student: str = STUDENT
     teacher: str = TEACHER
     domain: str = DOMAIN
-    harvest_tasks: int = 24  # training tasks the teacher answers, round-robin over the categories
+    harvest_tasks: int = 20  # training tasks the teacher answers, round-robin over the categories
     # a right BFCL answer is short; wrong ones ramble (prose, repeated calls) and cost the most CPU time
     max_new_tokens: int = 256
-    eval_per_category: int = 4  # test tasks per category for each evaluation
+    eval_per_category: int = 3  # test tasks per category for each evaluation
     sft_epochs: float = 3.0
-    # 0 until kd stops collapsing the student (measured: 45% -> 15% on BFCL test after one epoch); --kd-epochs 1
-    kd_epochs: float = 0.0
+    kd_epochs: float = 1.0  # logit distillation after sft, the teacher reading the domain's prompt (0: skip)
     quantize: str = "int8"  # "" skips quantization
     prune_to: str = ""  # e.g. "0.4B": prune the trained student and heal it (not in the default budget)
     heal_epochs: float = 1.0
-    requests: int = 10  # real requests sent through the server at the end
+    requests: int = 8  # real requests sent through the server at the end
     route: str = "demo"
     prefix: str = "demo"
     eval_each_step: bool = False  # also evaluate the sft model (before kd)
