@@ -53,6 +53,38 @@ def test_int8_linear_computes_with_its_dequantized_weight(dtype):
     assert (quantized.dequantized() - linear.weight).abs().max() <= quantized.weight_scale.float().max() / 2 + 1e-6
 
 
+@pytest.mark.parametrize("rows", [1, 40])  # the kernel in bf16 / the dequantized fp32 matmul
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_fp32_activations_over_bf16_scales_give_the_dequantized_product_in_fp32(rows, scheme):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(128, 32, bias=scheme == "int8")
+    quantized = Int8Linear.from_linear(linear, torch.bfloat16) if scheme == "int8" \
+        else Int4Linear.from_linear(linear, torch.bfloat16, 32)
+    x = torch.randn(rows, 128)
+    bias = linear.bias.detach().bfloat16().float() if linear.bias is not None else 0  # stored like the scales
+    expected = x @ quantized.dequantized().T + bias
+    out = quantized(x)
+    assert out.dtype == torch.float32
+    tolerance = 1e-4 if rows > 16 else 5e-2
+    torch.testing.assert_close(out, expected, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("native", ["0", "1"])
+def test_a_bf16_quantized_model_runs_in_fp32_where_bf16_is_emulated(env, monkeypatch, native):
+    store, settings = env
+    monkeypatch.setenv("SUPERTINY_CPU_BF16", native)
+    result = compress_model(store, settings, "quantize", model="student", config=QuantizeConfig())
+    chat = get_backends()["transformers-quantized"].open(result.path, {"threads": 1})
+    expected = torch.float32 if native == "0" else torch.bfloat16
+    assert chat.model.get_input_embeddings()(torch.tensor([[1, 2]])).dtype == expected
+    assert chat.model.model.norm.weight.dtype == expected
+    ids = _ids(get_model_version(store, "student").path)
+    with torch.no_grad():
+        logits = chat.model(ids).logits[0].float()
+    reference = _reference_logits(get_model_version(store, "student").path, ids)
+    assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.9
+
+
 @pytest.mark.parametrize("group_size", [32, 64])
 def test_int4_linear_computes_with_its_dequantized_weight(group_size):
     torch.manual_seed(0)

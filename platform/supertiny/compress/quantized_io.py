@@ -78,14 +78,17 @@ def load_quantized(directory: Path) -> Any:
     from transformers.initialization import no_init_weights
 
     from supertiny.compress.quantized import build_skeleton, tie_quantized_head
+    from supertiny.models.hardware import fast_dtype
 
     manifest = read_manifest(directory)
     dtype = getattr(torch, manifest["compute_dtype"])
+    # bf16 activations are emulated on CPUs without native bf16: the model runs in fp32 around the int kernels
+    activation_dtype = getattr(torch, fast_dtype(manifest["compute_dtype"]))
     try:
         config = AutoConfig.from_pretrained(directory)
         with no_init_weights():
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        build_skeleton(model, manifest, dtype)
+            model = AutoModelForCausalLM.from_config(config, dtype=activation_dtype)
+        build_skeleton(model, manifest, dtype, activation_dtype)
         state = load_file(str(directory / manifest["weights"]))
     except (OSError, ValueError, KeyError, AttributeError) as exc:
         raise ModelError(f"cannot load the quantized model in {directory}: {exc}") from exc
