@@ -6,8 +6,14 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 STAMP := $(VENV)/.installed
+# llama-cpp-python (the llama-cpp backend) builds llama.cpp from source. GGML_NATIVE would compile for the build
+# machine's CPU (AVX512/AMX where it has them) and die with an illegal instruction on an AVX2-only one; these
+# flags give a portable AVX2 build. --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS.
+LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+LLAMACPP_STAMP := $(VENV)/.llamacpp
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test lint bench llamacpp clean-venv
 
 $(STAMP): pyproject.toml $(PLUGINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +21,13 @@ $(STAMP): pyproject.toml $(PLUGINS)
 	$(BIN)/pip install --quiet $(TORCH_PIN)
 	$(BIN)/pip install --quiet $(TORCH_PIN) -e '.[all]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
 	touch $(STAMP)
+
+# optional: `make llamacpp` (about 4 minutes on 2 cores); not part of `make test` or `make demo`
+$(LLAMACPP_STAMP): $(STAMP)
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(BIN)/pip install --quiet --no-cache-dir $(TORCH_PIN) -e '.[llamacpp]'
+	touch $(LLAMACPP_STAMP)
+
+llamacpp: $(LLAMACPP_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/supertiny demo $(DEMO_ARGS)

@@ -1,7 +1,8 @@
-"""Built-in stage-3 compressors (prune, quantize), the backend that serves quantized models, and the
+"""Built-in stage-3 compressors (prune, quantize, gguf export), the backend that serves quantized models, and the
 ``heal`` trainer (kd of a pruned model from its parent, stage ``healed``)."""
 
 import supertiny
+from supertiny.compress.gguf_compressor import GGUFCompressor
 from supertiny.compress.heal import HealTrainer
 from supertiny.compress.prune_compressor import PruneCompressor
 from supertiny.compress.quantize_compressor import QuantizeCompressor
@@ -12,6 +13,7 @@ from supertiny.compress.quantized_backend import QuantizedBackend
 def register_compressors(register):
     register(PruneCompressor())
     register(QuantizeCompressor())
+    register(GGUFCompressor())
 
 
 @supertiny.hookimpl(trylast=True)

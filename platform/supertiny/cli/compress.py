@@ -33,7 +33,7 @@ class CompressGroup(click.Group):
 
 @click.group(cls=CompressGroup)
 def compress() -> None:
-    """Stage 3: shrink a student (prune, quantize).
+    """Stage 3: shrink a student (prune, quantize, gguf).
 
     Every run becomes a new registered model whose parent is the input model (stage pruned or
     quantized); `prune --heal` then distils the pruned model from its parent (stage healed). The

@@ -54,13 +54,15 @@ class CompressContext:
 @dataclasses.dataclass
 class CompressResult:
     """What a compressor hands back once its files are in ``context.output_dir``: how the registry
-    opens them (format, backend and backend config), the parameter count and metrics."""
+    opens them (format, backend and backend config), the parameter count and metrics. ``location`` is
+    what the backend opens when that is a file inside ``output_dir`` (a GGUF), not the directory."""
 
     param_count: int
     metrics: dict[str, Any]
     format: str = "hf"
     backend: str = "transformers"
     backend_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    location: Path | None = None
 
 
 class Compressor(abc.ABC):

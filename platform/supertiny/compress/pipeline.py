@@ -136,14 +136,15 @@ def execute_compression(prepared: PreparedCompression) -> CompressedModel:
     dataset = f"{context.dataset.name}@{context.dataset.version}" if context.dataset else None
     provenance = {"algorithm": compressor.name, "parent": context.source.name, "data": dataset,
                   "domain": context.domain, "options": context.config.as_dict()}
-    size_bytes = weights.weights_size(context.output_dir)
+    location = result.location or context.output_dir
+    size_bytes = location.stat().st_size if location.is_file() else weights.weights_size(context.output_dir)
     row = register_model_version(
         context.store, name=context.name, stage=compressor.stage, format=result.format, backend=result.backend,
-        path=str(context.output_dir), parent=context.source.name,
+        path=str(location), parent=context.source.name,
         dataset_id=context.dataset.id if context.dataset else None, algorithm=compressor.name,
         config={**result.backend_config, "source": provenance}, metrics=metrics, param_count=result.param_count,
         size_bytes=size_bytes)
-    return CompressedModel(name=row.name, model_version_id=row.id, path=str(context.output_dir),
+    return CompressedModel(name=row.name, model_version_id=row.id, path=str(location),
                            algorithm=compressor.name, stage=compressor.stage, parent=context.source.name,
                            dataset=dataset, param_count=result.param_count, size_bytes=size_bytes,
                            format=result.format, backend=result.backend, metrics=metrics)

@@ -48,9 +48,12 @@ def _speed(store: Store, name: str, options: ReportOptions) -> dict[str, Any]:
     from supertiny.models.loading import open_model
 
     chat = open_model(store, name)
-    if not hasattr(chat, "model") or not hasattr(chat, "tokenizer"):
+    if hasattr(chat, "measure_speed"):  # a backend that runs its own network (llama.cpp) times itself
+        speed = chat.measure_speed(options.prompt_tokens, options.new_tokens)
+    elif hasattr(chat, "model") and hasattr(chat, "tokenizer"):
+        speed = measure_speed(chat.model, chat.tokenizer, options.prompt_tokens, options.new_tokens)
+    else:
         return {"speed_error": f"{chat.backend} models are not measured in-process"}
-    speed = measure_speed(chat.model, chat.tokenizer, options.prompt_tokens, options.new_tokens)
     return {"prefill_tok_s": round(speed.prefill_tok_s, 2), "decode_tok_s": round(speed.decode_tok_s, 2)}
 
 

@@ -9,7 +9,7 @@ import abc
 import dataclasses
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from supertiny.errors import InvalidInputError
@@ -175,3 +175,36 @@ def finish_reason(parse: ParseResult, hit_max_tokens: bool) -> str:
     if hit_max_tokens:
         return "length"
     return "tool_calls" if parse.ok and parse.calls else "stop"
+
+
+def cut_at_stops(deltas: Iterable[str], stops: list[str]) -> Iterator[str]:
+    """Pass text deltas through, ending just before the first stop string (which may span deltas)."""
+    if not stops:
+        yield from (delta for delta in deltas if delta)
+        return
+    hold = max(len(stop) for stop in stops) - 1
+    pending, done = "", False
+    for delta in deltas:  # keep draining after a stop so the generation thread never blocks
+        if done:
+            continue
+        pending += delta
+        cut = _first_stop(pending, stops)
+        if cut is not None:
+            if pending[:cut]:
+                yield pending[:cut]
+            done = True
+        elif len(pending) > hold:
+            yield pending[: len(pending) - hold]
+            pending = pending[len(pending) - hold:]
+    if not done and pending:
+        yield pending
+
+
+def _first_stop(text: str, stops: list[str]) -> int | None:
+    positions = [text.find(stop) for stop in stops if stop in text]
+    return min(positions) if positions else None
+
+
+def truncate_at_stops(text: str, stops: list[str]) -> str:
+    cut = _first_stop(text, stops)
+    return text if cut is None else text[:cut]

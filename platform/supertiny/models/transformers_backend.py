@@ -22,7 +22,7 @@ answers are the plain argmax and log-probabilities are those of the untempered d
 import contextlib
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,11 @@ from supertiny.models.backend import (
     MessageLike,
     ToolLike,
     chat_template_messages,
+    cut_at_stops,
     finish_reason,
     parse_answer,
     tool_dicts,
+    truncate_at_stops,
 )
 from supertiny.models.hardware import fast_dtype
 
@@ -67,7 +69,7 @@ class TransformersChatModel(ChatModel):
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch_size = max_batch_size
-        self.stop_token_ids = _stop_token_ids(model, tokenizer)
+        self.stop_token_ids = stop_token_ids(tokenizer, getattr(model.generation_config, "eos_token_id", None))
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.convert_ids_to_tokens(min(self.stop_token_ids))
 
@@ -105,7 +107,7 @@ class TransformersChatModel(ChatModel):
             tokenizer = AutoTokenizer.from_pretrained(path, **extra)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
         except (OSError, ValueError, KeyError) as exc:
-            raise ModelError(f"cannot load a causal LM from {path}: {_first_line(exc)}") from exc
+            raise ModelError(f"cannot load a causal LM from {path}: {first_line(exc)}") from exc
         model.to(device).eval()
         if not getattr(tokenizer, "chat_template", None):
             raise ModelError(f"the tokenizer in {path} has no chat template",
@@ -117,13 +119,7 @@ class TransformersChatModel(ChatModel):
 
     def render_prompt(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None) -> str:
         """The prompt text the model sees: its chat template over the messages and tools."""
-        conversation = chat_template_messages(messages)
-        try:
-            return self.tokenizer.apply_chat_template(conversation, tools=tool_dicts(tools),
-                                                      add_generation_prompt=True, tokenize=False)
-        except Exception as exc:  # jinja2 errors carry the template's own message
-            raise InvalidInputError(f"the chat template of {self.name} cannot render these messages: "
-                                    f"{_first_line(exc)}") from exc
+        return render_chat_prompt(self.tokenizer, self.name, messages, tools)
 
     # --- generation -----------------------------------------------------------------------------
 
@@ -161,7 +157,7 @@ class TransformersChatModel(ChatModel):
 
         thread = threading.Thread(target=run, name=f"supertiny-stream-{self.name}", daemon=True)
         thread.start()
-        yield from _cut_at_stops(streamer, [stop for stop in options.stop if stop])
+        yield from cut_at_stops(streamer, [stop for stop in options.stop if stop])
         thread.join()
         if "error" in outcome:
             raise outcome["error"]
@@ -226,7 +222,7 @@ class TransformersChatModel(ChatModel):
             length = length or len(ids)
             ids = ids[:length]
             text_ids = ids[:-1] if ids and ids[-1] in self.stop_token_ids else ids
-            text = _truncate_at_stops(self.tokenizer.decode(text_ids, **DECODE_KWARGS), stops)
+            text = truncate_at_stops(self.tokenizer.decode(text_ids, **DECODE_KWARGS), stops)
             parse, message = parse_answer(text, tools)
             generations.append(Generation(
                 text=text,
@@ -242,10 +238,23 @@ class TransformersChatModel(ChatModel):
         return generations
 
 
-def _stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
-    """End-of-turn ids: generation_config's eos ids, the tokenizer's eos, and known turn terminators."""
+def render_chat_prompt(tokenizer: Any, name: str, messages: Sequence[MessageLike],
+                       tools: Sequence[ToolLike] | None = None) -> str:
+    """A Hugging Face tokenizer's chat template over the messages and tools, ending with the assistant's turn
+    (every backend that renders prompts itself shares it, so a model sees the same text on each)."""
+    conversation = chat_template_messages(messages)
+    try:
+        return tokenizer.apply_chat_template(conversation, tools=tool_dicts(tools), add_generation_prompt=True,
+                                             tokenize=False)
+    except Exception as exc:  # jinja2 errors carry the template's own message
+        raise InvalidInputError(f"the chat template of {name} cannot render these messages: "
+                                f"{first_line(exc)}") from exc
+
+
+def stop_token_ids(tokenizer: Any, configured: int | list[int] | None) -> set[int]:
+    """End-of-turn ids: the generation config's eos ids (``configured``), the tokenizer's eos, and known turn
+    terminators."""
     ids: set[int] = set()
-    configured = getattr(model.generation_config, "eos_token_id", None)
     ids.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
@@ -333,39 +342,6 @@ def _make_streamer(tokenizer: Any, stop_token_ids: set[int]) -> Any:
     return Streamer()
 
 
-def _cut_at_stops(deltas: Iterable[str], stops: list[str]) -> Iterator[str]:
-    """Pass text deltas through, ending just before the first stop string (which may span deltas)."""
-    if not stops:
-        yield from (delta for delta in deltas if delta)
-        return
-    hold = max(len(stop) for stop in stops) - 1
-    pending, done = "", False
-    for delta in deltas:  # keep draining after a stop so the generation thread never blocks
-        if done:
-            continue
-        pending += delta
-        cut = _first_stop(pending, stops)
-        if cut is not None:
-            if pending[:cut]:
-                yield pending[:cut]
-            done = True
-        elif len(pending) > hold:
-            yield pending[: len(pending) - hold]
-            pending = pending[len(pending) - hold:]
-    if not done and pending:
-        yield pending
-
-
-def _first_stop(text: str, stops: list[str]) -> int | None:
-    positions = [text.find(stop) for stop in stops if stop in text]
-    return min(positions) if positions else None
-
-
-def _truncate_at_stops(text: str, stops: list[str]) -> str:
-    cut = _first_stop(text, stops)
-    return text if cut is None else text[:cut]
-
-
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,22 @@
+"""Options of ``supertiny compress gguf``."""
+
+import dataclasses
+
+from supertiny.compress.compress_config import CompressConfig, option
+from supertiny.compress.gguf_export import OUT_TYPES
+from supertiny.errors import InvalidInputError
+
+
+@dataclasses.dataclass
+class GGUFConfig(CompressConfig):
+    """Export to one GGUF file served by llama.cpp (the llama-cpp backend, `pip install supertiny[llamacpp]`):
+    on an AVX2 CPU without native bf16 it decodes several times faster than torch fp32. The 2-D weights are
+    written in --type; norms and biases stay f32; the tokenizer and chat template are copied next to the file."""
+
+    type: str = option("q8_0", "Weight type: q8_0 (a quarter of fp32's bytes, near-lossless, fastest), f16, or "
+                       "f32 (exact).", choices=OUT_TYPES)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.type not in OUT_TYPES:
+            raise InvalidInputError(f"unknown GGUF type {self.type!r}", hint=f"one of {', '.join(OUT_TYPES)}")
