@@ -17,7 +17,7 @@ from supertiny.models.registry import find_model_version, register_external
 from supertiny.route import policy_store
 
 PLAN = DemoPlan(student="student", teacher="teacher", domain="toy-weather", harvest_tasks=4, eval_per_category=1,
-                sft_epochs=1.0, kd_epochs=1.0, requests=2, route="demo-toy")
+                sft_epochs=1.0, kd_epochs=1.0, requests=2, route="demo-toy", llm_runtime="transformers")
 
 
 @pytest.fixture
@@ -101,6 +101,20 @@ def test_a_changed_plan_reuses_the_steps_it_does_not_change(env):
     assert any("] train-kd:" in line and "reused" not in line for line in lines)
     state = json.loads((report.parent / "state.json").read_text())["steps"]
     assert state["eval-trained"]["result"]["model"] == state["train-kd"]["result"]["name"]
+
+
+def test_the_teacher_answers_through_llama_cpp_when_it_is_installed(env):
+    pytest.importorskip("llama_cpp")
+    store, settings = env
+    plan = DemoPlan(**{**PLAN.__dict__, "kd_epochs": 0.0, "quantize": "", "llm_runtime": "auto"})
+    assert plan.llm == "teacher-gguf-q8_0"
+    report = _demo(store, settings, plan).run()  # the harvest stays scripted: a tiny random teacher passes nothing
+    state = json.loads((report.parent / "state.json").read_text())["steps"]
+    row = find_model_version(store, "teacher-gguf-q8_0")
+    assert (row.backend, row.format) == ("llama-cpp", "gguf") and row.parent_id is not None
+    assert state["eval-teacher"]["result"]["model"] == "teacher-gguf-q8_0"
+    assert policy_store.active_row(store, "demo-toy").params["llm"] == "teacher-gguf-q8_0"
+    assert state["harvest"]["result"]["done"] == PLAN.harvest_tasks
 
 
 def test_no_network_and_no_cached_models_is_one_clear_message(tmp_path):

@@ -4,7 +4,7 @@ import click
 
 from supertiny.cli.app import pass_settings
 from supertiny.config import Settings
-from supertiny.demo.plan import DemoPlan
+from supertiny.demo.plan import LLM_RUNTIMES, DemoPlan
 from supertiny.errors import SupertinyError
 from supertiny.store.engine import describe_url
 
@@ -83,6 +83,9 @@ _DEMO, _QUICK = DemoPlan(), DemoPlan.quick()
 @click.option("--requests", type=int, help=f"Real requests sent through the server (default {_DEMO.requests}; "
               f"quick {_QUICK.requests}).")
 @click.option("--eval-each-step", is_flag=True, help="Also evaluate the student after sft, before kd.")
+@click.option("--llm-runtime", type=click.Choice(LLM_RUNTIMES), help="What runs the teacher where it answers "
+              "(harvest, its evaluation, the cascade's LLM tier): llama-cpp (a q8_0 GGUF export; needs `make "
+              "llamacpp`), transformers, or auto (llama-cpp when installed; the default).")
 @click.option("--route", help="Route the demo's policy is stored under (default demo).")
 @pass_settings
 def demo(settings: Settings, quick: bool, quantize: str | None, **sizes: object) -> None:

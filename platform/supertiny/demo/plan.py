@@ -8,12 +8,14 @@ the teacher's logits (kd).
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 from typing import Any
 
 STUDENT = "qwen2.5-coder-0.5b-instruct"
 TEACHER = "qwen2.5-coder-1.5b-instruct"
 DOMAIN = "bfcl"
+LLM_RUNTIMES = ("auto", "llama-cpp", "transformers")
 # bumped when the steps' own settings change, so a re-run trains new models instead of reusing old ones
 RECIPE = 3
 
@@ -36,6 +38,9 @@ class DemoPlan:
     heal_epochs: float = 1.0
     requests: int = 8  # real requests sent through the server at the end
     route: str = "demo"
+    # what runs the teacher where it answers (harvest, its evaluation, the cascade's LLM tier): llama.cpp on a
+    # q8_0 GGUF export when llama-cpp-python is installed (auto), else torch; kd always reads the HF weights
+    llm_runtime: str = "auto"
     prefix: str = "demo"
     eval_each_step: bool = False  # also evaluate the sft model (before kd)
 
@@ -53,7 +58,15 @@ class DemoPlan:
     def digest(self) -> str:
         """Identifies the whole plan (what requests are sent to which route changes no model)."""
         sizes = {key: value for key, value in dataclasses.asdict(self).items() if key not in ("requests", "route")}
-        return _digest({**sizes, "recipe": RECIPE})
+        return _digest({**sizes, "llm": self.llm, "recipe": RECIPE})
+
+    @property
+    def llm(self) -> str:
+        """The registered model that answers as the teacher: the pulled teacher, or its GGUF export."""
+        runtime = self.llm_runtime
+        if runtime == "auto":
+            runtime = "llama-cpp" if importlib.util.find_spec("llama_cpp") is not None else "transformers"
+        return f"{self.teacher}-gguf-q8_0" if runtime == "llama-cpp" else self.teacher
 
     @property
     def trained_step(self) -> str:
@@ -67,11 +80,12 @@ class DemoPlan:
         evaluation = {"domain": self.domain, "per_category": self.eval_per_category,
                       "max_new_tokens": self.max_new_tokens}
         keys: dict[str, str] = {}
-        keys["models"] = _digest({"student": self.student, "teacher": self.teacher, "domain": self.domain})
-        keys["harvest"] = _digest({"teacher": self.teacher, "domain": self.domain, "tasks": self.harvest_tasks,
+        keys["models"] = _digest({"student": self.student, "teacher": self.teacher, "llm": self.llm,
+                                  "domain": self.domain})
+        keys["harvest"] = _digest({"teacher": self.llm, "domain": self.domain, "tasks": self.harvest_tasks,
                                    "max_new_tokens": self.max_new_tokens})
         keys["snapshot"] = _digest({"harvest": keys["harvest"]})
-        keys["eval-teacher"] = _digest({"model": self.teacher, **evaluation})
+        keys["eval-teacher"] = _digest({"model": self.llm, **evaluation})
         keys["eval-base"] = _digest({"model": self.student, **evaluation})
         keys["train-sft"] = _digest({"data": keys["snapshot"], "student": self.student, "epochs": self.sft_epochs,
                                      "recipe": RECIPE})
@@ -85,7 +99,7 @@ class DemoPlan:
         keys["eval-pruned"] = _digest({"model": keys["prune"], **evaluation})
         keys["quantize"] = _digest({"model": keys["prune"] if self.prune_to else trained, "scheme": self.quantize})
         keys["eval-compressed"] = _digest({"model": keys["quantize"], **evaluation})
-        keys["policy"] = _digest({"route": self.route, "llm": self.teacher, "evaluations": [
+        keys["policy"] = _digest({"route": self.route, "llm": self.llm, "evaluations": [
             keys[step] for step in ("eval-teacher", "eval-trained", "eval-pruned", "eval-compressed")]})
         keys["serve"] = _digest({"policy": keys["policy"], "requests": self.requests})
         return keys

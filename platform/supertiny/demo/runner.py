@@ -55,7 +55,7 @@ class Demo:
             ("harvest", f"teacher answers {plan.harvest_tasks} BFCL train tasks, each verified", self.harvest),
             ("snapshot", "the verified trajectories become an immutable training set", self.snapshot),
             ("eval-teacher", f"evaluate the teacher on {plan.eval_per_category} test tasks per category",
-             lambda: self.evaluate_model(plan.teacher)),
+             lambda: self.evaluate_model(plan.llm)),
             ("eval-base", "evaluate the untrained student", lambda: self.evaluate_model(plan.student)),
             ("train-sft", f"fine-tune the student on the snapshot ({plan.sft_epochs:g} epochs, LoRA)", self.train_sft),
         ]
@@ -123,6 +123,8 @@ class Demo:
             except SupertinyError as exc:
                 raise _offline_error(self.settings, f"the default model {name}", exc) from exc
             pulled[name] = {"already_present": result.already_present, "timings": result.timings}
+        if self.plan.llm != self.plan.teacher:
+            pulled[self.plan.llm] = self._export_llm()
         try:
             domain = lookup("domain", self.plan.domain)
             counts = {split: sum(1 for _ in domain.tasks(split)) for split in ("train", "test")}
@@ -130,11 +132,30 @@ class Demo:
             raise _offline_error(self.settings, f"the {self.plan.domain} data", exc) from exc
         return {"models": pulled, "tasks": counts}
 
+    def _export_llm(self) -> dict[str, Any]:
+        """The teacher as a q8_0 GGUF for llama.cpp (made once): on a CPU without native bf16 it answers
+        several times faster than torch, which computes the bf16 teacher in fp32 there."""
+        from supertiny.cli.train import BarProgress
+        from supertiny.compress.gguf_config import GGUFConfig
+        from supertiny.compress.pipeline import compress_model
+        from supertiny.models.registry import find_model_version
+
+        row = find_model_version(self.store, self.plan.llm)
+        if row is not None and Path(row.path).exists():
+            return {"already_present": True}
+        progress = BarProgress()
+        try:
+            compress_model(self.store, self.settings, "gguf", model=self.plan.teacher, config=GGUFConfig(type="q8_0"),
+                           name=self.plan.llm, progress=progress)
+        finally:
+            progress.close()
+        return {"exported_from": self.plan.teacher}
+
     def harvest(self) -> dict[str, Any]:
         from supertiny.harvest.runner import HarvestConfig, run_harvest
         from supertiny.prototype.teacher import open_chat_model
 
-        config = HarvestConfig(domain=self.plan.domain, teacher=self.plan.teacher, split="train",
+        config = HarvestConfig(domain=self.plan.domain, teacher=self.plan.llm, split="train",
                                limit=self.plan.harvest_tasks, max_new_tokens=self.plan.max_new_tokens)
         with _bar("harvest", "sample") as bar:
             def progress(done: int, passed: int, planned: int) -> None:
@@ -143,7 +164,7 @@ class Demo:
                 bar.set_postfix(pass_rate=f"{passed / done:.0%}" if done else "-", refresh=False)
                 bar.refresh()
 
-            open_teacher = self.open_teacher or (lambda: open_chat_model(self.store, self.plan.teacher))
+            open_teacher = self.open_teacher or (lambda: open_chat_model(self.store, self.plan.llm))
             result = run_harvest(self.store, config, open_teacher, progress)
         if result.passed == 0:
             raise InvalidInputError(f"the teacher passed none of the {result.done} harvested tasks: "
@@ -259,7 +280,7 @@ class Demo:
                     tiny = candidate["model"]
                     why = f"{step.removeprefix('eval-')} student, within {COMPRESSED_TOLERANCE:.0%} of the trained one"
                     break
-        set_policy(self.store, self.plan.route, "cascade", {"tiny": tiny, "llm": self.plan.teacher, "threshold": 0.5},
+        set_policy(self.store, self.plan.route, "cascade", {"tiny": tiny, "llm": self.plan.llm, "threshold": 0.5},
                    note=f"supertiny demo {self.plan.tag}: tiny = {why}")
         goal: dict[str, float] = {"target_accuracy": teacher["accuracy"]}
         try:
@@ -272,10 +293,10 @@ class Demo:
             calibration = calibrate(self.store, self.plan.route, source="evaluations", domain=self.plan.domain,
                                     split="test", **goal)
         chosen = calibration.chosen
-        self.echo(f"      route {self.plan.route!r}: cascade {tiny} -> {self.plan.teacher}, threshold "
+        self.echo(f"      route {self.plan.route!r}: cascade {tiny} -> {self.plan.llm}, threshold "
                   f"{chosen.threshold:.4g}: accuracy {chosen.accuracy:.1%} with {chosen.llm_share:.0%} of requests "
                   f"escalated (on the evaluation tasks)")
-        return {"route": self.plan.route, "tiny": tiny, "llm": self.plan.teacher, "why": why, "goal": goal,
+        return {"route": self.plan.route, "tiny": tiny, "llm": self.plan.llm, "why": why, "goal": goal,
                 "threshold": chosen.threshold, "expected_accuracy": chosen.accuracy,
                 "expected_llm_share": chosen.llm_share,
                 "version": calibration.policy.version if calibration.policy else None,
