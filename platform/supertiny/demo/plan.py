@@ -38,9 +38,11 @@ class DemoPlan:
     heal_epochs: float = 1.0
     requests: int = 8  # real requests sent through the server at the end
     route: str = "demo"
-    # what runs the teacher where it answers (harvest, its evaluation, the cascade's LLM tier): llama.cpp on a
-    # q8_0 GGUF export when llama-cpp-python is installed (auto), else torch; kd always reads the HF weights
-    llm_runtime: str = "auto"
+    # what runs the teacher where it answers (harvest, its evaluation, the cascade's LLM tier): torch, or llama.cpp
+    # on a q8_0 GGUF export ("auto": when llama-cpp-python is installed); kd always reads the HF weights. torch by
+    # default: on the 2-core AVX2 CPU llama.cpp q8_0 decoded the 1.5B ~2x faster (4.2 tok/s) but prefilled
+    # ~3x slower (13 tok/s), and BFCL prompts are ~1000 tokens: 23 s a test task against ~20-28 s in torch
+    llm_runtime: str = "transformers"
     prefix: str = "demo"
     eval_each_step: bool = False  # also evaluate the sft model (before kd)
 
