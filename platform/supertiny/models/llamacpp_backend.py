@@ -27,11 +27,13 @@ Config keys:
 - ``name``: the name the model reports (default: the GGUF's file name without suffix).
 """
 
+import atexit
 import dataclasses
 import json
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -127,7 +129,9 @@ class LlamaCppChatModel(ChatModel):
             raise ModelError(f"the tokenizer in {tokenizer_dir} has {len(tokenizer)} tokens, more than the "
                              f"{llama.n_vocab()} of {gguf_path.name}", hint="give the model's own tokenizer")
         name = str(config.get("name") or gguf_path.stem)
-        return cls(llama, tokenizer, name, configured_eos=_configured_eos(tokenizer_dir))
+        model = cls(llama, tokenizer, name, configured_eos=_configured_eos(tokenizer_dir))
+        _close_at_exit(model)
+        return model
 
     # --- prompts --------------------------------------------------------------------------------
 
@@ -260,6 +264,19 @@ class LlamaCppChatModel(ChatModel):
             if self.llama is not None:
                 self.llama.close()
                 self.llama = None
+
+
+def _close_at_exit(model: LlamaCppChatModel) -> None:
+    """Free the context before the interpreter tears llama_cpp down: freed later, from ``Llama.__del__``, it
+    prints a TypeError traceback at exit."""
+    reference = weakref.ref(model)
+
+    def close() -> None:
+        alive = reference()
+        if alive is not None:
+            alive.close()
+
+    atexit.register(close)
 
 
 def find_gguf(location: str | Path) -> Path:
