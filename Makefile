@@ -8,7 +8,8 @@ PLUGINS := $(wildcard plugins/*/pyproject.toml)
 STAMP := $(VENV)/.installed
 # llama-cpp-python (the llama-cpp backend) builds llama.cpp from source. GGML_NATIVE would compile for the build
 # machine's CPU (AVX512/AMX where it has them) and die with an illegal instruction on an AVX2-only one; these
-# flags give a portable AVX2 build. --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS.
+# flags give a portable AVX2 build. pip caches the built wheel (its cache key ignores CMAKE_ARGS: after building
+# with other flags, `pip cache remove llama_cpp_python`).
 LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 LLAMACPP_STAMP := $(VENV)/.llamacpp
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml $(PLUGINS)
 
 # about 4 minutes on 2 cores (`make llamacpp`); make test tries it, and skips the llama.cpp tests where it cannot build
 $(LLAMACPP_STAMP): $(STAMP)
-	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(BIN)/pip install --quiet --no-cache-dir $(TORCH_PIN) -e '.[llamacpp]'
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(BIN)/pip install --quiet $(TORCH_PIN) -e '.[llamacpp]'
 	touch $(LLAMACPP_STAMP)
 
 llamacpp: $(LLAMACPP_STAMP)
