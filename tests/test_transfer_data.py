@@ -118,3 +118,25 @@ def test_the_text_around_tool_calls_is_left_out_unless_asked_for(tokenizer):
     (messages, _), = training_records([item], call_prose=True)
     assert messages[1]["content"] == narrated[1]["content"]
     assert narrated[1]["content"]  # the stored record is never modified
+
+
+def test_balanced_categories_repeat_the_rarer_ones_up_to_the_largest():
+    from supertiny.store import DatasetItem
+    from supertiny.transfer.sft_trainer import balanced, training_records
+
+    def item(category, index, verdict="pass"):
+        return DatasetItem(category=category, verdict=verdict, tools=[],
+                           messages=[{"role": "user", "content": f"{category} {index}"}])
+
+    items = [item("irrelevance", i) for i in range(4)] + [item("parallel", 0)] + [item("simple", i) for i in range(2)]
+    out = balanced(items)
+    assert len(out) == 12
+    assert [entry.category for entry in out[:3]] == ["irrelevance", "parallel", "simple"]
+    assert {category: sum(entry.category == category for entry in out) for category in ("irrelevance", "parallel",
+                                                                                         "simple")} == \
+        {"irrelevance": 4, "parallel": 4, "simple": 4}
+    assert [entry.messages[0]["content"] for entry in out if entry.category == "simple"] == [
+        "simple 0", "simple 1", "simple 0", "simple 1"]
+    # failed records are left out before balancing; one category is left as it is
+    assert len(training_records([*items, item("parallel", 9, verdict="fail")], balance=True)) == 12
+    assert balanced(items[:4]) == items[:4]

@@ -77,7 +77,7 @@ class KDTrainer(Trainer):
         student, teacher = model_ref(context.student), model_ref(context.teacher)
         context.progress.phase(f"loading {student.name} and {teacher.name}")
         tokenizer = load_tokenizer(student)
-        records = training_records(context.items(), config.verdict, config.call_prose)
+        records = training_records(context.items(), config.verdict, config.call_prose, config.balance_categories)
         rows, stats = distillation_examples(tokenizer, records, config.max_length, self._teacher_context(context))
         if not rows:
             raise InvalidInputError(f"nothing to train on: no record has an assistant turn within --max-length "

@@ -44,7 +44,7 @@ class RFTTrainer(Trainer):
         config: RFTConfig = context.config  # type: ignore[assignment]
         current = model_ref(context.student)
         save_dtype = model_facts(current).dtype
-        original = training_records(context.items(), call_prose=config.call_prose) if config.include_original else []
+        original = list(context.items()) if config.include_original else []
         rounds: list[dict[str, Any]] = []
         for number in range(1, config.rounds + 1):
             round_dir = context.run_dir / f"round-{number}"
@@ -59,14 +59,16 @@ class RFTTrainer(Trainer):
                 samples_per_task=config.samples_per_task, temperature=config.temperature,
                 max_new_tokens=config.max_new_tokens, limit=config.task_limit, use_prompt=config.use_prompt,
                 verdict="pass", description=f"round {number}: sampling {config.samples_per_task} per task")
-            records = (training_records(snapshot_items(context.store, sampled.snapshot), call_prose=config.call_prose)
-                       if sampled.snapshot else [])
-            if not records and not original:
+            sampled_items = snapshot_items(context.store, sampled.snapshot) if sampled.snapshot else []
+            records = training_records(sampled_items, call_prose=config.call_prose)
+            if not records and not training_records(original):
                 raise InvalidInputError(f"round {number}: none of the {sampled.samples} samples from {sampler} passed "
                                         "the verifier", hint="raise --samples-per-task or --temperature, sample a "
                                         "--teacher, or add --include-original")
             summary = {"round": number, "sampler": sampler, **sampled.summary(), "trained_records": len(records)}
-            model, tokenizer, metrics = fine_tune(current, records + original, config, round_dir / "checkpoints",
+            trained = training_records([*sampled_items, *original], call_prose=config.call_prose,
+                                       balance=config.balance_categories)
+            model, tokenizer, metrics = fine_tune(current, trained, config, round_dir / "checkpoints",
                                                   context.progress, description=f"round {number}: training")
             summary.update({key: metrics.get(key) for key in ("steps", "loss_first", "loss_last", "tokens_seen")})
             rounds.append(summary)

@@ -16,11 +16,30 @@ from supertiny.transfer.train_config import TrainConfig
 Record = tuple[Sequence[dict[str, Any]], Sequence[Any] | None]
 
 
-def training_records(items: Sequence[DatasetItem], verdict: str = "pass", call_prose: bool = False) -> list[Record]:
+def training_records(items: Sequence[DatasetItem], verdict: str = "pass", call_prose: bool = False,
+                     balance: bool = False) -> list[Record]:
     """(messages, tools) of the items to learn from: with ``verdict="pass"`` failed samples are left out
-    (unverified records, such as logged traffic, are kept); without ``call_prose`` the text around tool calls is."""
-    return [(item.messages if call_prose else without_call_prose(item.messages), item.tools) for item in items
-            if verdict == "any" or item.verdict in ("pass", None)]
+    (unverified records, such as logged traffic, are kept); without ``call_prose`` the text around tool calls is;
+    with ``balance`` every category is repeated up to the size of the largest (see :func:`balanced`)."""
+    kept = [item for item in items if verdict == "any" or item.verdict in ("pass", None)]
+    if balance:
+        kept = balanced(kept)
+    return [(item.messages if call_prose else without_call_prose(item.messages), item.tools) for item in kept]
+
+
+def balanced(items: Sequence[DatasetItem]) -> list[DatasetItem]:
+    """``items`` with each category's records repeated (in order, cycling) up to the count of the largest
+    category, interleaved round-robin. A teacher passes some categories far more often than others (on BFCL
+    it declines irrelevant requests reliably and misses most parallel calls): measured on 9 harvested
+    records, 4 of them refusals, 3 epochs of sft taught the 0.5B to refuse every request (40% -> 20% on
+    BFCL test)."""
+    groups: dict[str | None, list[DatasetItem]] = {}
+    for item in items:
+        groups.setdefault(item.category, []).append(item)
+    if len(groups) < 2:
+        return list(items)
+    size = max(len(group) for group in groups.values())
+    return [group[index % len(group)] for index in range(size) for group in groups.values()]
 
 
 def fine_tune(student: ModelRef, records: Sequence[Record], config: TrainConfig, output_dir: Path,
@@ -64,7 +83,8 @@ class SFTTrainer(Trainer):
                                     f"record in split {context.config.split!r}", hint="or pass --verdict any")
 
     def train(self, context: TrainContext) -> TrainResult:
-        records = training_records(context.items(), context.config.verdict, context.config.call_prose)
+        records = training_records(context.items(), context.config.verdict, context.config.call_prose,
+                                   context.config.balance_categories)
         model, tokenizer, metrics = fine_tune(model_ref(context.student), records, context.config,
                                               context.run_dir / "checkpoints", context.progress)
         return TrainResult(model=model, tokenizer=tokenizer, metrics=metrics)
