@@ -98,8 +98,9 @@ def demo(settings: Settings, quick: bool, quantize: str | None, **sizes: object)
     threshold -> serve and answer real requests through the OpenAI client -> report.md + PNGs.
 
     Re-running reuses every finished step (a changed size re-runs only the steps it changes); Ctrl-C
-    leaves a state the next run resumes from. The
-    default sizes take about 45 minutes on 2 CPU cores (the first run also downloads ~1.6 GB).
+    leaves a state the next run resumes from. The first run downloads ~1.6 GB. On a 2-core AVX2 CPU
+    the default sizes take over an hour (the 1.5B teacher's harvest alone ~35 minutes); --quick
+    about 10 minutes.
     """
     from supertiny.demo.runner import run_demo
 

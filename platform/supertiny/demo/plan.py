@@ -1,9 +1,10 @@
 """What the demo runs: the models, the sizes of each step, and the presets that fit a time budget.
 
-Sizes were chosen from measured speeds on the 2-core AVX2 CPU (fp32 compute, see models/hardware.py):
-the 1.5B teacher takes ~31 s a harvested BFCL sample (with the ~800-token domain prompt) and ~18 s a
-test task without it; the 0.5B student ~7 s a test task; a LoRA step over ~300 tokens ~8 s, ~16 s with
-the teacher's logits (kd).
+Measured on the 2-core AVX2 CPU (fp32 compute, see models/hardware.py), with other jobs on the machine:
+the 1.5B teacher took 70-110 s a harvested BFCL sample (a ~1000-token prompt, up to 256 new tokens) and
+~45 s a test task; the 0.5B student 8-26 s a test task; a LoRA sft step ~16-20 s; a kd step ~55 s (the
+teacher reads the domain prompt too). The defaults do not fit 45 minutes there: the harvest alone is
+over 30.
 """
 
 import dataclasses
