@@ -18,7 +18,7 @@ TEACHER = "qwen2.5-coder-1.5b-instruct"
 DOMAIN = "bfcl"
 LLM_RUNTIMES = ("auto", "llama-cpp", "transformers")
 # bumped when the steps' own settings change, so a re-run trains new models instead of reusing old ones
-RECIPE = 4
+RECIPE = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +32,7 @@ class DemoPlan:
     # a right BFCL answer is short; wrong ones ramble (prose, repeated calls) and cost the most CPU time
     max_new_tokens: int = 256
     eval_per_category: int = 3  # test tasks per category for each evaluation
-    sft_epochs: float = 2.0  # over the category-balanced records
+    sft_epochs: float = 3.0
     # logit distillation after sft, the teacher reading the domain's prompt (0: skip); a step costs ~55 s here
     kd_epochs: float = 0.5
     quantize: str = "int8"  # "" skips quantization

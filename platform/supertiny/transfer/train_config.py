@@ -43,10 +43,10 @@ class TrainConfig:
     call_prose: bool = option(False, "Also train on the text a teacher writes around its tool calls (by default an "
                               "assistant turn that calls tools is trained on its calls alone: measured on BFCL, "
                               "the teacher's narration taught the 0.5B to answer in prose).")
-    balance_categories: bool = option(True, "Repeat each category's records up to the count of the largest, so the "
-                                      "categories a teacher passes most (on BFCL: declining irrelevant requests) do "
-                                      "not drown the rest; --no-balance-categories trains on the records as they "
-                                      "are.")
+    balance_categories: bool = option(False, "Repeat each category's records up to the count of the largest, so "
+                                      "the categories a teacher passes most (on BFCL: declining irrelevant "
+                                      "requests) do not drown the rest. Off by default: on 9 BFCL records it "
+                                      "repeated one parallel answer 4 times and the student looped on calls.")
     split: str = option("train", "Snapshot split to train on.")
     limit: int | None = option(None, "Train on the first N records of the split only.")
     seed: int = option(0, "Seed of data order, dropout and adapter initialisation.")
