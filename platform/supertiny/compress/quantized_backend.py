@@ -9,7 +9,8 @@ and the scheme come from the directory's ``quantization.json``. CPU only.
 from pathlib import Path
 from typing import Any
 
-from supertiny.errors import InvalidInputError, ModelError
+from supertiny.errors import ModelError
+from supertiny.models.backend import backend_config
 from supertiny.models.transformers_backend import TransformersBackend, TransformersChatModel
 
 CONFIG_KEYS = ("threads", "name", "max_batch_size", "model_type")
@@ -28,11 +29,7 @@ class QuantizedChatModel(TransformersChatModel):
 
     @classmethod
     def load(cls, location: str | Path, config: dict[str, Any] | None = None) -> "QuantizedChatModel":
-        config = dict(config or {})
-        unknown = sorted(set(config) - set(CONFIG_KEYS))
-        if unknown:
-            raise InvalidInputError(f"unknown transformers-quantized backend option(s) {', '.join(unknown)}",
-                                    hint=f"known: {', '.join(CONFIG_KEYS)}")
+        config = backend_config("transformers-quantized", config, CONFIG_KEYS)
         import torch
         from transformers import AutoTokenizer
 

@@ -54,6 +54,16 @@ class Generation:
         return math.exp(sum(self.token_logprobs) / len(self.token_logprobs))
 
 
+def backend_config(backend: str, config: dict[str, Any] | None, known: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``config``, refused with one message naming the known keys when it has others."""
+    config = dict(config or {})
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise InvalidInputError(f"unknown {backend} backend option(s) {', '.join(unknown)}",
+                                hint=f"known: {', '.join(known)}")
+    return config
+
+
 class ChatModel(abc.ABC):
     """An opened model that answers chat messages with tools."""
 

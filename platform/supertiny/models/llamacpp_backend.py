@@ -45,6 +45,7 @@ from supertiny.models.backend import (
     GenerationOptions,
     MessageLike,
     ToolLike,
+    backend_config,
     cut_at_stops,
     finish_reason,
     parse_answer,
@@ -93,11 +94,7 @@ class LlamaCppChatModel(ChatModel):
 
     @classmethod
     def load(cls, location: str | Path, config: dict[str, Any] | None = None) -> "LlamaCppChatModel":
-        config = dict(config or {})
-        unknown = sorted(set(config) - set(CONFIG_KEYS))
-        if unknown:
-            raise InvalidInputError(f"unknown llama-cpp backend option(s) {', '.join(unknown)}",
-                                    hint=f"known: {', '.join(CONFIG_KEYS)}")
+        config = backend_config("llama-cpp", config, CONFIG_KEYS)
         gguf_path = find_gguf(location)
         tokenizer_dir = Path(config.get("tokenizer") or gguf_path.parent).expanduser()
         if not any((tokenizer_dir / name).is_file() for name in TOKENIZER_FILES):

@@ -32,6 +32,7 @@ from supertiny.models.backend import (
     GenerationOptions,
     MessageLike,
     ToolLike,
+    backend_config,
     finish_reason,
     message_dicts,
     parse_answer,
@@ -57,10 +58,7 @@ class OpenAIChatModel(ChatModel):
     backend = "openai"
 
     def __init__(self, base_url: str, config: dict[str, Any]):
-        unknown = sorted(set(config) - set(CONFIG_KEYS))
-        if unknown:
-            raise InvalidInputError(f"unknown openai backend option(s) {', '.join(unknown)}",
-                                    hint=f"known: {', '.join(CONFIG_KEYS)}")
+        config = backend_config("openai", config, CONFIG_KEYS)
         if not config.get("model"):
             raise InvalidInputError("the openai backend needs a model name (config key 'model')")
         parts = urlsplit(base_url)

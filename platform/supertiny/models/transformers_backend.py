@@ -33,6 +33,7 @@ from supertiny.models.backend import (
     GenerationOptions,
     MessageLike,
     ToolLike,
+    backend_config,
     chat_template_messages,
     cut_at_stops,
     finish_reason,
@@ -75,11 +76,7 @@ class TransformersChatModel(ChatModel):
 
     @classmethod
     def load(cls, location: str | Path, config: dict[str, Any] | None = None) -> "TransformersChatModel":
-        config = dict(config or {})
-        unknown = sorted(set(config) - set(CONFIG_KEYS))
-        if unknown:
-            raise InvalidInputError(f"unknown transformers backend option(s) {', '.join(unknown)}",
-                                    hint=f"known: {', '.join(CONFIG_KEYS)}")
+        config = backend_config("transformers", config, CONFIG_KEYS)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
