@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers.chat_inputs import GREEDY, QUESTION, WEATHER_TOOL
 from supertiny.compress.gguf_export import copy_companion_files, export_gguf
 from supertiny.config import Settings
 from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError
@@ -18,17 +19,6 @@ from supertiny.models.llamacpp_backend import LlamaCppChatModel
 from supertiny.models.loading import close_models, open_model
 from supertiny.models.registry import register_external
 from supertiny.registry import get_backends
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
-QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
-GREEDY = GenerationOptions(max_new_tokens=16)
 
 
 def _export(model_dir, directory, out_type):

@@ -4,20 +4,10 @@ import json
 import math
 
 import pytest
+from helpers.chat_inputs import GREEDY, QUESTION, WEATHER_TOOL
 from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError
 from supertiny.models.backend import Generation, GenerationOptions
 from supertiny.registry import get_backends
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
-QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
-GREEDY = GenerationOptions(max_new_tokens=16)
 
 
 def force_answer(monkeypatch, chat, text: str) -> list[int]:

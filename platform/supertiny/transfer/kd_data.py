@@ -14,8 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from supertiny.transfer.chat_data import IGNORE_INDEX, TokenizeStats, tokenize_conversation, tokenize_records
-
-Record = tuple[Sequence[dict[str, Any]], Sequence[Any] | None]
+from supertiny.transfer.sft_trainer import Record
 
 
 @dataclasses.dataclass
