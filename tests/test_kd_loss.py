@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from supertiny.transfer.kd_loss import distillation_loss
+from supertiny.transfer.kd_loss import corrected_loss, distillation_loss
 
 STUDENT = [[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]]
 TEACHER = [[1.0, 1.0, 0.0], [3.0, -1.0, 0.5]]
@@ -81,3 +81,18 @@ def test_bad_arguments_are_refused():
         distillation_loss(student, teacher, beta=1.5)
     with pytest.raises(ValueError, match="temperature"):
         distillation_loss(student, teacher, temperature=0.0)
+
+
+def test_corrected_loss_distils_where_the_teacher_ranks_the_verified_token_first_and_learns_the_token_elsewhere():
+    student = torch.tensor([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]])
+    teacher = torch.tensor([[0.0, 2.0, 0.5], [3.0, -1.0, 0.5]])
+    targets = torch.tensor([1, 2])  # the teacher ranks token 1 first in row 0, but token 0 (not 2) in row 1
+    loss, agree = corrected_loss(student, teacher, targets, beta=0.0)
+    distilled = _kl(_softmax([0.0, 2.0, 0.5]), _softmax([2.0, 0.5, -1.0]))
+    learnt = -math.log(_softmax([0.0, 0.0, 0.0])[2])
+    assert agree.tolist() == [True, False]
+    assert loss.item() == pytest.approx((distilled + learnt) / 2, rel=1e-5)
+    # where the teacher agrees everywhere it is the plain distillation loss
+    loss, agree = corrected_loss(student, teacher, torch.tensor([1, 0]), beta=0.3, temperature=2.0)
+    assert bool(agree.all()) and loss.item() == pytest.approx(
+        distillation_loss(student, teacher, beta=0.3, temperature=2.0).item(), rel=1e-5)

@@ -186,6 +186,7 @@ def test_kd_lowers_the_divergence_to_the_teacher(env):
     assert trained.metrics["loss_last"] < trained.metrics["loss_first"]
     # the toy domain has a system prompt: the teacher read it before every conversation
     assert trained.metrics["data_teacher_context"] == trained.metrics["data_kept"] > 0
+    assert 0.0 <= trained.metrics["teacher_agreement"] <= 1.0
     row = get_model_version(store, "k1")
     source = row.config["source"]
     assert (row.stage, row.dataset_id, source["teacher"], source["beta"]) == ("kd", snapshot.id, "teacher", 0.5)
@@ -218,6 +219,18 @@ def test_kd_without_teacher_context_gives_both_the_same_tokens(env):
     trained = train_model(store, settings, "kd", student="student", teacher="teacher", data="weather",
                           config=config, name="k3")
     assert trained.metrics["data_teacher_context"] == 0 and trained.metrics["data_kept"] > 0
+
+
+def test_kd_can_distil_the_teacher_where_it_disagrees_with_the_verified_answer(env):
+    store, settings = env
+    harvest_snapshot(store, "weather", limit=2)
+    with pytest.raises(InvalidInputError, match="unknown --disagreement 'ignore'"):
+        KDConfig(disagreement="ignore").validate()
+    config = KDConfig(**FAST, max_steps=2, learning_rate=5e-3, disagreement="teacher")
+    trained = train_model(store, settings, "kd", student="student", teacher="teacher", data="weather",
+                          config=config, name="k4")
+    assert get_model_version(store, "k4").config["source"]["disagreement"] == "teacher"
+    assert trained.metrics["teacher_agreement"] is not None
 
 
 def test_kd_on_policy_trains_on_the_students_own_completions(env):

@@ -18,7 +18,7 @@ TEACHER = "qwen2.5-coder-1.5b-instruct"
 DOMAIN = "bfcl"
 LLM_RUNTIMES = ("auto", "llama-cpp", "transformers")
 # bumped when the steps' own settings change, so a re-run trains new models instead of reusing old ones
-RECIPE = 5
+RECIPE = 6
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,10 +3,11 @@ system prompt and few-shot turns (context distillation).
 
 The harvested answers were written by the teacher *with* the domain's prompt, while the student is
 trained and served on the bare conversation. Distilling from the teacher's logits on the bare
-conversation teaches the student a distribution the teacher never produced the data with (measured on
-BFCL: one epoch of plain kd after sft took the 0.5B from 45% to 15%, answering "No function ..." to
-everything). With ``teacher_context`` the teacher reads prompt + conversation and its logits on the
-assistant tokens are paired, token by token, with the student's on the bare conversation.
+conversation teaches the student a distribution the teacher never produced the data with. With
+``teacher_context`` the teacher reads prompt + conversation and its logits on the assistant tokens are
+paired, token by token, with the student's on the bare conversation. (The context was not what made
+plain kd collapse the student on BFCL: the chat template's ``<tool_call>`` token was, see
+:func:`supertiny.transfer.kd_loss.corrected_loss`.)
 """
 
 import dataclasses

@@ -10,6 +10,15 @@ on the positions that are trained (the assistant tokens).
 
 Both distributions are softened by ``temperature`` and the divergence is multiplied by temperature²
 (Hinton et al., 2015) so its gradients keep their scale as the temperature changes.
+
+:func:`corrected_loss` distils only where the teacher's most likely token is the verified answer's
+token, and trains on the verified token where it is not: the snapshot holds answers that passed the
+verifier, while the teacher's distribution at a position it gets wrong carries its own habits. Measured on
+BFCL train tasks: the records, rendered by the chat template, open each call with the special
+``<tool_call>`` token, to which the 1.5B teacher gives probability ~0 (it spells the tag in pieces, or
+opens a ```json block, or a sentence); distilled there, the student learnt never to open a call and
+answered every test task in prose (20%, from 46.7%). Such structural tokens are most of the ~13% of
+positions where teacher and record disagree.
 """
 
 import math
@@ -50,6 +59,22 @@ def distillation_loss(student_logits: Any, teacher_logits: Any, mask: Any = None
     if reduction == "sum":
         return divergence.sum()
     return divergence.sum() / max(divergence.numel(), 1)
+
+
+def corrected_loss(student_logits: Any, teacher_logits: Any, targets: Any, *, beta: float = 0.0,
+                   temperature: float = 1.0) -> tuple[Any, Any]:
+    """The mean over positions of the distillation loss where ``teacher_logits`` rank ``targets`` (the
+    verified tokens) first, and of the cross-entropy on ``targets`` elsewhere; and the boolean mask of
+    positions where the teacher agreed. Logits are ``(N, vocab)``, ``targets`` ``(N,)``."""
+    import torch
+    import torch.nn.functional as F
+
+    divergence = distillation_loss(student_logits, teacher_logits, beta=beta, temperature=temperature,
+                                   reduction="none")
+    cross_entropy = F.cross_entropy(student_logits.float(), targets, reduction="none")
+    agree = teacher_logits.argmax(dim=-1) == targets
+    per_position = torch.where(agree, divergence, cross_entropy)
+    return per_position.sum() / max(per_position.numel(), 1), agree
 
 
 def _kl(p_log: Any, q_log: Any) -> Any:

@@ -95,6 +95,7 @@ class KDTrainer(Trainer):
         metrics = run_trainer(trainer, output_dir, context.progress)
         metrics.update({f"data_{key}": value for key, value in dataclasses.asdict(stats).items()})
         metrics["on_policy_steps"] = trainer.on_policy_batches
+        metrics["teacher_agreement"] = trainer.agreeing / trainer.positions if trainer.positions else None
         return TrainResult(model=trainer.model, tokenizer=tokenizer, metrics=metrics)
 
 
@@ -141,12 +142,14 @@ def make_distillation_trainer(*, model: Any, teacher: Any, tokenizer: Any, confi
     import torch
     from transformers import Trainer as HFTrainer
 
-    from supertiny.transfer.kd_loss import distillation_loss
+    from supertiny.transfer.kd_loss import corrected_loss, distillation_loss
 
     stop_ids = _stop_ids(model, tokenizer)
 
     class DistillationTrainer(HFTrainer):
         on_policy_batches = 0
+        positions = 0  # trained positions seen, and those where the teacher ranked the verified token first
+        agreeing = 0
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if config.on_policy > 0 and self._draw() < config.on_policy:
@@ -160,12 +163,20 @@ def make_distillation_trainer(*, model: Any, teacher: Any, tokenizer: Any, confi
             vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
             student_logits = student_logits[:, :vocab]
             teacher_logits = teacher_logits[:, :vocab].to(student_logits.device)
-            loss = distillation_loss(student_logits, teacher_logits, beta=config.beta,
-                                     temperature=config.temperature)
+            targets = inputs["labels"][:, 1:]
+            targets = targets[targets != IGNORE_INDEX]
+            if config.disagreement == "label":
+                loss, agree = corrected_loss(student_logits, teacher_logits, targets, beta=config.beta,
+                                             temperature=config.temperature)
+            else:
+                loss = distillation_loss(student_logits, teacher_logits, beta=config.beta,
+                                         temperature=config.temperature)
+                agree = teacher_logits.argmax(dim=-1) == targets
+            if model.training:
+                self.positions += agree.numel()
+                self.agreeing += int(agree.sum())
             if config.sft_weight > 0:
-                targets = inputs["labels"][:, 1:]
-                loss = loss + config.sft_weight * torch.nn.functional.cross_entropy(
-                    student_logits.float(), targets[targets != IGNORE_INDEX])
+                loss = loss + config.sft_weight * torch.nn.functional.cross_entropy(student_logits.float(), targets)
             return (loss, {"logits": student_logits}) if return_outputs else loss
 
         def _draw(self) -> float:
