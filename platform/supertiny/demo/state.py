@@ -52,10 +52,6 @@ class DemoState:
                             "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.save()
 
-    def forget(self, step: str) -> None:
-        if self.steps.pop(step, None) is not None:
-            self.save()
-
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_suffix(".tmp")

@@ -10,7 +10,6 @@ A row's ``config`` holds the options its backend opens it with (``lookup("backen
 """
 
 import difflib
-import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -183,13 +182,7 @@ def register_external(
             config={"gguf_file": str(path)}, param_count=weights.count_gguf_parameters(path),
             size_bytes=path.stat().st_size, **common,
         )
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise InvalidInputError(f"no config.json in {path}: not a Hugging Face model directory")
-    try:
-        model_config = json.loads(config_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"unreadable config.json in {path}: {exc}") from exc
+    model_config = weights.read_model_config(path)
     if not weights.weight_files(path):
         raise InvalidInputError(f"no weights in {path}", hint="expected *.safetensors or pytorch_model*.bin")
     return register_model_version(

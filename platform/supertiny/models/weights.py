@@ -24,6 +24,17 @@ def weight_files(directory: Path) -> list[Path]:
                   if path.is_file() and path.suffix in (".bin", ".pt", ".pth") and "model" in path.name)
 
 
+def read_model_config(directory: Path) -> dict:
+    """The config.json of an HF directory, or an InvalidInputError saying why there is none to read."""
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise InvalidInputError(f"{directory} is not a Hugging Face model directory (no config.json)")
+    try:
+        return json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"unreadable config.json in {directory}: {exc}") from exc
+
+
 def weights_size(directory: Path) -> int:
     """Bytes on disk of the weight files of an HF directory."""
     return sum(path.stat().st_size for path in weight_files(directory))
