@@ -1,18 +1,23 @@
 """Compression benchmark: what pruning and quantization buy on this machine, against the memory-bandwidth bound.
 
     python -m bench.compress --tiny                       # a tiny model, pruned and quantized on the fly (~20 s)
+    python -m bench.compress --tiny --make gguf-q4_0      # ... and exported to GGUF q4_0 (needs llama-cpp-python)
     python -m bench.compress                              # the student and every pruned / healed / quantized model
     python -m bench.compress --models a,b --eval          # these models, with their stored BFCL test accuracy
     python -m bench.compress --make int8,int4 --new-tokens 24   # quantize the student into a scratch store first
+    python -m bench.compress --make gguf-q8_0,gguf-q4_0,prune400M+gguf-q4_0 --threads 2   # torch vs llama.cpp
 
 It measures the machine's memory-read bandwidth (a sum over a 1 GiB buffer, best of 3), then, for each model in
 a subprocess of its own (so peak RAM is that model's alone): parameters, bytes on disk, prefill and decode
-tokens/s (greedy, one sequence, :func:`supertiny.compress.speed.measure_speed`), the bytes of weights one decode
-step reads (every matrix once; the input embedding only when the output head is tied to it), decode speed as a
-fraction of the bound ``bandwidth / bytes per token``, decode tokens per CPU-second (on a shared machine, with
-``--threads 1``, the fairer comparison: see :mod:`supertiny.compress.speed`) and peak RSS (VmHWM: load +
-measurement, with torch's own ~0.3 GiB). With ``--eval``, accuracy per category from the latest stored evaluation on
-``--eval-domain`` / ``--eval-split`` (``--eval-run N`` evaluates N tasks a category where none is stored).
+tokens/s (greedy, one sequence, :func:`supertiny.compress.speed.measure_speed`; a llama.cpp (GGUF) model times
+the same work itself, ``LlamaCppChatModel.measure_speed``), the bytes of weights one decode step reads (every
+matrix once; the input embedding only when the output head is tied to it; for a GGUF, its tensors' bytes by the
+same rule), decode speed as a fraction of the bound ``bandwidth / bytes per token``, decode tokens per
+CPU-second (on a shared machine, with ``--threads 1``, the fairer comparison: see
+:mod:`supertiny.compress.speed`) and peak RSS (VmHWM: load + measurement, with torch's own ~0.3 GiB). torch and
+llama.cpp run on the same number of threads (``--threads``, else torch's default). With ``--eval``, accuracy
+per category from the latest stored evaluation on ``--eval-domain`` / ``--eval-split`` (``--eval-run N``
+evaluates N tasks a category where none is stored).
 
 Writes ``bench/results/compress/compress-<timestamp>.json``, ``.md`` (a table) and ``.png`` (accuracy, or
 decode tokens/s without --eval, against bytes).
@@ -32,7 +37,9 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results" / "compress"
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT = "qwen2.5-coder-0.5b-instruct"
-COMPRESSED_STAGES = ("pruned", "healed", "quantized")
+COMPRESSED_STAGES = ("pruned", "healed", "quantized")  # a GGUF export (`compress gguf`) is "quantized"
+# the backend options measure() keeps: transformers' GGUF file and dtype, llama.cpp's tokenizer and context
+LOAD_KEYS = ("gguf_file", "dtype", "tokenizer", "n_ctx", "n_batch")
 
 
 def memory_bandwidth(gib: float = 1.0, repeats: int = 3, threads: int = 0) -> float:
@@ -73,6 +80,30 @@ def bytes_per_token(model: Any) -> int:
     return total
 
 
+def gguf_bytes_per_token(path: str | Path) -> int:
+    """:func:`bytes_per_token` of a GGUF file: every tensor once, except ``token_embd`` when the file has an
+    ``output`` head of its own (untied: decoding looks up one row of the embedding)."""
+    import gguf
+
+    sizes = {tensor.name: int(tensor.n_bytes) for tensor in gguf.GGUFReader(str(path)).tensors}
+    if "output.weight" in sizes:
+        sizes.pop("token_embd.weight", None)
+    return sum(sizes.values())
+
+
+def best_speed(speeds: list[Any]) -> Any:
+    """One :class:`~supertiny.compress.speed.Speed` of several timings, the best prefill and the best
+    whole generation (prefill + decode), as :func:`~supertiny.compress.speed.measure_speed` takes them."""
+    from supertiny.compress.speed import Speed
+
+    prefill, prefill_cpu = min(s.prefill_s for s in speeds), min(s.prefill_cpu_s for s in speeds)
+    total = min(s.prefill_s + s.decode_s for s in speeds)
+    total_cpu = min(s.prefill_cpu_s + s.decode_cpu_s for s in speeds)
+    return Speed(prompt_tokens=speeds[0].prompt_tokens, new_tokens=speeds[0].new_tokens, prefill_s=prefill,
+                 decode_s=max(total - prefill, 1e-9), prefill_cpu_s=prefill_cpu,
+                 decode_cpu_s=max(total_cpu - prefill_cpu, 1e-9))
+
+
 def peak_rss() -> int:
     """This process's peak resident set: VmHWM (not ru_maxrss, which a child inherits from the process that
     forked it), else ru_maxrss where there is no /proc."""
@@ -88,20 +119,31 @@ def peak_rss() -> int:
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """In a subprocess: open one model through its backend, time it, report peak RSS."""
+    """In a subprocess: open one model through its backend, time it, report peak RSS. A model that times
+    itself (llama.cpp's) does; a torch model is timed by :func:`supertiny.compress.speed.measure_speed`."""
     import torch
     from supertiny.compress.speed import measure_speed
     from supertiny.registry import lookup
 
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
+    threads = spec["threads"] or torch.get_num_threads()
+    torch.set_num_threads(threads)
     started = time.perf_counter()
-    chat = lookup("backend", spec["backend"]).open(spec["path"], spec["config"])
+    # every local backend takes a thread count: llama.cpp's own default would be every CPU, not torch's
+    chat = lookup("backend", spec["backend"]).open(spec["path"], {**spec["config"], "threads": threads})
     load_s = time.perf_counter() - started
-    speed = measure_speed(chat.model, chat.tokenizer, spec["prompt_tokens"], spec["new_tokens"], spec["repeats"])
-    return {"load_s": round(load_s, 2), **speed.as_dict(), "bytes_per_token": bytes_per_token(chat.model),
-            "peak_rss_bytes": peak_rss(),
-            "threads": torch.get_num_threads()}
+    own_speed = getattr(chat, "measure_speed", None)
+    if own_speed is not None:
+        from supertiny.models.llamacpp_backend import find_gguf
+
+        speed = best_speed([own_speed(spec["prompt_tokens"], spec["new_tokens"])
+                            for _ in range(max(spec["repeats"], 1))])
+        read = gguf_bytes_per_token(find_gguf(spec["path"]))
+    else:
+        speed = measure_speed(chat.model, chat.tokenizer, spec["prompt_tokens"], spec["new_tokens"],
+                              spec["repeats"])
+        read = bytes_per_token(chat.model)
+    return {"load_s": round(load_s, 2), **speed.as_dict(), "bytes_per_token": read, "peak_rss_bytes": peak_rss(),
+            "threads": threads}
 
 
 def measure(row: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -110,8 +152,8 @@ def measure(row: Any, args: argparse.Namespace) -> dict[str, Any]:
     spec = {"backend": row.backend, "path": row.path, "config": backend_options(row.config),
             "threads": args.threads, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
             "repeats": args.repeats}
-    # only what decides how the weights load: a trained row's config also holds its training options
-    spec["config"] = {key: value for key, value in spec["config"].items() if key in ("gguf_file", "dtype")}
+    # only what decides how the weights load and run: a trained row's config also holds its training options
+    spec["config"] = {key: value for key, value in spec["config"].items() if key in LOAD_KEYS}
     process = subprocess.run([sys.executable, "-m", "bench.compress", "--worker", json.dumps(spec)], cwd=ROOT,
                              capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     lines = [line for line in process.stdout.splitlines() if line.startswith("{")]
@@ -159,9 +201,11 @@ def make_tiny(store: Any, settings: Any) -> list[str]:
 
 
 def make_variants(store: Any, settings: Any, student: str, recipes: list[str]) -> list[str]:
-    """Compress ``student`` (registered in the real store) into this scratch store. A recipe is int8, int4 or
-    pruneN (magnitude pruning to N parameters, e.g. prune400M: for speed only, no calibration, no healing), or
-    several joined by ``+`` (prune400M+int8 quantizes the pruned model)."""
+    """Compress ``student`` (registered in the real store) into this scratch store. A recipe is int8, int4,
+    pruneN (magnitude pruning to N parameters, e.g. prune400M: for speed only, no calibration, no healing) or
+    gguf-TYPE (a GGUF export for llama.cpp: gguf-q8_0, gguf-q4_0, gguf-f16), or several joined by ``+``
+    (prune400M+int8 quantizes the pruned model, prune400M+gguf-q4_0 exports it)."""
+    from supertiny.compress.gguf_config import GGUFConfig
     from supertiny.compress.pipeline import compress_model
     from supertiny.compress.prune_config import PruneConfig
     from supertiny.compress.quantize_config import QuantizeConfig
@@ -175,6 +219,8 @@ def make_variants(store: Any, settings: Any, student: str, recipes: list[str]) -
             if step.startswith("prune"):
                 algorithm, config = "prune", PruneConfig(target_params=step[len("prune"):] or "0.4B",
                                                          importance="magnitude")
+            elif step.startswith("gguf-"):
+                algorithm, config = "gguf", GGUFConfig(type=step[len("gguf-"):])
             else:
                 algorithm, config = "quantize", QuantizeConfig(scheme=step)
             name = f"{source}-{get_compressors()[algorithm].name_suffix(config)}"
@@ -204,7 +250,10 @@ def choose_models(args: argparse.Namespace, scratch: Path | None) -> tuple[Any, 
     if args.tiny:
         args.bandwidth_gib = min(args.bandwidth_gib, 0.25)
         args.threads = args.threads or 1
-        return scratch_store, make_tiny(scratch_store, scratch_settings)
+        names = make_tiny(scratch_store, scratch_settings)
+        recipes = [recipe.strip() for recipe in args.make.split(",") if recipe.strip()]
+        made = make_variants(scratch_store, scratch_settings, names[0], recipes) if recipes else []
+        return scratch_store, names + [name for name in made if name not in names]
     from supertiny.models.registry import register_model_version
 
     base = get_model_version(store, args.student)
@@ -282,19 +331,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--tiny", action="store_true", help="A tiny model and its compressed versions, made in a "
-                        "scratch store (seconds; for tests).")
+                        "scratch store (seconds; for tests); with --make, its variants too.")
     parser.add_argument("--models", help="Comma-separated registered models (default: the student and every "
                         "pruned / healed / quantized model).")
     parser.add_argument("--student", default=STUDENT, help="The base student.")
     parser.add_argument("--make", default="", help="Comma-separated variants of --student to make first in a "
-                        "scratch store: int8, int4, prune400M ... (the real store is only read).")
+                        "scratch store: int8, int4, prune400M, gguf-q8_0, gguf-q4_0, gguf-f16, joined by + to "
+                        "chain (prune400M+gguf-q4_0) ... (the real store is only read).")
     parser.add_argument("--scratch", type=Path, help="Keep (and reuse) the models --tiny / --make make in this "
                         "directory (default: a temporary one, removed at the end).")
     parser.add_argument("--db", help="Database URL of the store (default: the settings' store).")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=1, help="Timings per model (the best counts).")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
+    parser.add_argument("--threads", type=int, default=0, help="torch and llama.cpp threads (0: torch's "
+                        "default, for both).")
     parser.add_argument("--bandwidth-gib", type=float, default=1.0, help="Buffer size of the bandwidth test.")
     parser.add_argument("--eval", action="store_true", help="Add accuracy per category from stored evaluations.")
     parser.add_argument("--eval-domain", default="bfcl")

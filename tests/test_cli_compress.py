@@ -130,3 +130,60 @@ def test_the_compression_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch):
     written = sorted(path.suffix for path in tmp_path.iterdir())
     assert written == [".json", ".md", ".png"]
     assert "| tiny-int8 | quantized |" in next(tmp_path.glob("*.md")).read_text()
+
+
+def test_the_benchmark_makes_gguf_variants_and_reads_their_decode_bytes(sqlite_store, tmp_path, tiny_model_dir,
+                                                                        monkeypatch):
+    import shutil
+
+    import gguf
+    from safetensors.numpy import load_file, save_file
+    from supertiny.compress.gguf_export import export_gguf
+    from supertiny.config import Settings
+    from supertiny.models.registry import get_model_version, register_external
+
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    from bench.compress import COMPRESSED_STAGES, LOAD_KEYS, gguf_bytes_per_token, make_variants
+
+    register_external(sqlite_store, tiny_model_dir, name="student")
+    settings = Settings(home=tmp_path / "home", database_url=sqlite_store.url)
+    try:
+        names = make_variants(sqlite_store, settings, "student", ["gguf-q4_0", "gguf-f16", "gguf-q4_0"])
+    finally:
+        close_models()
+    assert names == ["student", "student-gguf-q4_0", "student-gguf-f16"]
+    for name in names[1:]:
+        row = get_model_version(sqlite_store, name)
+        assert (row.stage, row.backend, row.format) == ("quantized", "llama-cpp", "gguf")
+        assert row.stage in COMPRESSED_STAGES and "tokenizer" in LOAD_KEYS
+    q4, f16 = (get_model_version(sqlite_store, name).path for name in names[1:])
+    assert gguf_bytes_per_token(q4) < gguf_bytes_per_token(f16) / 2
+
+    sizes = {tensor.name: int(tensor.n_bytes) for tensor in gguf.GGUFReader(f16).tensors}
+    assert gguf_bytes_per_token(f16) == sum(sizes.values()) - sizes["token_embd.weight"]  # untied: one row read
+    tied_dir = tmp_path / "tied"
+    shutil.copytree(tiny_model_dir, tied_dir)
+    state = load_file(str(tied_dir / "model.safetensors"))
+    del state["lm_head.weight"]
+    save_file(state, str(tied_dir / "model.safetensors"), metadata={"format": "pt"})
+    tied = export_gguf(tied_dir, tmp_path / "tied.gguf", "f16").path
+    assert gguf_bytes_per_token(tied) == sum(int(tensor.n_bytes) for tensor in gguf.GGUFReader(str(tied)).tensors)
+
+
+def test_the_compression_benchmark_times_gguf_variants_with_llama_cpp(tmp_path, monkeypatch):
+    pytest.importorskip("llama_cpp")
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    from bench.compress import main
+
+    result = main(["--tiny", "--make", "gguf-q8_0,gguf-q4_0", "--new-tokens", "4", "--prompt-tokens", "16",
+                   "--repeats", "2", "--bandwidth-gib", "0.0625", "--out", str(tmp_path)])
+    rows = {row["name"]: row for row in result["models"]}
+    assert [*rows][:1] + [*rows][-2:] == ["tiny", "tiny-gguf-q8_0", "tiny-gguf-q4_0"]
+    for name in ("tiny-gguf-q8_0", "tiny-gguf-q4_0"):
+        row = rows[name]
+        assert "error" not in row, row
+        assert (row["stage"], row["format"], row["threads"]) == ("quantized", "gguf", 1)
+        assert row["decode_tok_s"] > 0 and row["prefill_tok_s"] > 0 and row["bytes_per_token"] > 0
+        assert row["fraction_of_bound"] > 0
+    assert rows["tiny-gguf-q4_0"]["bytes_per_token"] < rows["tiny-gguf-q8_0"]["bytes_per_token"]
+    assert rows["tiny-gguf-q8_0"]["bytes_per_token"] < rows["tiny"]["bytes_per_token"] / 3

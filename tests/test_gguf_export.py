@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from safetensors.numpy import load_file, save_file
 from supertiny.cli import cli
 from supertiny.compress.gguf_config import GGUFConfig
-from supertiny.compress.gguf_export import export_gguf, gguf_tensor_name
+from supertiny.compress.gguf_export import DEFAULT_HEAD_TYPES, export_gguf, gguf_tensor_name
 from supertiny.compress.pipeline import compress_model
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError
@@ -20,8 +20,8 @@ from supertiny.models.loading import close_models
 from supertiny.models.registry import get_model_version, register_external
 
 TYPES = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
-         "q8_0": gguf.GGMLQuantizationType.Q8_0}
-TOLERANCE = {"f32": 0.0, "f16": 1e-3, "q8_0": 1e-2}
+         "q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}
+TOLERANCE = {"f32": 0.0, "f16": 1e-3, "q8_0": 1e-2, "q4_0": 0.13}  # q4_0: max/8 (-max clips to 7 steps)
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def _field(reader, key):
     return reader.fields[key].contents()
 
 
-@pytest.mark.parametrize("out_type", ["f32", "f16", "q8_0"])
+@pytest.mark.parametrize("out_type", ["f32", "f16", "q8_0", "q4_0"])
 def test_every_tensor_is_written_in_its_type_and_reads_back_as_the_source(tiny_model_dir, tmp_path, out_type):
     export = export_gguf(tiny_model_dir, tmp_path / "tiny.gguf", out_type)
     source = load_file(str(tiny_model_dir / "model.safetensors"))
@@ -47,11 +47,48 @@ def test_every_tensor_is_written_in_its_type_and_reads_back_as_the_source(tiny_m
     for hf_name, array in source.items():
         tensor = tensors[gguf_tensor_name(hf_name)]
         expected_type = TYPES[out_type] if array.ndim == 2 else gguf.GGMLQuantizationType.F32
+        if hf_name == "lm_head.weight":
+            expected_type = TYPES[DEFAULT_HEAD_TYPES.get(out_type, out_type)]
         assert tensor.tensor_type == expected_type, hf_name
         assert list(reversed(tensor.shape.tolist())) == list(array.shape), hf_name
         data = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(array.shape)
         scale = float(np.abs(array).max())
         assert float(np.abs(data - array).max()) <= TOLERANCE[out_type] * scale, hf_name
+
+
+def test_q4_0_keeps_the_head_at_q8_0_and_is_smaller_than_q8_0(tiny_model_dir, tmp_path):
+    q4 = export_gguf(tiny_model_dir, tmp_path / "q4.gguf", "q4_0")
+    q8 = export_gguf(tiny_model_dir, tmp_path / "q8.gguf", "q8_0")
+    assert q4.size_bytes < q8.size_bytes and q4.param_count == q8.param_count
+    reader = gguf.GGUFReader(str(q4.path))
+    assert _field(reader, "general.file_type") == gguf.LlamaFileType.MOSTLY_Q4_0
+    types = {tensor.name: tensor.tensor_type for tensor in reader.tensors}
+    assert types["output.weight"] == gguf.GGMLQuantizationType.Q8_0
+    assert types["token_embd.weight"] == types["blk.0.ffn_up.weight"] == gguf.GGMLQuantizationType.Q4_0
+    same_head = gguf.GGUFReader(str(export_gguf(tiny_model_dir, tmp_path / "q4h.gguf", "q4_0",
+                                                head_type="q4_0").path))
+    assert {tensor.name: tensor.tensor_type for tensor in same_head.tensors}["output.weight"] == TYPES["q4_0"]
+
+
+def test_a_tied_embedding_is_the_head_and_gets_the_head_type(tiny_model_dir, tmp_path):
+    model_dir = tmp_path / "tied"
+    shutil.copytree(tiny_model_dir, model_dir)
+    state = load_file(str(model_dir / "model.safetensors"))
+    del state["lm_head.weight"]
+    save_file(state, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    reader = gguf.GGUFReader(str(export_gguf(model_dir, tmp_path / "tied.gguf", "q4_0").path))
+    types = {tensor.name: tensor.tensor_type for tensor in reader.tensors}
+    assert types["token_embd.weight"] == TYPES["q8_0"] and types["blk.1.attn_q.weight"] == TYPES["q4_0"]
+
+
+def test_rows_that_do_not_split_into_32_wide_blocks_are_written_f16(tmp_path):
+    from supertiny.testing import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "odd", intermediate_size=120)  # ffn_down rows are 120 wide
+    reader = gguf.GGUFReader(str(export_gguf(model_dir, tmp_path / "odd.gguf", "q4_0").path))
+    types = {tensor.name: tensor.tensor_type for tensor in reader.tensors}
+    assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.F16
+    assert types["blk.0.ffn_up.weight"] == TYPES["q4_0"]
 
 
 def test_metadata_tokenizer_and_chat_template_are_llama_cpp_s(tiny_model_dir, tmp_path):
@@ -130,6 +167,7 @@ def test_compress_gguf_command(register_plugin, tmp_path, tiny_model_dir):
         payload = json.loads(result.output[result.output.index("{"):])
         assert payload["result"]["backend"] == "llama-cpp" and payload["result"]["path"].endswith("s16.gguf")
         assert [row["name"] for row in payload["models"]] == ["student", "s16"]
+        assert "q4_0" in run("compress", "gguf", "--help").output
         unknown = run("compress", "gguf", "--model", "student", "--type", "q4_k")
         assert unknown.exit_code == 2 and "'q4_k' is not one of" in unknown.output
     finally:
@@ -137,10 +175,11 @@ def test_compress_gguf_command(register_plugin, tmp_path, tiny_model_dir):
 
 
 def test_an_unknown_type_is_refused(tiny_model_dir, tmp_path):
-    with pytest.raises(InvalidInputError, match=r"unknown GGUF type 'q4_k'.*f32, f16, q8_0"):
+    with pytest.raises(InvalidInputError, match=r"unknown GGUF type 'q4_k'.*f32, f16, q8_0, q4_0"):
         export_gguf(tiny_model_dir, tmp_path / "x.gguf", "q4_k")
     with pytest.raises(InvalidInputError, match="unknown GGUF type"):
         GGUFConfig(type="int8").validate()
+    GGUFConfig(type="q4_0").validate()
     assert not (tmp_path / "x.gguf").exists()
 
 

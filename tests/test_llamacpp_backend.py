@@ -1,5 +1,5 @@
 """The llama-cpp backend on tiny GGUF exports: the same prompt tokens, greedy tokens and log-probabilities as
-the transformers backend on the source model (f32 exactly, q8_0 closely), tool calls parsed by the shared
+the transformers backend on the source model (f32 exactly, q8_0 closely, q4_0 near), tool calls parsed by the shared
 parser, streaming, stops, budgets, the KV-cache reuse between calls, the registry path from
 ``compress gguf`` to ``open_model``, and one clear error for a missing package or a missing file."""
 
@@ -29,7 +29,7 @@ def _export(model_dir, directory, out_type):
 @pytest.fixture(scope="module")
 def exports(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("gguf")
-    return {out_type: _export(tiny_model_dir, root / out_type, out_type) for out_type in ("f32", "q8_0")}
+    return {out_type: _export(tiny_model_dir, root / out_type, out_type) for out_type in ("f32", "q8_0", "q4_0")}
 
 
 @pytest.fixture(scope="module")
@@ -91,21 +91,42 @@ def test_f32_greedy_answers_match_the_transformers_backend(chat, reference):
         assert mine.completion_tokens == len(mine.token_ids) and mine.latency_s > 0
 
 
-def test_q8_0_logits_stay_close_to_the_source_model(chat_q8, reference):
+def _last_logits_against_the_source(chat, reference):
+    """The GGUF model's and the transformers model's next-token logits after the same prompt."""
     import torch
 
     prompt = reference.tokenizer(reference.render_prompt(QUESTION, [WEATHER_TOOL]), add_special_tokens=False)
     ids = prompt["input_ids"]
     with torch.no_grad():
         expected = reference.model(torch.tensor([ids])).logits[0, -1].numpy()
-    chat_q8._prefill(ids)
-    logits = np.array(chat_q8._last_logits())[: expected.shape[0]]
-    cosine = float(logits @ expected / (np.linalg.norm(logits) * np.linalg.norm(expected)))
-    assert cosine > 0.999 and int(logits.argmax()) == int(expected.argmax())
+    chat._prefill(ids)
+    return np.array(chat._last_logits())[: expected.shape[0]], expected
+
+
+def _cosine(a, b):
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_q8_0_logits_stay_close_to_the_source_model(chat_q8, reference):
+    logits, expected = _last_logits_against_the_source(chat_q8, reference)
+    assert _cosine(logits, expected) > 0.999 and int(logits.argmax()) == int(expected.argmax())
     mine, theirs = chat_q8.generate(QUESTION, [WEATHER_TOOL], GREEDY), reference.generate(QUESTION, [WEATHER_TOOL],
                                                                                             GREEDY)
     assert mine.token_ids[0] == theirs.token_ids[0]
     assert abs(mine.token_logprobs[0] - theirs.token_logprobs[0]) < 0.05
+
+
+def test_a_q4_0_export_loads_and_its_logits_stay_near_the_source_model(exports, reference):
+    pytest.importorskip("llama_cpp")
+    chat_q4 = get_backends()["llama-cpp"].open(str(exports["q4_0"]), {"threads": 1, "n_ctx": 1024})
+    try:
+        logits, expected = _last_logits_against_the_source(chat_q4, reference)
+        assert _cosine(logits, expected) > 0.98
+        generation = chat_q4.generate(QUESTION, [WEATHER_TOOL], GREEDY)
+        assert generation.completion_tokens > 0 and generation.prompt_tokens > 0
+    finally:
+        chat_q4.close()
+    assert exports["q4_0"].stat().st_size < exports["q8_0"].stat().st_size
 
 
 def test_a_cached_prefix_gives_the_same_answers(chat):

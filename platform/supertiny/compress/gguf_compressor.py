@@ -1,7 +1,7 @@
 """``gguf``: export a registered model to a GGUF file for the llama-cpp backend.
 
 Not a compression of the network (the weights keep their shapes) but of how it is served: llama.cpp's
-q8_0 and f16 kernels run on AVX2 CPUs that have no native bf16, where torch falls back to fp32 and decodes
+q8_0, q4_0 and f16 kernels run on AVX2 CPUs that have no native bf16, where torch falls back to fp32 and decodes
 memory-bound at four bytes a weight. The result is registered like any other stage-3 model (stage
 ``quantized``, parent = the input model), so evaluation, routing and serving open it by name.
 """
@@ -13,7 +13,7 @@ from supertiny.errors import InvalidInputError
 
 class GGUFCompressor(Compressor):
     name = "gguf"
-    description = "export to a GGUF file (q8_0, f16 or f32) served by llama.cpp (llama-cpp backend)"
+    description = "export to a GGUF file (q8_0, q4_0, f16 or f32) served by llama.cpp (llama-cpp backend)"
     config_class = GGUFConfig
     stage = "quantized"
     data = "none"

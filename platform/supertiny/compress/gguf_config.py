@@ -13,8 +13,8 @@ class GGUFConfig(CompressConfig):
     on an AVX2 CPU without native bf16 it decodes several times faster than torch fp32. The 2-D weights are
     written in --type; norms and biases stay f32; the tokenizer and chat template are copied next to the file."""
 
-    type: str = option("q8_0", "Weight type: q8_0 (a quarter of fp32's bytes, near-lossless, fastest), f16, or "
-                       "f32 (exact).", choices=OUT_TYPES)
+    type: str = option("q8_0", "Weight type: q8_0 (a quarter of fp32's bytes, near-lossless), q4_0 (about an "
+                       "eighth, lossy; the output head stays q8_0), f16, or f32 (exact).", choices=OUT_TYPES)
 
     def validate(self) -> None:
         super().validate()

@@ -1,9 +1,9 @@
 """Write a Hugging Face Qwen2 directory as one GGUF file that llama.cpp runs, the way llama.cpp's own
 converter lays it out: ``qwen2`` metadata, the gpt2-style BPE tokenizer with its chat template, and the
-2-D weight matrices in f32, f16 or q8_0 (norms and biases stay f32, as llama.cpp expects).
+2-D weight matrices in f32, f16, q8_0 or q4_0 (norms and biases stay f32, as llama.cpp expects).
 
 Why a converter of our own: llama.cpp's ``convert_hf_to_gguf.py`` is not on PyPI, and the ``gguf`` package
-(a dependency already, for reading the pulled models) has the writer and the q8_0 quantizer. Tensors are
+(a dependency already, for reading the pulled models) has the writer and the q8_0 / q4_0 quantizers. Tensors are
 read, converted and written one at a time (the writer is given every tensor's size up front), so exporting
 the 1.5B teacher holds one tensor in memory, not the model.
 
@@ -20,8 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from supertiny.errors import InvalidInputError
+from supertiny.models.weights import read_model_config
 
-OUT_TYPES = ("f32", "f16", "q8_0")
+OUT_TYPES = ("f32", "f16", "q8_0", "q4_0")
+# the output head's type when none is asked: 4-bit logits cost the most accuracy (llama.cpp's quantizer keeps
+# a q4_0 file's head at q6_K, or q8_0 where rows do not split into 256-wide blocks, as on the 0.5B)
+DEFAULT_HEAD_TYPES = {"q4_0": "q8_0"}
 SUPPORTED_ARCHITECTURES = ("qwen2",)
 QUANT_CHUNK_ROWS = 4096
 # files the HF tokenizer and the backend's stop ids are read from
@@ -59,17 +63,21 @@ def export_gguf(model_dir: Path, path: Path, out_type: str = "q8_0", *, head_typ
     """Write the Qwen2 model in ``model_dir`` to the GGUF file ``path``.
 
     ``out_type`` is the type of the 2-D weights; ``head_type`` overrides it for the output head (published
-    GGUFs often store the head in another type than the body). A matrix whose rows q8_0 cannot split into 32-wide blocks
-    is written f16, as llama.cpp's converter does."""
+    GGUFs often store the head in another type than the body; default: :data:`DEFAULT_HEAD_TYPES`, else
+    ``out_type``). The head is ``lm_head``, or the input embedding when the model ties the two. A matrix whose
+    rows q8_0 / q4_0 cannot split into 32-wide blocks is written f16, as llama.cpp's converter does."""
     import gguf
     import numpy as np
 
     config = check_exportable(model_dir)
     qtype = _quant_type(out_type)
-    head_qtype = _quant_type(head_type) if head_type else qtype
+    head_qtype = _quant_type(head_type or DEFAULT_HEAD_TYPES.get(out_type, out_type))
     tokenizer = _read_tokenizer(model_dir, config)
-    plan = [(hf_name, gguf_tensor_name(hf_name), shape, head_qtype if hf_name == "lm_head.weight" else qtype)
-            for hf_name, shape in _tensor_shapes(model_dir)]
+    shapes = _tensor_shapes(model_dir)
+    head = "lm_head.weight" if any(hf_name == "lm_head.weight" for hf_name, _ in shapes) else \
+        "model.embed_tokens.weight"  # tied: the embedding is the head too
+    plan = [(hf_name, gguf_tensor_name(hf_name), shape, head_qtype if hf_name == head else qtype)
+            for hf_name, shape in shapes]
 
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")  # a crash never leaves a truncated .gguf behind
@@ -100,13 +108,7 @@ def export_gguf(model_dir: Path, path: Path, out_type: str = "q8_0", *, head_typ
 
 def check_exportable(model_dir: Path) -> dict[str, Any]:
     """The model's config.json, or an InvalidInputError saying why the directory cannot be exported."""
-    config_file = model_dir / "config.json"
-    if not config_file.is_file():
-        raise InvalidInputError(f"{model_dir} is not a Hugging Face model directory (no config.json)")
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"unreadable config.json in {model_dir}: {exc}") from exc
+    config = read_model_config(model_dir)
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise InvalidInputError(f"GGUF export does not support {model_type or 'unknown'} models",
@@ -231,7 +233,7 @@ def _add_metadata(writer: Any, config: dict[str, Any], name: str, out_type: str)
     writer.add_rope_freq_base(float(config.get("rope_theta") or rope.get("rope_theta") or 10000.0))
     writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
     file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
     writer.add_file_type(file_types[out_type])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
@@ -305,7 +307,7 @@ def _quant_type(out_type: str) -> Any:
     import gguf
 
     types = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
-             "q8_0": gguf.GGMLQuantizationType.Q8_0}
+             "q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}
     if out_type not in types:
         raise InvalidInputError(f"unknown GGUF type {out_type!r}", hint=f"one of {', '.join(OUT_TYPES)}")
     return types[out_type]
