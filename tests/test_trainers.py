@@ -3,6 +3,7 @@ generates, its lineage is right, runs resume, and bad input is refused before tr
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -67,6 +68,34 @@ def test_sft_lowers_the_loss_and_registers_a_reloadable_model_with_its_lineage(e
     assert open_model(store, "s1").generate([{"role": "user", "content": "hi"}]).completion_tokens > 0
     # the checkpoints are gone once the model is registered
     assert not (run_dir(settings, "s1") / "checkpoints").exists()
+
+
+def test_sft_can_train_the_embedding_rows_of_the_chat_markup_tokens_it_writes(env):
+    from safetensors.torch import load_file
+    from supertiny.transfer.modeling import added_token_ids
+    from transformers import AutoTokenizer
+
+    store, settings = env
+    harvest_snapshot(store, "weather")
+    config = SFTConfig(**FAST, max_steps=4, learning_rate=5e-2, train_added_tokens=True)
+    train_model(store, settings, "sft", student="student", data="weather", config=config, name="s-tokens")
+    base, trained = get_model_version(store, "student"), get_model_version(store, "s-tokens")
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    markup = tokenizer.convert_tokens_to_ids(["<tool_call>", "</tool_call>"])
+    plain = tokenizer("sunny", add_special_tokens=False)["input_ids"]
+    assert added_token_ids(tokenizer, [[*plain, markup[0]], [markup[1]]]) == sorted(markup)
+
+    def embedding(path):
+        weights = {}
+        for file in sorted(Path(path).glob("*.safetensors")):
+            weights.update(load_file(file))
+        return next(tensor for name, tensor in weights.items() if name.endswith("embed_tokens.weight")).float()
+
+    before, after = embedding(base.path), embedding(trained.path)
+    changed = (before - after).abs().sum(dim=1) > 0
+    assert changed[markup].all()  # the records' tool calls open and close with these
+    assert int(changed.sum()) <= len(tokenizer.added_tokens_decoder)  # and no ordinary token moved
+    _reload_and_generate(trained.path)
 
 
 def test_sft_full_fine_tuning_with_bf16_compute_changes_the_weights_and_keeps_the_dtype(env):

@@ -52,7 +52,7 @@ def fine_tune(student: ModelRef, records: Sequence[Record], config: TrainConfig,
     import trl
 
     from supertiny.transfer.hf_loop import run_trainer, training_arguments
-    from supertiny.transfer.modeling import load_tokenizer, prepare_student, set_threads
+    from supertiny.transfer.modeling import added_token_ids, load_tokenizer, prepare_student, set_threads
 
     set_threads(config.threads)
     progress.phase(f"loading {student.name}")
@@ -62,12 +62,14 @@ def fine_tune(student: ModelRef, records: Sequence[Record], config: TrainConfig,
         raise InvalidInputError(f"nothing to train on: none of {stats.conversations} records has an assistant turn "
                                 f"within --max-length {config.max_length}")
     dtype, mixed = training_dtype(config, model_facts(student))
-    model = prepare_student(student, config, dtype)
+    model = prepare_student(student, config, dtype,
+                            added_token_ids(tokenizer, (example.labels for example in examples)))
     dataset = datasets.Dataset.from_list([{"input_ids": example.input_ids, "labels": example.labels}
                                           for example in examples])
     args = trl.SFTConfig(**training_arguments(config, output_dir, mixed), max_length=None, packing=False,
                          dataset_num_proc=None)
-    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer_class = _model_loss_trainer() if config.lora and config.train_added_tokens else trl.SFTTrainer
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     metrics = run_trainer(trainer, output_dir, progress, description)
     metrics.update({f"data_{key}": value for key, value in dataclasses.asdict(stats).items()})
     return trainer.model, tokenizer, metrics
@@ -89,3 +91,19 @@ class SFTTrainer(Trainer):
         model, tokenizer, metrics = fine_tune(model_ref(context.student), records, context.config,
                                               context.run_dir / "checkpoints", context.progress)
         return TrainResult(model=model, tokenizer=tokenizer, metrics=metrics)
+
+
+def _model_loss_trainer() -> Any:
+    import trl
+
+    class ModelLossSFTTrainer(trl.SFTTrainer):
+        """TRL's trainer with the model's own loss: TRL's fused LM head multiplies by ``lm_head.weight``
+        directly, which skips the trainable rows PEFT puts in front of a tied head."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                            labels=inputs["labels"], num_items_in_batch=num_items_in_batch)
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    return ModelLossSFTTrainer
+
