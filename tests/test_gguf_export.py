@@ -70,12 +70,18 @@ def test_q4_0_keeps_the_head_at_q8_0_and_is_smaller_than_q8_0(tiny_model_dir, tm
     assert {tensor.name: tensor.tensor_type for tensor in same_head.tensors}["output.weight"] == TYPES["q4_0"]
 
 
-def test_a_tied_embedding_is_the_head_and_gets_the_head_type(tiny_model_dir, tmp_path):
+def _tied_copy(tiny_model_dir, tmp_path):
+    """The tiny model without its lm_head: a model whose head is its input embedding."""
     model_dir = tmp_path / "tied"
     shutil.copytree(tiny_model_dir, model_dir)
     state = load_file(str(model_dir / "model.safetensors"))
     del state["lm_head.weight"]
     save_file(state, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    return model_dir
+
+
+def test_a_tied_embedding_is_the_head_and_gets_the_head_type(tiny_model_dir, tmp_path):
+    model_dir = _tied_copy(tiny_model_dir, tmp_path)
     reader = gguf.GGUFReader(str(export_gguf(model_dir, tmp_path / "tied.gguf", "q4_0").path))
     types = {tensor.name: tensor.tensor_type for tensor in reader.tensors}
     assert types["token_embd.weight"] == TYPES["q8_0"] and types["blk.1.attn_q.weight"] == TYPES["q4_0"]
@@ -126,11 +132,7 @@ def test_the_qwen2_pre_tokenizer_is_recognised(tiny_model_dir, tmp_path):
 
 
 def test_a_tied_head_is_not_written(tiny_model_dir, tmp_path):
-    model_dir = tmp_path / "tied"
-    shutil.copytree(tiny_model_dir, model_dir)
-    state = load_file(str(model_dir / "model.safetensors"))
-    del state["lm_head.weight"]
-    save_file(state, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    model_dir = _tied_copy(tiny_model_dir, tmp_path)
     reader = gguf.GGUFReader(str(export_gguf(model_dir, tmp_path / "tied.gguf", "q8_0").path))
     names = {tensor.name for tensor in reader.tensors}
     assert "token_embd.weight" in names and "output.weight" not in names
