@@ -6,18 +6,11 @@ import threading
 import time
 
 import pytest
+from helpers.chat_inputs import WEATHER_TOOL
 from supertiny.errors import BackendTimeoutError, ModelError
 from supertiny.models.backend import GenerationOptions
 from supertiny.models.openai_backend import OpenAIBackend
 
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 LOGPROBS = [-0.01, -0.2, -0.05]
 
 

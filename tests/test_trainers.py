@@ -262,6 +262,18 @@ def test_kd_can_distil_the_teacher_where_it_disagrees_with_the_verified_answer(e
     assert trained.metrics["teacher_agreement"] is not None
 
 
+def test_kd_trains_the_markup_rows_too_and_dpo_refuses_them(env):
+    store, settings = env
+    harvest_snapshot(store, "weather", limit=2)
+    config = KDConfig(**FAST, max_steps=1, train_added_tokens=True)
+    trained = train_model(store, settings, "kd", student="student", teacher="teacher", data="weather",
+                          config=config, name="k5")
+    assert trained.metrics["steps"] == 1
+    _reload_and_generate(get_model_version(store, "k5").path)
+    with pytest.raises(InvalidInputError, match="--train-added-tokens is not supported by dpo"):
+        DPOConfig(train_added_tokens=True).validate()
+
+
 def test_kd_on_policy_trains_on_the_students_own_completions(env):
     store, settings = env
     harvest_snapshot(store, "weather", limit=2)

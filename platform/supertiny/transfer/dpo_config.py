@@ -33,6 +33,10 @@ class DPOConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.train_added_tokens:
+            raise InvalidInputError("--train-added-tokens is not supported by dpo: TRL's DPO trainer scores tokens "
+                                    "through the output head's weight directly, past the trainable rows",
+                                    hint="use it with sft, rft or kd")
         if self.beta <= 0:
             raise InvalidInputError("--beta must be above 0")
         if self.loss_type not in LOSS_TYPES:

@@ -69,7 +69,13 @@ class KDTrainer(Trainer):
         from transformers import TrainingArguments
 
         from supertiny.transfer.hf_loop import run_trainer, training_arguments
-        from supertiny.transfer.modeling import load_model, load_tokenizer, prepare_student, set_threads
+        from supertiny.transfer.modeling import (
+            added_token_ids,
+            load_model,
+            load_tokenizer,
+            prepare_student,
+            set_threads,
+        )
 
         assert context.teacher is not None
         config: KDConfig = context.config  # type: ignore[assignment]
@@ -86,7 +92,7 @@ class KDTrainer(Trainer):
         teacher_facts = model_facts(teacher)
         teacher_model = load_model(teacher, compute_dtype(teacher_facts),
                                    trainable=False)
-        model = prepare_student(student, config, dtype)
+        model = prepare_student(student, config, dtype, added_token_ids(tokenizer, (row["labels"] for row in rows)))
         dataset = datasets.Dataset.from_list(rows)
         output_dir = context.run_dir / "checkpoints"
         args = TrainingArguments(**training_arguments(config, output_dir, mixed))

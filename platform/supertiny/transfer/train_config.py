@@ -31,7 +31,7 @@ class TrainConfig:
                                 "the weights' dtype: ~30% faster LoRA steps on a CPU in bf16.")
     train_added_tokens: bool = option(False, "With LoRA, also train the embedding rows of the tokenizer's added tokens "
                                       "that the assistant turns use (e.g. Qwen's <tool_call>): a base model that "
-                                      "never wrote them cannot learn them through adapters alone.")
+                                      "never wrote them cannot learn them through adapters alone; sft, rft and kd).")
     lora_targets: str = option("all-linear", "Modules that get adapters: all-linear or a comma-separated list "
                                "(e.g. q_proj,v_proj).")
     precision: str = option("auto", "Weights and compute: bf16, fp32, or mixed (fp32 weights, bf16 compute). auto: "
