@@ -7,7 +7,13 @@ import pytest
 from helpers.toy_domain import WEATHER_TOOL
 from supertiny.errors import InvalidInputError
 from supertiny.models.backend import chat_template_messages
-from supertiny.transfer.chat_data import IGNORE_INDEX, assistant_spans, tokenize_conversation, tokenize_records
+from supertiny.transfer.chat_data import (
+    IGNORE_INDEX,
+    assistant_spans,
+    markup_spellings,
+    tokenize_conversation,
+    tokenize_records,
+)
 from transformers import AutoTokenizer
 
 BFCL_TOOL = {"name": "calc.area", "description": "Area of a triangle.",
@@ -76,6 +82,54 @@ def test_bfcl_style_tools_and_argument_objects_render_like_the_backend(tokenizer
     assert '"name": "calc.area"' in text and '"type": "dict"' in text
     assert [text[start:end] for start, end in spans] == [
         '<tool_call>\n{"name": "calc.area", "arguments": {"base": 3.0}}\n</tool_call><|im_end|>']
+
+
+@pytest.fixture(scope="module")
+def qwen_like_tokenizer(tiny_model_dir):
+    """The tiny tokenizer with the tool-call tags as Qwen's tokenizer has them: added, but not special."""
+    from supertiny.testing import build_tiny_tokenizer
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tiny = build_tiny_tokenizer()
+    data = json.loads(tiny.backend_tokenizer.to_str())
+    tags = {"<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"}
+    for token in data["added_tokens"]:
+        token["special"] = token["content"] not in tags
+    qwen_like = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(data)), eos_token="<|im_end|>",
+                                        pad_token="<|endoftext|>", additional_special_tokens=["<|im_start|>"])
+    qwen_like.chat_template = tiny.chat_template
+    return qwen_like
+
+
+def test_the_non_special_added_tokens_are_spelled_as_text(qwen_like_tokenizer):
+    tokenizer = qwen_like_tokenizer
+    spellings = markup_spellings(tokenizer)
+    tag = tokenizer.convert_tokens_to_ids("<tool_call>")
+    assert set(spellings) == set(tokenizer.convert_tokens_to_ids(["<tool_call>", "</tool_call>", "<tool_response>",
+                                                                  "</tool_response>"]))
+    assert tokenizer.decode(spellings[tag]) == "<tool_call>" and len(spellings[tag]) > 1
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") not in spellings
+
+
+def test_spelled_tool_calls_train_the_pieces_and_keep_the_text(qwen_like_tokenizer):
+    tokenizer = qwen_like_tokenizer
+    spell = markup_spellings(tokenizer)
+    tag = tokenizer.convert_tokens_to_ids("<tool_call>")
+    plain = tokenize_conversation(tokenizer, CONVERSATION, [WEATHER_TOOL])
+    spelled = tokenize_conversation(tokenizer, CONVERSATION, [WEATHER_TOOL], spell=spell)
+    assert tag in plain.labels and tag not in spelled.labels
+    assert spelled.input_ids.count(tag) == plain.input_ids.count(tag) - 1  # the system prompt's stays
+    assert tokenizer.decode(spelled.input_ids) == tokenizer.decode(plain.input_ids)
+    assert _segments(tokenizer, spelled) == _segments(tokenizer, plain)
+    assert len(spelled.input_ids) == len(plain.input_ids) + 2 * (len(spell[tag]) - 1)  # both tags, 4 pieces each
+    assert spelled.prompt_length == plain.prompt_length + 2 * (len(spell[tag]) - 1)  # the first turn's tags
+    earlier_turn = [*CONVERSATION, {"role": "user", "content": "And in Lima?"},
+                    {"role": "assistant", "content": "", "tool_calls": [_call("get_weather", city="Lima")]}]
+    only_last = tokenize_conversation(tokenizer, earlier_turn, [WEATHER_TOOL], spell=spell)
+    assert tag not in [label for label in only_last.labels if label != IGNORE_INDEX]
+    kept, _ = tokenize_records(tokenizer, [(CONVERSATION, [WEATHER_TOOL])], 4096, spell)
+    assert kept[0].input_ids == spelled.input_ids
 
 
 def test_records_without_trainable_tokens_are_counted_and_dropped(tokenizer):

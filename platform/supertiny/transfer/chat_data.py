@@ -7,16 +7,24 @@ The assistant spans are found by rendering prefixes: the text of turn ``i`` is w
 follows any template without ``{% generation %}`` markers. A span covers the turn's content and tool
 calls and its end-of-turn token; the user turns, the tool results and the template's own text stay
 masked. A token is trained when it starts inside a span.
+
+With ``spell`` (see :func:`markup_spellings`), trained occurrences of the chat template's non-special added
+tokens are trained as the text pieces that spell them: Qwen's template opens each call with the added token
+``<tool_call>``, which the 0.5B and 1.5B Qwen models give probability ~0 (they open a ```json block, or write
+the tag as ``<`` ``tool`` ``_call`` ``>``). LoRA barely moves that token's tied embedding row, so sft on it
+taught the student that no answer opens a call and, on 14 BFCL records of which 6 refusals, to refuse every
+request. Spelled, the tag is text the model already writes, and the parser reads the same ``<tool_call>``.
 """
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from supertiny.errors import InvalidInputError
 from supertiny.models.backend import chat_template_messages, tool_dicts
 
 IGNORE_INDEX = -100
+Spellings = Mapping[int, Sequence[int]]
 
 
 @dataclasses.dataclass
@@ -88,13 +96,33 @@ def assistant_spans(tokenizer: Any, messages: Sequence[dict[str, Any]],
     return full, spans
 
 
+def markup_spellings(tokenizer: Any) -> dict[int, list[int]]:
+    """Each non-special added token of ``tokenizer`` (Qwen's ``<tool_call>``, ``</tool_call>``) -> the ids of
+    its text tokenized without added tokens (``<`` ``tool`` ``_call`` ``>``). Special tokens such as
+    ``<|im_end|>`` are kept: models write them. Empty for a tokenizer without a fast backend."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return {}
+    pre_tokenizer = backend.pre_tokenizer
+    spellings = {}
+    for token_id, token in tokenizer.added_tokens_decoder.items():
+        if token.special:
+            continue
+        pieces = pre_tokenizer.pre_tokenize_str(token.content) if pre_tokenizer is not None else [(token.content, None)]
+        ids = [piece.id for text, _ in pieces for piece in backend.model.tokenize(text)]
+        if len(ids) > 1 or (ids and ids[0] != token_id):
+            spellings[token_id] = ids
+    return spellings
+
+
 def tokenize_conversation(tokenizer: Any, messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None,
-                          max_length: int | None = None) -> TokenizedConversation:
-    """Token ids of the rendered conversation and labels that keep only the assistant tokens."""
+                          max_length: int | None = None, spell: Spellings | None = None) -> TokenizedConversation:
+    """Token ids of the rendered conversation and labels that keep only the assistant tokens; trained tokens
+    in ``spell`` are replaced by their spelling."""
     text, spans = assistant_spans(tokenizer, messages, tools)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = list(encoding["input_ids"])
-    offsets = encoding["offset_mapping"]
+    offsets = list(encoding["offset_mapping"])
     labels = [IGNORE_INDEX] * len(input_ids)
     span_index = 0
     for position, (start, _end) in enumerate(offsets):
@@ -102,6 +130,8 @@ def tokenize_conversation(tokenizer: Any, messages: Sequence[dict[str, Any]], to
             span_index += 1
         if span_index < len(spans) and spans[span_index][0] <= start < spans[span_index][1]:
             labels[position] = input_ids[position]
+    if spell:
+        input_ids, labels, offsets = _spelled(input_ids, labels, offsets, spell)
     prompt_length = len(input_ids)
     if spans:
         last_start = spans[-1][0]
@@ -114,14 +144,15 @@ def tokenize_conversation(tokenizer: Any, messages: Sequence[dict[str, Any]], to
 
 
 def tokenize_records(tokenizer: Any, records: Iterable[tuple[Sequence[dict[str, Any]], Sequence[Any] | None]],
-                     max_length: int) -> tuple[list[TokenizedConversation], TokenizeStats]:
+                     max_length: int, spell: Spellings | None = None
+                     ) -> tuple[list[TokenizedConversation], TokenizeStats]:
     """Tokenize (messages, tools) records for training; records with nothing to train are left out
     and counted in the stats."""
     stats = TokenizeStats()
     kept = []
     for index, (messages, tools) in enumerate(records):
         stats.conversations += 1
-        whole = tokenize_conversation(tokenizer, messages, tools)
+        whole = tokenize_conversation(tokenizer, messages, tools, spell=spell)
         if whole.trained_tokens == 0:
             stats.no_assistant_turn += 1
             continue
@@ -137,6 +168,25 @@ def tokenize_records(tokenizer: Any, records: Iterable[tuple[Sequence[dict[str, 
         stats.trained_tokens += cut.trained_tokens
         kept.append(cut)
     return kept, stats
+
+
+def _spelled(input_ids: list[int], labels: list[int], offsets: list[tuple[int, int]], spell: Spellings
+             ) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """Trained tokens in ``spell`` replaced by their pieces (each trained, each at the token's offsets)."""
+    ids: list[int] = []
+    new_labels: list[int] = []
+    new_offsets: list[tuple[int, int]] = []
+    for token, label, offset in zip(input_ids, labels, offsets, strict=True):
+        pieces = spell.get(token) if label != IGNORE_INDEX else None
+        if not pieces:
+            ids.append(token)
+            new_labels.append(label)
+            new_offsets.append(offset)
+            continue
+        ids.extend(pieces)
+        new_labels.extend(pieces)
+        new_offsets.extend([offset] * len(pieces))
+    return ids, new_labels, new_offsets
 
 
 def _common_prefix(left: str, right: str) -> int:

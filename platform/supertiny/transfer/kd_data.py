@@ -14,7 +14,13 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from supertiny.transfer.chat_data import IGNORE_INDEX, TokenizeStats, tokenize_conversation, tokenize_records
+from supertiny.transfer.chat_data import (
+    IGNORE_INDEX,
+    Spellings,
+    TokenizeStats,
+    tokenize_conversation,
+    tokenize_records,
+)
 from supertiny.transfer.sft_trainer import Record
 
 
@@ -26,13 +32,14 @@ class DistillationStats(TokenizeStats):
 
 
 def distillation_examples(tokenizer: Any, records: Sequence[Record], max_length: int,
-                          context: Callable[[Sequence[dict[str, Any]]], list[dict[str, Any]]] | None = None
-                          ) -> tuple[list[dict[str, Any]], DistillationStats]:
+                          context: Callable[[Sequence[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+                          spell: Spellings | None = None) -> tuple[list[dict[str, Any]], DistillationStats]:
     """One row per trainable record: the student's ``input_ids``, ``labels``, ``prompt_length`` and the
     teacher's ``teacher_input_ids``, ``teacher_labels``, ``teacher_prompt_length``; the trained positions
     of the two carry the same tokens in the same order. ``context(messages)`` gives the messages the
-    teacher reads before a conversation (None: the teacher reads what the student reads)."""
-    examples, base_stats = tokenize_records(tokenizer, records, max_length)
+    teacher reads before a conversation (None: the teacher reads what the student reads); ``spell`` as in
+    :func:`supertiny.transfer.chat_data.tokenize_conversation`, for both."""
+    examples, base_stats = tokenize_records(tokenizer, records, max_length, spell)
     stats = DistillationStats(**dataclasses.asdict(base_stats))
     rows = []
     for example in examples:
@@ -42,7 +49,7 @@ def distillation_examples(tokenizer: Any, records: Sequence[Record], max_length:
         messages, tools = records[example.record]
         prefix = context(messages) if context is not None else []
         if prefix:
-            aligned = _behind_context(tokenizer, prefix, messages, tools, example.labels)
+            aligned = _behind_context(tokenizer, prefix, messages, tools, example.labels, spell)
             if aligned is None:
                 stats.context_mismatch += 1
             else:
@@ -53,11 +60,13 @@ def distillation_examples(tokenizer: Any, records: Sequence[Record], max_length:
 
 
 def _behind_context(tokenizer: Any, context: Sequence[dict[str, Any]], messages: Sequence[dict[str, Any]],
-                    tools: Sequence[Any] | None, student_labels: list[int]) -> dict[str, Any] | None:
+                    tools: Sequence[Any] | None, student_labels: list[int], spell: Spellings | None = None
+                    ) -> dict[str, Any] | None:
     """The teacher's tokens for context + ``messages``, trained on the positions of the student's
     trained tokens; None when those tokens do not line up."""
-    whole = tokenize_conversation(tokenizer, list(context) + list(messages), tools)
-    own = tokenize_conversation(tokenizer, messages, tools).trained_tokens  # before the student's max_length cut
+    whole = tokenize_conversation(tokenizer, list(context) + list(messages), tools, spell=spell)
+    # before the student's max_length cut
+    own = tokenize_conversation(tokenizer, messages, tools, spell=spell).trained_tokens
     wanted = [label for label in student_labels if label != IGNORE_INDEX]
     trained = [position for position, label in enumerate(whole.labels) if label != IGNORE_INDEX]
     # the context's few-shot answers are trained positions too: the conversation's own come last

@@ -17,7 +17,7 @@ from typing import Any
 from supertiny.errors import InvalidInputError
 from supertiny.store import ModelVersion
 from supertiny.transfer.base import TrainContext, Trainer, TrainResult
-from supertiny.transfer.chat_data import IGNORE_INDEX
+from supertiny.transfer.chat_data import IGNORE_INDEX, markup_spellings
 from supertiny.transfer.kd_config import KDConfig
 from supertiny.transfer.kd_data import distillation_examples
 from supertiny.transfer.resources import compute_dtype, model_facts, model_ref, training_dtype
@@ -84,7 +84,9 @@ class KDTrainer(Trainer):
         context.progress.phase(f"loading {student.name} and {teacher.name}")
         tokenizer = load_tokenizer(student)
         records = training_records(context.items(), config.verdict, config.call_prose, config.balance_categories)
-        rows, stats = distillation_examples(tokenizer, records, config.max_length, self._teacher_context(context))
+        spell = markup_spellings(tokenizer) if config.spell_markup else None
+        rows, stats = distillation_examples(tokenizer, records, config.max_length, self._teacher_context(context),
+                                            spell)
         if not rows:
             raise InvalidInputError(f"nothing to train on: no record has an assistant turn within --max-length "
                                     f"{config.max_length}")

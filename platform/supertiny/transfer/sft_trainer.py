@@ -8,7 +8,7 @@ from typing import Any
 from supertiny.errors import InvalidInputError
 from supertiny.store import DatasetItem
 from supertiny.transfer.base import Progress, TrainContext, Trainer, TrainResult
-from supertiny.transfer.chat_data import tokenize_records, without_call_prose
+from supertiny.transfer.chat_data import markup_spellings, tokenize_records, without_call_prose
 from supertiny.transfer.resources import ModelRef, model_facts, model_ref, training_dtype
 from supertiny.transfer.sft_config import SFTConfig
 from supertiny.transfer.train_config import TrainConfig
@@ -57,7 +57,8 @@ def fine_tune(student: ModelRef, records: Sequence[Record], config: TrainConfig,
     set_threads(config.threads)
     progress.phase(f"loading {student.name}")
     tokenizer = load_tokenizer(student)
-    examples, stats = tokenize_records(tokenizer, records, config.max_length)
+    spell = markup_spellings(tokenizer) if config.spell_markup else None
+    examples, stats = tokenize_records(tokenizer, records, config.max_length, spell)
     if not examples:
         raise InvalidInputError(f"nothing to train on: none of {stats.conversations} records has an assistant turn "
                                 f"within --max-length {config.max_length}")
