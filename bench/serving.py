@@ -188,6 +188,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = Settings(home=workdir, database_url=args.db or f"sqlite:///{workdir / 'bench.db'}")
     store = open_store(settings)
     model_name = args.model
+    if model_name is not None and args.db is None and not Path(model_name).is_dir():
+        # a registered name: its weights, from the user's store (the benchmark's own traffic stays in a scratch one)
+        from supertiny.config import get_settings
+        from supertiny.models.registry import get_model_version
+
+        model_name = get_model_version(open_store(get_settings()), model_name).path
     if model_name is None:
         from supertiny.testing import build_tiny_model
 
