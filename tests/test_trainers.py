@@ -241,45 +241,42 @@ def test_kd_logits_on_the_trained_positions_are_the_full_forward_passes(tiny_mod
     torch.testing.assert_close(kept, expected)
 
 
-def test_kd_without_teacher_context_gives_both_the_same_tokens(env):
+def _kd_on_two_tasks(env, name, config):
     store, settings = env
     harvest_snapshot(store, "weather", limit=2)
-    config = KDConfig(**FAST, max_steps=1, teacher_context=False)
-    trained = train_model(store, settings, "kd", student="student", teacher="teacher", data="weather",
-                          config=config, name="k3")
+    return train_model(store, settings, "kd", student="student", teacher="teacher", data="weather", config=config,
+                       name=name)
+
+
+def test_kd_without_teacher_context_gives_both_the_same_tokens(env):
+    trained = _kd_on_two_tasks(env, "k3", KDConfig(**FAST, max_steps=1, teacher_context=False))
     assert trained.metrics["data_teacher_context"] == 0 and trained.metrics["data_kept"] > 0
 
 
 def test_kd_can_distil_the_teacher_where_it_disagrees_with_the_verified_answer(env):
-    store, settings = env
-    harvest_snapshot(store, "weather", limit=2)
+    store, _ = env
     with pytest.raises(InvalidInputError, match="unknown --disagreement 'ignore'"):
         KDConfig(disagreement="ignore").validate()
-    config = KDConfig(**FAST, max_steps=2, learning_rate=5e-3, disagreement="teacher")
-    trained = train_model(store, settings, "kd", student="student", teacher="teacher", data="weather",
-                          config=config, name="k4")
+    trained = _kd_on_two_tasks(env, "k4", KDConfig(**FAST, max_steps=2, learning_rate=5e-3, disagreement="teacher"))
     assert get_model_version(store, "k4").config["source"]["disagreement"] == "teacher"
     assert trained.metrics["teacher_agreement"] is not None
 
 
 def test_kd_trains_the_markup_rows_too_and_dpo_refuses_them(env):
-    store, settings = env
-    harvest_snapshot(store, "weather", limit=2)
-    config = KDConfig(**FAST, max_steps=1, train_added_tokens=True)
-    trained = train_model(store, settings, "kd", student="student", teacher="teacher", data="weather",
-                          config=config, name="k5")
+    store, _ = env
+    trained = _kd_on_two_tasks(env, "k5", KDConfig(**FAST, max_steps=1, train_added_tokens=True))
     assert trained.metrics["steps"] == 1
     _reload_and_generate(get_model_version(store, "k5").path)
     with pytest.raises(InvalidInputError, match="--train-added-tokens is not supported by dpo"):
         DPOConfig(train_added_tokens=True).validate()
+    with pytest.raises(InvalidInputError, match="--spell-markup is not supported by dpo"):
+        DPOConfig(spell_markup=True).validate()
+    DPOConfig().validate()
 
 
 def test_kd_on_policy_trains_on_the_students_own_completions(env):
-    store, settings = env
-    harvest_snapshot(store, "weather", limit=2)
     config = KDConfig(**{**FAST, "batch_size": 1}, max_steps=2, on_policy=1.0, max_new_tokens=4)
-    trained = train_model(store, settings, "kd", student="student", teacher="teacher", data="weather",
-                          config=config, name="k2")
+    trained = _kd_on_two_tasks(env, "k2", config)
     assert trained.metrics["on_policy_steps"] == 2 and trained.metrics["loss_first"] is not None
 
 

@@ -22,6 +22,8 @@ class DPOConfig(TrainConfig):
     sample_temperature: float = option(0.8, "Temperature of that sampling.")
     sample_max_new_tokens: int = option(256, "Tokens per sampled answer.")
     task_limit: int | None = option(None, "Sample only the first N tasks of the split (default: all).")
+    spell_markup: bool = option(False, "Not supported by dpo, which hands TRL the rendered text: the call tags are "
+                                "trained as the tokens TRL's tokenizer makes of them.")
     precompute_ref: bool = option(False, "Compute the reference log-probabilities once before training, so full "
                                   "fine-tuning needs no second model in memory.")
 
@@ -37,6 +39,9 @@ class DPOConfig(TrainConfig):
             raise InvalidInputError("--train-added-tokens is not supported by dpo: TRL's DPO trainer scores tokens "
                                     "through the output head's weight directly, past the trainable rows",
                                     hint="use it with sft, rft or kd")
+        if self.spell_markup:
+            raise InvalidInputError("--spell-markup is not supported by dpo: TRL's DPO trainer tokenizes the rendered "
+                                    "text itself", hint="use it with sft, rft, kd or heal")
         if self.beta <= 0:
             raise InvalidInputError("--beta must be above 0")
         if self.loss_type not in LOSS_TYPES:

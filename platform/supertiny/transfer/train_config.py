@@ -35,7 +35,7 @@ class TrainConfig:
     spell_markup: bool = option(True, "Train the chat template's non-special added tokens that open and close a call "
                                 "(Qwen's <tool_call>, </tool_call>) as the text pieces that spell them: the Qwen "
                                 "students give the token itself probability ~0, and sft on it taught them to stop "
-                                "calling tools. sft, rft, kd and heal (dpo hands TRL its text).")
+                                "calling tools. sft, rft, kd and heal.")
     lora_targets: str = option("all-linear", "Modules that get adapters: all-linear or a comma-separated list "
                                "(e.g. q_proj,v_proj).")
     precision: str = option("auto", "Weights and compute: bf16, fp32, or mixed (fp32 weights, bf16 compute). auto: "
