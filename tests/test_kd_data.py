@@ -65,3 +65,13 @@ def test_without_context_the_teacher_reads_the_students_tokens(tokenizer):
     assert rows[0]["teacher_input_ids"] == rows[0]["input_ids"] and stats.teacher_context == 0
     rows, stats = distillation_examples(tokenizer, [(CONVERSATION, [WEATHER_TOOL])], 1024, lambda _: [])
     assert rows[0]["teacher_labels"] == rows[0]["labels"] and stats.teacher_context == 0
+
+
+def test_whole_conversations_train_every_token_after_the_first_on_both_sides(tokenizer):
+    (answers,), _ = distillation_examples(tokenizer, [(CONVERSATION, [WEATHER_TOOL])], 1024)
+    (row,), stats = distillation_examples(tokenizer, [(CONVERSATION, [WEATHER_TOOL])], 1024, whole=True)
+    assert row["input_ids"] == answers["input_ids"] == row["teacher_input_ids"]
+    assert row["labels"] == row["teacher_labels"] == [IGNORE_INDEX, *row["input_ids"][1:]]
+    assert stats.trained_tokens == len(row["input_ids"]) - 1 > len(_trained(answers["input_ids"], answers["labels"]))
+    with pytest.raises(ValueError, match="teacher to read what the student reads"):
+        distillation_examples(tokenizer, [(CONVERSATION, [WEATHER_TOOL])], 1024, lambda _: CONTEXT, whole=True)

@@ -253,6 +253,19 @@ def test_kd_without_teacher_context_gives_both_the_same_tokens(env):
     assert trained.metrics["data_teacher_context"] == 0 and trained.metrics["data_kept"] > 0
 
 
+def test_kd_on_whole_conversations_distils_the_prompt_tokens_too(env):
+    with pytest.raises(InvalidInputError, match="the teacher must read the same tokens"):
+        KDConfig(positions="all").validate()
+    with pytest.raises(InvalidInputError, match="on-policy completions train answers only"):
+        KDConfig(positions="all", teacher_context=False, on_policy=0.5).validate()
+    with pytest.raises(InvalidInputError, match="unknown --positions 'prompt'"):
+        KDConfig(positions="prompt").validate()
+    answers = _kd_on_two_tasks(env, "k6", KDConfig(**FAST, max_steps=1, teacher_context=False))
+    whole = _kd_on_two_tasks(env, "k7", KDConfig(**FAST, max_steps=1, teacher_context=False, positions="all"))
+    assert whole.metrics["data_trained_tokens"] > 3 * answers.metrics["data_trained_tokens"]
+    assert whole.metrics["loss_first"] is not None
+
+
 def test_kd_can_distil_the_teacher_where_it_disagrees_with_the_verified_answer(env):
     store, _ = env
     with pytest.raises(InvalidInputError, match="unknown --disagreement 'ignore'"):

@@ -93,14 +93,13 @@ def demo(settings: Settings, quick: bool, quantize: str | None, **sizes: object)
     """Run the whole pipeline end to end on the embedded default and print a report.
 
     \b
-    harvest BFCL with the 1.5B teacher -> verified snapshot -> train the 0.5B student (sft, then kd)
+    harvest BFCL with the 1.5B teacher -> verified snapshot -> train the 0.5B student (sft; --kd-epochs adds kd)
     -> quantize -> evaluate teacher / base / trained / compressed -> cascade policy with a calibrated
     threshold -> serve and answer real requests through the OpenAI client -> report.md + PNGs.
 
     Re-running reuses every finished step (a changed size re-runs only the steps it changes); Ctrl-C
     leaves a state the next run resumes from. The first run downloads ~1.6 GB. On a 2-core AVX2 CPU
-    the default sizes take over an hour (the 1.5B teacher's harvest alone ~35 minutes); --quick
-    about 10 minutes.
+    the default sizes took 35-39 minutes (the 1.5B teacher's harvest ~18 of them); --quick under 10.
     """
     from supertiny.demo.runner import run_demo
 

@@ -7,6 +7,7 @@ from supertiny.transfer.sft_config import VERDICT_FILTERS
 from supertiny.transfer.train_config import TrainConfig, option
 
 DISAGREEMENT = ("label", "teacher")
+POSITIONS = ("answers", "all")
 
 
 @dataclasses.dataclass
@@ -25,6 +26,10 @@ class KDConfig(TrainConfig):
                                "gives the chat template's <tool_call> token ~0 probability, and the student distilled "
                                "there stopped calling tools).",
                                choices=DISAGREEMENT)
+    positions: str = option("answers", "Positions distilled: answers = the assistant tokens; all = every token of the "
+                            "conversation, prompt included, with the teacher's distribution everywhere (healing: "
+                            "the pruned model relearns its parent on the domain's own text, ~20x the signal of "
+                            "the answers alone). all needs --no-teacher-context.", choices=POSITIONS)
     sft_weight: float = option(0.0, "Add this times the usual next-token loss on the same tokens.")
     on_policy: float = option(0.0, "Fraction of steps trained on completions the student samples itself (GKD's "
                               "lambda; 0 = off).")
@@ -43,6 +48,14 @@ class KDConfig(TrainConfig):
             raise InvalidInputError("--on-policy must be in [0, 1]")
         if self.disagreement not in DISAGREEMENT:
             raise InvalidInputError(f"unknown --disagreement {self.disagreement!r}", hint="label or teacher")
+        if self.positions not in POSITIONS:
+            raise InvalidInputError(f"unknown --positions {self.positions!r}", hint="answers or all")
+        if self.positions == "all" and self.teacher_context:
+            raise InvalidInputError("--positions all distils every token the student reads, so the teacher must read "
+                                    "the same tokens", hint="add --no-teacher-context")
+        if self.positions == "all" and self.on_policy > 0:
+            raise InvalidInputError("--positions all distils the snapshot's conversations; on-policy completions "
+                                    "train answers only", hint="use --positions answers with --on-policy")
         if self.sft_weight < 0:
             raise InvalidInputError("--sft-weight must be at least 0")
         if self.max_new_tokens < 1:

@@ -33,16 +33,24 @@ class DistillationStats(TokenizeStats):
 
 def distillation_examples(tokenizer: Any, records: Sequence[Record], max_length: int,
                           context: Callable[[Sequence[dict[str, Any]]], list[dict[str, Any]]] | None = None,
-                          spell: Spellings | None = None) -> tuple[list[dict[str, Any]], DistillationStats]:
+                          spell: Spellings | None = None, whole: bool = False
+                          ) -> tuple[list[dict[str, Any]], DistillationStats]:
     """One row per trainable record: the student's ``input_ids``, ``labels``, ``prompt_length`` and the
     teacher's ``teacher_input_ids``, ``teacher_labels``, ``teacher_prompt_length``; the trained positions
     of the two carry the same tokens in the same order. ``context(messages)`` gives the messages the
     teacher reads before a conversation (None: the teacher reads what the student reads); ``spell`` as in
-    :func:`supertiny.transfer.chat_data.tokenize_conversation`, for both."""
+    :func:`supertiny.transfer.chat_data.tokenize_conversation`, for both. ``whole``: every token after the
+    first is trained, prompt included (both read the same tokens; ``context`` must be None)."""
+    if whole and context is not None:
+        raise ValueError("distilling whole conversations needs the teacher to read what the student reads")
     examples, base_stats = tokenize_records(tokenizer, records, max_length, spell)
     stats = DistillationStats(**dataclasses.asdict(base_stats))
+    if whole:
+        stats.trained_tokens = sum(len(example.input_ids) - 1 for example in examples)
     rows = []
     for example in examples:
+        if whole:
+            example = dataclasses.replace(example, labels=[IGNORE_INDEX, *example.input_ids[1:]])
         row = {"input_ids": example.input_ids, "labels": example.labels, "prompt_length": example.prompt_length,
                "teacher_input_ids": example.input_ids, "teacher_labels": example.labels,
                "teacher_prompt_length": example.prompt_length}

@@ -1,7 +1,7 @@
 """``kd``: logit distillation. The teacher and the student read the same tokens (the snapshot's
 conversations, or with ``--on-policy`` completions the student samples itself, as in GKD); the loss
 (:func:`supertiny.transfer.kd_loss.distillation_loss`) compares their next-token distributions on the
-assistant tokens only.
+assistant tokens, or with ``--positions all`` on every token of the conversation (healing a pruned model).
 
 By default the teacher reads each conversation behind the domain's system prompt and few-shot turns,
 the context it harvested the data with, while the student reads it bare (context distillation, see
@@ -86,7 +86,7 @@ class KDTrainer(Trainer):
         records = training_records(context.items(), config.verdict, config.call_prose, config.balance_categories)
         spell = markup_spellings(tokenizer) if config.spell_markup else None
         rows, stats = distillation_examples(tokenizer, records, config.max_length, self._teacher_context(context),
-                                            spell)
+                                            spell, whole=config.positions == "all")
         if not rows:
             raise InvalidInputError(f"nothing to train on: no record has an assistant turn within --max-length "
                                     f"{config.max_length}")
@@ -173,7 +173,7 @@ def make_distillation_trainer(*, model: Any, teacher: Any, tokenizer: Any, confi
             teacher_logits = teacher_logits[:, :vocab].to(student_logits.device)
             targets = inputs["labels"][:, 1:]
             targets = targets[targets != IGNORE_INDEX]
-            if config.disagreement == "label":
+            if config.disagreement == "label" and config.positions == "answers":
                 loss, agree = corrected_loss(student_logits, teacher_logits, targets, beta=config.beta,
                                              temperature=config.temperature)
             else:
