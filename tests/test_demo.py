@@ -83,7 +83,7 @@ def test_ctrl_c_keeps_the_finished_steps_and_the_next_run_resumes(env, monkeypat
 def test_a_changed_plan_makes_its_own_models(env):
     assert DemoPlan().tag != DemoPlan(harvest_tasks=31).tag
     assert DemoPlan().tag == DemoPlan(requests=3).tag  # how many requests are sent changes no model
-    assert DemoPlan.quick().tag.startswith("demo-quick-")
+    assert DemoPlan.quick().tag.startswith("demo-quick-") and DemoPlan.quick().route == "demo-quick"
     base, more_kd = DemoPlan().step_keys(), DemoPlan(kd_epochs=2.0).step_keys()
     same = [step for step in base if base[step] == more_kd[step]]
     assert same == ["models", "harvest", "snapshot", "eval-teacher", "eval-base", "train-sft", "eval-sft"]

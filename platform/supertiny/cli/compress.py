@@ -88,11 +88,11 @@ def compressor_command(compressor: Any) -> click.Command:
             data: str | None = None, heal: bool = False, heal_name: str | None = None, heal_max_steps: int = -1,
             heal_epochs: float = 1.0, heal_learning_rate: float | None = None, **options: Any) -> None:
         from supertiny.cli.train import BarProgress, _quiet_libraries
+        from supertiny.compress.heal import HealConfig
         from supertiny.compress.pipeline import execute_compression, prepare_compression
         from supertiny.compress.report import ReportOptions
         from supertiny.errors import InvalidInputError
         from supertiny.store.session import open_store
-        from supertiny.transfer.kd_config import KDConfig
 
         _quiet_libraries()
         store = open_store(settings)
@@ -100,9 +100,7 @@ def compressor_command(compressor: Any) -> click.Command:
         if heal:
             if not data:
                 raise InvalidInputError("--heal distils on a snapshot: give --data")
-            # the unpruned parent is a student: it answers the bare conversation, as the pruned model will
-            heal_config = KDConfig(max_steps=heal_max_steps, epochs=heal_epochs, learning_rate=heal_learning_rate,
-                                   teacher_context=False)
+            heal_config = HealConfig(max_steps=heal_max_steps, epochs=heal_epochs, learning_rate=heal_learning_rate)
             heal_config.validate()
         progress = BarProgress()
         try:

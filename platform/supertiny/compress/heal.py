@@ -7,6 +7,8 @@ or ``supertiny compress prune ... --heal``, which runs it right after pruning wi
 as the teacher. The healed row's parent is the pruned model.
 """
 
+import dataclasses
+
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError
 from supertiny.store import Store
@@ -14,12 +16,23 @@ from supertiny.transfer.base import Progress
 from supertiny.transfer.kd_config import KDConfig
 from supertiny.transfer.kd_trainer import KDTrainer
 from supertiny.transfer.pipeline import TrainedModel
+from supertiny.transfer.train_config import option
+
+
+@dataclasses.dataclass
+class HealConfig(KDConfig):
+    """The kd options, with healing's defaults."""
+
+    teacher_context: bool = option(False, "The teacher also reads the domain's system prompt and few-shot turns. Off: "
+                                   "the unpruned parent is a student, it answers the bare conversation as the "
+                                   "pruned model will.")
 
 
 class HealTrainer(KDTrainer):
     name = "heal"
     description = "kd of a pruned model from the model it was pruned from (stage healed)"
     stage = "healed"
+    config_class = HealConfig
     teacher_help = "The model the student was pruned from (default of `compress prune --heal`: its parent)."
 
 
@@ -31,7 +44,7 @@ def heal_model(
     data: str,
     teacher: str | None = None,
     name: str | None = None,
-    config: KDConfig | None = None,
+    config: HealConfig | None = None,
     domain: str | None = None,
     progress: Progress | None = None,
     check_memory: bool = True,

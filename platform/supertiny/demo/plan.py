@@ -58,7 +58,9 @@ class DemoPlan:
         """Under 10 minutes on the 2-core CPU: a first look, not a measurement. One harvested task per
         category: the teacher's answers to the multi-call categories run to ~250 tokens at ~0.3 s a token, so
         each task beyond the first five costs up to a minute."""
-        sizes = {"harvest_tasks": 5, "eval_per_category": 1, "requests": 4, "prefix": "demo-quick"}
+        # its own route too: a first look must not replace the route a full run stored
+        sizes = {"harvest_tasks": 5, "eval_per_category": 1, "requests": 4, "prefix": "demo-quick",
+                 "route": "demo-quick"}
         return cls(**{**sizes, **overrides})
 
     @property
