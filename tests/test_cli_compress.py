@@ -187,3 +187,28 @@ def test_the_compression_benchmark_times_gguf_variants_with_llama_cpp(tmp_path, 
         assert row["fraction_of_bound"] > 0
     assert rows["tiny-gguf-q4_0"]["bytes_per_token"] < rows["tiny-gguf-q8_0"]["bytes_per_token"]
     assert rows["tiny-gguf-q8_0"]["bytes_per_token"] < rows["tiny"]["bytes_per_token"] / 3
+
+
+def test_the_benchmark_re_evaluates_where_the_stored_evaluation_is_smaller(monkeypatch):
+    import argparse
+
+    import supertiny.evaluate.queries as queries
+    import supertiny.evaluate.runner as runner
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    from bench.compress import accuracy
+
+    categories = {"a": {"accuracy": 0.5}, "b": {"accuracy": 0.3}}
+    stored = [{"id": 1, "accuracy": 0.4, "n_tasks": 10, "per_category": categories}]
+    run = []
+
+    def evaluate(store, config):
+        run.append(config.per_category)
+        stored.append({**stored[-1], "id": len(stored) + 1, "n_tasks": 2 * config.per_category})
+
+    monkeypatch.setattr(queries, "latest_evaluation", lambda *args, **kwargs: stored[-1])
+    monkeypatch.setattr(runner, "evaluate", evaluate)
+    args = argparse.Namespace(eval_domain="d", eval_split="test", eval_run=5)
+    assert accuracy(None, "m", args)["evaluation_id"] == 1 and run == []  # 5 a category are stored
+    assert accuracy(None, "m", argparse.Namespace(**{**vars(args), "eval_run": 10}))["eval_tasks"] == 20
+    assert run == [10]
+    assert accuracy(None, "m", argparse.Namespace(**{**vars(args), "eval_run": 0}))["eval_tasks"] == 20
