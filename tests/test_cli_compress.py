@@ -77,6 +77,7 @@ def test_prune_heal_distils_the_pruned_model_from_its_parent(invoke):
     shown = json.loads(invoke("models", "show", "p-healed", "--lineage", "--json").output)
     trained_with = shown["config"].get("source") or shown["config"]  # the trainer's settings, wherever kept
     assert shown["stage"] == "healed" and trained_with["teacher"] == "student" and not trained_with["teacher_context"]
+    assert trained_with["positions"] == "all"
     assert [row["name"] for row in shown["lineage"]] == ["p-healed", "p", "student"]
     assert [row["stage"] for row in payload["models"]] == ["external", "pruned", "healed"]
 

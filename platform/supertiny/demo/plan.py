@@ -108,7 +108,7 @@ class DemoPlan:
         trained = keys[self.trained_step]
         keys["eval-trained"] = _digest({"model": trained, **evaluation})
         keys["prune"] = _digest({"model": trained, "to": self.prune_to, "heal_epochs": self.heal_epochs,
-                                 "recipe": RECIPE})
+                                 "heal_positions": "all", "recipe": RECIPE})
         keys["eval-pruned"] = _digest({"model": keys["prune"], **evaluation})
         keys["quantize"] = _digest({"model": keys["prune"] if self.prune_to else trained, "scheme": self.quantize})
         keys["eval-compressed"] = _digest({"model": keys["quantize"], **evaluation})
