@@ -2,9 +2,10 @@
 
 ``heal`` is the kd trainer (:class:`supertiny.transfer.kd_trainer.KDTrainer`: the same options and loss)
 registered under its own name so its models get the registry stage ``healed``, with its own defaults
-(:class:`HealConfig`: the parent reads the bare conversation, and every token of it is distilled): ``supertiny train heal --student PRUNED --teacher PARENT --data SNAPSHOT``,
-or ``supertiny compress prune ... --heal``, which runs it right after pruning with the unpruned parent
-as the teacher. The healed row's parent is the pruned model.
+(:class:`HealConfig`: the parent reads the bare conversation, and every token of it is distilled):
+``supertiny train heal --student PRUNED --teacher PARENT --data SNAPSHOT``, or ``supertiny compress prune
+... --heal``, which runs it right after pruning with the unpruned parent as the teacher. The healed
+row's parent is the pruned model.
 """
 
 import dataclasses
