@@ -84,6 +84,10 @@ def test_a_changed_plan_makes_its_own_models(env):
     assert DemoPlan().tag != DemoPlan(harvest_tasks=31).tag
     assert DemoPlan().tag == DemoPlan(requests=3).tag  # how many requests are sent changes no model
     assert DemoPlan.quick().tag.startswith("demo-quick-") and DemoPlan.quick().route == "demo-quick"
+    # healing settings touch only a plan that prunes
+    assert DemoPlan(heal_epochs=2.0).step_keys()["policy"] == DemoPlan().step_keys()["policy"]
+    pruning = DemoPlan(prune_to="0.4B").step_keys()["policy"]
+    assert DemoPlan(prune_to="0.4B", heal_epochs=2.0).step_keys()["policy"] != pruning
     base, more_kd = DemoPlan().step_keys(), DemoPlan(kd_epochs=2.0).step_keys()
     same = [step for step in base if base[step] == more_kd[step]]
     assert same == ["models", "harvest", "snapshot", "eval-teacher", "eval-base", "train-sft", "eval-sft"]

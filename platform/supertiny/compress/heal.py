@@ -8,28 +8,13 @@ registered under its own name so its models get the registry stage ``healed``, w
 row's parent is the pruned model.
 """
 
-import dataclasses
-
+from supertiny.compress.heal_config import HealConfig
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError
 from supertiny.store import Store
 from supertiny.transfer.base import Progress
-from supertiny.transfer.kd_config import POSITIONS, KDConfig
 from supertiny.transfer.kd_trainer import KDTrainer
 from supertiny.transfer.pipeline import TrainedModel
-from supertiny.transfer.train_config import option
-
-
-@dataclasses.dataclass
-class HealConfig(KDConfig):
-    """The kd options, with healing's defaults."""
-
-    teacher_context: bool = option(False, "The teacher also reads the domain's system prompt and few-shot turns. Off: "
-                                   "the unpruned parent is a student, it answers the bare conversation as the "
-                                   "pruned model will.")
-    positions: str = option("all", "Positions distilled: all = every token of the conversation (the pruned model "
-                            "relearns its parent on the domain's own text; on BFCL it healed a 399M prune to within "
-                            "2 points of its 494M parent), answers = the assistant tokens only.", choices=POSITIONS)
 
 
 class HealTrainer(KDTrainer):

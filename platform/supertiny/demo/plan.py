@@ -14,7 +14,10 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from supertiny.compress.heal_config import HealConfig
 
 STUDENT = "qwen2.5-coder-0.5b-instruct"
 TEACHER = "qwen2.5-coder-1.5b-instruct"
@@ -81,6 +84,12 @@ class DemoPlan:
             runtime = "llama-cpp" if importlib.util.find_spec("llama_cpp") is not None else "transformers"
         return f"{self.teacher}-gguf-q8_0" if runtime == "llama-cpp" else self.teacher
 
+    def heal_config(self) -> "HealConfig":
+        """How the prune step heals: healing's defaults for ``heal_epochs``."""
+        from supertiny.compress.heal_config import HealConfig
+
+        return HealConfig(epochs=self.heal_epochs)
+
     @property
     def trained_step(self) -> str:
         """The step whose model is "the trained student": kd when the plan distils, else sft."""
@@ -107,13 +116,14 @@ class DemoPlan:
                                     "recipe": RECIPE})
         trained = keys[self.trained_step]
         keys["eval-trained"] = _digest({"model": trained, **evaluation})
-        keys["prune"] = _digest({"model": trained, "to": self.prune_to, "heal_epochs": self.heal_epochs,
-                                 "heal_positions": "all", "recipe": RECIPE})
+        keys["prune"] = _digest({"model": trained, "to": self.prune_to, "heal": dataclasses.asdict(self.heal_config()),
+                                 "recipe": RECIPE})
         keys["eval-pruned"] = _digest({"model": keys["prune"], **evaluation})
         keys["quantize"] = _digest({"model": keys["prune"] if self.prune_to else trained, "scheme": self.quantize})
         keys["eval-compressed"] = _digest({"model": keys["quantize"], **evaluation})
+        evaluated = ("eval-teacher", "eval-trained", "eval-pruned", "eval-compressed")
         keys["policy"] = _digest({"route": self.route, "llm": self.llm, "evaluations": [
-            keys[step] for step in ("eval-teacher", "eval-trained", "eval-pruned", "eval-compressed")]})
+            keys[step] for step in evaluated if self.prune_to or step != "eval-pruned"]})
         keys["serve"] = _digest({"policy": keys["policy"], "requests": self.requests})
         return keys
 

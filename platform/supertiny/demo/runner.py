@@ -228,7 +228,7 @@ class Demo:
 
     def prune(self) -> dict[str, Any]:
         from supertiny.cli.train import BarProgress
-        from supertiny.compress.heal import HealConfig, heal_model
+        from supertiny.compress.heal import heal_model
         from supertiny.compress.pipeline import compress_model
         from supertiny.compress.prune_config import PruneConfig
         from supertiny.models.registry import find_model_version
@@ -242,7 +242,7 @@ class Demo:
                                domain=self.plan.domain, progress=progress)
             if find_model_version(self.store, healed) is None:
                 heal_model(self.store, self.settings, pruned, data=self.data_ref(), teacher=self.trained(),
-                           name=healed, config=HealConfig(epochs=self.plan.heal_epochs),
+                           name=healed, config=self.plan.heal_config(),
                            domain=self.plan.domain, progress=progress)
         finally:
             progress.close()
