@@ -99,7 +99,7 @@ def demo(settings: Settings, quick: bool, quantize: str | None, **sizes: object)
 
     Re-running reuses every finished step (a changed size re-runs only the steps it changes); Ctrl-C
     leaves a state the next run resumes from. The first run downloads ~1.6 GB. On a 2-core AVX2 CPU
-    the default sizes took 35-39 minutes (the 1.5B teacher's harvest ~18 of them); --quick under 10.
+    the default sizes took 27-39 minutes (the 1.5B teacher's harvest 14-18 of them); --quick 7.
     """
     from supertiny.demo.runner import run_demo
 
