@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from helpers import toy_domain
 from helpers.training import harvest_snapshot
 from supertiny.cli import cli
-from supertiny.cli.train import config_options
+from supertiny.cli.app import config_options
 from supertiny.store.engine import Store
 from supertiny.transfer.kd_config import KDConfig
 from supertiny.transfer.sft_config import SFTConfig

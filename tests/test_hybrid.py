@@ -77,7 +77,7 @@ def test_incompatible_tiers_are_a_clear_error(pair, tmp_path):
     from supertiny.testing import build_tiny_model
 
     tiny, _ = pair
-    with pytest.raises(ConfigError, match="in-process transformers models"):
+    with pytest.raises(ConfigError, match="weights in this process"):
         hybrid_generate(tiny, ScriptedModel("remote"), MESSAGES, TOOLS, OPTIONS, 0.5, TinyProbabilityReward())
     other = TransformersChatModel.load(build_tiny_model(tmp_path / "other-vocab", vocab_size=400))
     with pytest.raises(ConfigError, match="one vocabulary"):

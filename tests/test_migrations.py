@@ -9,7 +9,7 @@ from supertiny.store import Base, get_engine, migrate
 
 EXPECTED_TABLES = {
     "tasks", "harvest_runs", "samples", "datasets", "dataset_items", "model_versions", "evaluations",
-    "routing_policies", "request_logs", "api_keys",
+    "routing_policies", "request_logs", "api_keys", "engines",
 }
 
 

@@ -65,3 +65,10 @@ class BackendTimeoutError(ModelError):
 
 class ResourceError(SupertinyError):
     """The machine lacks the memory or device a job needs."""
+
+
+class EngineUnavailableError(ModelError):
+    """An inference engine cannot be installed, started or reached; the caller may fall back to an
+    in-process backend or another tier, and must not record the failure as the model's answer."""
+
+    http_status = 503

@@ -6,7 +6,7 @@ import click
 
 from supertiny import __version__
 from supertiny.cli import compress as compress_cli
-from supertiny.cli import data, db, domains, evaluate, harvest, keys, models, plugins, policy, train
+from supertiny.cli import data, db, domains, engine, evaluate, harvest, keys, models, plugins, policy, train
 from supertiny.cli.app import SupertinyGroup, pass_settings
 from supertiny.cli.runtime import demo, serve
 from supertiny.config import get_settings
@@ -34,6 +34,7 @@ def cli(ctx: click.Context, database_url: str | None, home: str | None) -> None:
       eval      per-category accuracy, latency and size
       policy    routing policies: tiny, llm, cascade, hybrid-token, canary, shadow
       serve     the OpenAI-compatible production backend
+      engine    vLLM engines that every stage sends its generation to
     """
     ctx.obj = get_settings(database_url=database_url, home=home)
 
@@ -43,6 +44,7 @@ for group in (
     plugins.plugins,
     domains.domains,
     models.models,
+    engine.engine,
     harvest.harvest,
     data.data,
     train.train,

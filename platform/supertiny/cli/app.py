@@ -4,6 +4,7 @@ import dataclasses
 import datetime as dt
 import json
 import sys
+import typing
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,3 +70,32 @@ def _cell(value: Any) -> str:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+def config_options(config_class: type, reserved: Sequence[str] = ()) -> list[click.Option]:
+    """One ``--option`` per field of a config dataclass: type, default, choices and help from the field.
+    ``reserved`` names the command's own parameters, which no field may take."""
+    hints = typing.get_type_hints(config_class)
+    options = []
+    for field in dataclasses.fields(config_class):
+        if field.name in reserved:
+            raise TypeError(f"{config_class.__name__}.{field.name} clashes with an option of the command")
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+        help_text = field.metadata.get("help", "")
+        kind = _base_type(hints[field.name])
+        if kind is bool:
+            options.append(click.Option([f"{flag}/--no-{flag[2:]}", field.name], default=default, show_default=True,
+                                        help=help_text))
+            continue
+        click_type: Any = click.Choice(field.metadata["choices"]) if "choices" in field.metadata else kind
+        options.append(click.Option([flag, field.name], type=click_type, default=default,
+                                    show_default=default is not None, help=help_text))
+    return options
+
+
+def _base_type(hint: Any) -> Any:
+    """``int | None`` -> int; anything not a plain scalar is read as a string."""
+    arguments = [argument for argument in typing.get_args(hint) if argument is not type(None)]
+    kind = arguments[0] if arguments else hint
+    return kind if kind in (bool, int, float, str) else str

@@ -43,7 +43,7 @@ def compress() -> None:
 
 def compressor_command(compressor: Any) -> click.Command:
     """The ``supertiny compress <name>`` command of one compressor."""
-    from supertiny.cli.train import config_options
+    from supertiny.cli.app import config_options
 
     params: list[click.Parameter] = [
         click.Option(["--model"], required=True, metavar="MODEL", help="Registered model to compress."),

@@ -15,13 +15,14 @@ from supertiny.store.engine import describe_url
 @click.option("--workers", default=1, show_default=True, type=int, help="Server processes (each loads its own models).")
 @click.option("--preload/--no-preload", default=True, show_default=True,
               help="Open the models of every active route at startup.")
-@click.option("--model-concurrency", default=1, show_default=True, type=int,
-              help="Requests one in-process model runs at once.")
+@click.option("--model-concurrency", type=int,
+              help="Requests one in-process model takes at once (default: its dynamic batch size, or 1 without "
+                   "dynamic batching). Models on an engine take up to 64.")
 @click.option("--max-tokens-limit", default=4096, show_default=True, type=int)
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @pass_settings
-def serve(settings: Settings, host: str, port: int, workers: int, preload: bool, model_concurrency: int,
+def serve(settings: Settings, host: str, port: int, workers: int, preload: bool, model_concurrency: int | None,
           max_tokens_limit: int, log_level: str) -> None:
     """Serve the OpenAI-compatible API, routing each request by its route's stored policy.
 

@@ -1,13 +1,11 @@
 """``supertiny train``: stage 2. One subcommand per registered trainer (sft, rft, dpo, kd and any
 plugin's); each command's options are generated from the trainer's config dataclass."""
 
-import dataclasses
-import typing
 from typing import Any
 
 import click
 
-from supertiny.cli.app import pass_settings, print_json
+from supertiny.cli.app import config_options, pass_settings, print_json
 from supertiny.config import Settings
 
 COMMON_OPTIONS = ("student", "data", "teacher", "name", "domain", "as_json", "keep_checkpoints", "memory_check")
@@ -40,34 +38,6 @@ def train() -> None:
     """
 
 
-def config_options(config_class: type) -> list[click.Option]:
-    """One ``--option`` per field of a config dataclass: type, default, choices and help from the field."""
-    hints = typing.get_type_hints(config_class)
-    options = []
-    for field in dataclasses.fields(config_class):
-        if field.name in COMMON_OPTIONS:
-            raise TypeError(f"{config_class.__name__}.{field.name} clashes with a common train option")
-        flag = "--" + field.name.replace("_", "-")
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
-        help_text = field.metadata.get("help", "")
-        kind = _base_type(hints[field.name])
-        if kind is bool:
-            options.append(click.Option([f"{flag}/--no-{flag[2:]}", field.name], default=default, show_default=True,
-                                        help=help_text))
-            continue
-        click_type: Any = click.Choice(field.metadata["choices"]) if "choices" in field.metadata else kind
-        options.append(click.Option([flag, field.name], type=click_type, default=default,
-                                    show_default=default is not None, help=help_text))
-    return options
-
-
-def _base_type(hint: Any) -> Any:
-    """``int | None`` -> int; anything not a plain scalar is read as a string."""
-    arguments = [argument for argument in typing.get_args(hint) if argument is not type(None)]
-    kind = arguments[0] if arguments else hint
-    return kind if kind in (bool, int, float, str) else str
-
-
 def trainer_command(trainer: Any) -> click.Command:
     """The ``supertiny train <name>`` command of one trainer."""
     params: list[click.Parameter] = [
@@ -86,7 +56,7 @@ def trainer_command(trainer: Any) -> click.Command:
         click.Option(["--memory-check/--no-memory-check"], default=True, show_default=True,
                      help="Refuse to start when the estimated memory exceeds what is available."),
         click.Option(["--json", "as_json"], is_flag=True, help="Print the result as JSON."),
-        *config_options(trainer.config_class),
+        *config_options(trainer.config_class, COMMON_OPTIONS),
     ]
 
     @pass_settings

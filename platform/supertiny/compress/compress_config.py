@@ -1,5 +1,5 @@
 """The options every compressor shares. Each field's ``metadata["help"]`` is also its ``--option`` help;
-``metadata["choices"]`` makes the option a choice (see :func:`supertiny.cli.train.config_options`)."""
+``metadata["choices"]`` makes the option a choice (see :func:`supertiny.cli.app.config_options`)."""
 
 import dataclasses
 from typing import Any

@@ -2,7 +2,8 @@
 in-process exactly like the ``transformers`` backend runs an HF directory (same prompts, stop tokens,
 batching, streaming and log-probabilities), with its linear layers on the int8 / int4 CPU kernels.
 
-Config keys: ``threads``, ``name``, ``max_batch_size`` (as for ``transformers``); the compute dtype
+Config keys: ``threads``, ``name``, ``max_batch_size``, ``dynamic_batching``, ``batch_window_ms`` (as for
+``transformers``); the compute dtype
 and the scheme come from the directory's ``quantization.json``. CPU only.
 """
 
@@ -11,9 +12,9 @@ from typing import Any
 
 from supertiny.errors import ModelError
 from supertiny.models.backend import backend_config
-from supertiny.models.transformers_backend import TransformersBackend, TransformersChatModel
+from supertiny.models.transformers_backend import TransformersBackend, TransformersChatModel, batching_config
 
-CONFIG_KEYS = ("threads", "name", "max_batch_size", "model_type")
+CONFIG_KEYS = ("threads", "name", "max_batch_size", "dynamic_batching", "batch_window_ms", "model_type")
 
 
 class QuantizedBackend(TransformersBackend):
@@ -49,5 +50,4 @@ class QuantizedChatModel(TransformersChatModel):
             raise ModelError(f"the tokenizer in {path} has no chat template",
                              hint="supertiny needs an instruct model whose template renders tools")
         model = load_quantized(path)
-        return cls(model, tokenizer, str(config.get("name") or path.name),
-                   max_batch_size=int(config.get("max_batch_size", 8)))
+        return cls(model, tokenizer, str(config.get("name") or path.name), **batching_config(config))

@@ -20,6 +20,29 @@ MessageLike = Message | dict[str, Any]
 ToolLike = ToolSpec | dict[str, Any]
 
 
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do; callers ask this, never which backend a model is.
+
+    - ``local``: the weights live in this process (memory counts here; one request uses the CPU's cores).
+    - ``logprobs``: answers carry per-token log-probabilities (the cascade's confidence).
+    - ``token_access``: ``.model`` and ``.tokenizer`` are in-process torch objects (hybrid-token, trainers).
+    - ``batching``: concurrent requests are batched by the backend or its engine, so callers should keep
+      up to ``max_concurrency`` requests in flight instead of serialising them.
+    - ``tokenizer``: ``.tokenizer`` is a Hugging Face tokenizer (token texts of log-probabilities).
+    - ``max_concurrency``: requests worth having in flight at once.
+    - ``engine``: a short label of what runs the model (``transformers``, ``vllm http://...``).
+    """
+
+    local: bool
+    logprobs: bool
+    token_access: bool = False
+    batching: bool = False
+    tokenizer: bool = False
+    max_concurrency: int = 1
+    engine: str = ""
+
+
 @dataclasses.dataclass
 class GenerationOptions:
     max_new_tokens: int = 256
@@ -70,6 +93,12 @@ class ChatModel(abc.ABC):
     name: str
     backend: str
 
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this model can do (see :class:`Capabilities`); the default promises the least: one request
+        at a time, nothing in-process."""
+        return Capabilities(local=False, logprobs=False, engine=getattr(self, "backend", ""))
+
     @abc.abstractmethod
     def generate(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None,
                  options: GenerationOptions | None = None) -> Generation:
@@ -79,6 +108,16 @@ class ChatModel(abc.ABC):
                        options: GenerationOptions | None = None) -> list[Generation]:
         """Answer several conversations; backends that batch natively override this."""
         return [self.generate(messages, tools, options) for messages, tools in conversations]
+
+    def generate_samples(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None,
+                         options: GenerationOptions | None = None, n: int = 1) -> list[Generation]:
+        """``n`` answers to one conversation. Engines share the prompt's prefill between them; this default
+        asks ``n`` times, each with its own seed (``options.seed + i``) so the samples differ reproducibly."""
+        options = options or GenerationOptions()
+        if n < 1:
+            raise InvalidInputError("n must be at least 1")
+        return [self.generate(messages, tools, dataclasses.replace(
+            options, seed=None if options.seed is None else options.seed + index)) for index in range(n)]
 
     def stream(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None,
                options: GenerationOptions | None = None) -> Iterator[str | Generation]:

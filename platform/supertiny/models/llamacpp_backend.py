@@ -40,6 +40,7 @@ from typing import Any
 
 from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError
 from supertiny.models.backend import (
+    Capabilities,
     ChatModel,
     Generation,
     GenerationOptions,
@@ -91,6 +92,11 @@ class LlamaCppChatModel(ChatModel):
         self.name = name
         self.stop_token_ids = stop_token_ids(tokenizer, configured_eos)
         self._lock = threading.Lock()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(local=True, logprobs=True, token_access=False, batching=False, tokenizer=True,
+                            max_concurrency=1, engine="llama.cpp in-process (one request at a time)")
 
     @classmethod
     def load(cls, location: str | Path, config: dict[str, Any] | None = None) -> "LlamaCppChatModel":

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError, SupertinyError
 from supertiny.models.backend import (
+    Capabilities,
     ChatModel,
     Generation,
     GenerationOptions,
@@ -83,6 +84,11 @@ class OpenAIChatModel(ChatModel):
             use_responses_api=False,
             stream_usage=True,
         )
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(local=False, logprobs=True, token_access=False, batching=True, tokenizer=False,
+                            max_concurrency=self.max_concurrency, engine=f"OpenAI-compatible endpoint {self.base_url}")
 
     def generate(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None,
                  options: GenerationOptions | None = None) -> Generation:

@@ -12,7 +12,10 @@ Config keys:
   .gguf file works too).
 - ``device``: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
 - ``name``: the name the model reports (default: the directory name).
-- ``max_batch_size``: rows per forward pass in ``generate_batch`` (default 8).
+- ``max_batch_size``: rows per forward pass in ``generate_batch`` and in dynamic batches (default 8).
+- ``dynamic_batching`` (default true): concurrent ``generate`` calls (a server's requests, an evaluator's
+  or a harvest's workers) are gathered into one batched forward pass (:mod:`supertiny.models.batching`).
+- ``batch_window_ms`` (default 10): how long a batch waits for requests sent at the same moment.
 
 Sampling follows :class:`GenerationOptions` only: the model's own generation_config contributes its
 eos/pad ids, never its sampling defaults (Qwen ships top_k=20 and repetition_penalty=1.05), so greedy
@@ -20,6 +23,7 @@ answers are the plain argmax and log-probabilities are those of the untempered d
 """
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -28,6 +32,7 @@ from typing import Any
 
 from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError
 from supertiny.models.backend import (
+    Capabilities,
     ChatModel,
     Generation,
     GenerationOptions,
@@ -41,10 +46,11 @@ from supertiny.models.backend import (
     tool_dicts,
     truncate_at_stops,
 )
+from supertiny.models.batching import BatchRequest, DynamicBatcher
 from supertiny.models.hardware import fast_dtype
 
-CONFIG_KEYS = ("dtype", "threads", "gguf_file", "device", "name", "max_batch_size",
-               "model_type")  # model_type: informational, written by the model registry
+CONFIG_KEYS = ("dtype", "threads", "gguf_file", "device", "name", "max_batch_size", "dynamic_batching",
+               "batch_window_ms", "model_type")  # model_type: informational, written by the model registry
 DTYPES = ("auto", "bfloat16", "float32", "float16")
 # chat-turn terminators of common templates; used as stop ids when the vocabulary has them
 TURN_END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>")
@@ -65,14 +71,30 @@ class TransformersChatModel(ChatModel):
 
     backend = "transformers"
 
-    def __init__(self, model: Any, tokenizer: Any, name: str, max_batch_size: int = 8):
+    def __init__(self, model: Any, tokenizer: Any, name: str, max_batch_size: int = 8, dynamic_batching: bool = True,
+                 batch_window_ms: float = 10.0):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = max(1, max_batch_size)
         self.stop_token_ids = stop_token_ids(tokenizer, getattr(model.generation_config, "eos_token_id", None))
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.convert_ids_to_tokens(min(self.stop_token_ids))
+        self._forward = threading.Lock()  # one forward pass at a time: batches and streams take turns
+        self.batcher = DynamicBatcher(self._run_batch, self.max_batch_size, batch_window_ms / 1000, name) \
+            if dynamic_batching else None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        batching = self.batcher is not None
+        how = f"dynamic batches of up to {self.max_batch_size}" if batching else "one request at a time"
+        return Capabilities(local=True, logprobs=True, token_access=True, batching=batching, tokenizer=True,
+                            max_concurrency=self.max_batch_size if batching else 1,
+                            engine=f"{self.backend} in-process ({how})")
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
 
     @classmethod
     def load(cls, location: str | Path, config: dict[str, Any] | None = None) -> "TransformersChatModel":
@@ -110,7 +132,7 @@ class TransformersChatModel(ChatModel):
             raise ModelError(f"the tokenizer in {path} has no chat template",
                              hint="supertiny needs an instruct model whose template renders tools")
         name = str(config.get("name") or (Path(gguf_file).stem if gguf_file else path.name))
-        return cls(model, tokenizer, name, max_batch_size=int(config.get("max_batch_size", 8)))
+        return cls(model, tokenizer, name, **batching_config(config))
 
     # --- prompts --------------------------------------------------------------------------------
 
@@ -122,8 +144,23 @@ class TransformersChatModel(ChatModel):
 
     def generate(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None,
                  options: GenerationOptions | None = None) -> Generation:
+        options = options or GenerationOptions()
+        if options.max_new_tokens < 1:
+            raise InvalidInputError("max_new_tokens must be at least 1")
         prompt = self.render_prompt(messages, tools)
-        return self._generate([prompt], [tools], options or GenerationOptions())[0]
+        if self.batcher is not None:
+            return self.batcher.submit(prompt, tools, options)
+        return self._generate([prompt], [tools], options)[0]
+
+    def _run_batch(self, batch: list[BatchRequest]) -> list[Generation]:
+        """One forward pass over a dynamic batch: the longest budget and timeout of its requests, each answer
+        cut back to its own budget."""
+        budgets = [request.options.max_new_tokens for request in batch]
+        timeouts = [request.options.timeout_s for request in batch]
+        options = dataclasses.replace(batch[0].options, max_new_tokens=max(budgets),
+                                      timeout_s=None if None in timeouts else max(timeouts))  # type: ignore[type-var]
+        return self._generate([request.prompt for request in batch], [request.tools for request in batch], options,
+                              budgets=budgets)
 
     def generate_batch(self, conversations: Sequence[tuple[Sequence[MessageLike], Sequence[ToolLike] | None]],
                        options: GenerationOptions | None = None) -> list[Generation]:
@@ -161,7 +198,13 @@ class TransformersChatModel(ChatModel):
         yield outcome["generation"]
 
     def _generate(self, prompts: list[str], tools_per_row: Sequence[Sequence[ToolLike] | None],
-                  options: GenerationOptions, streamer: Any = None) -> list[Generation]:
+                  options: GenerationOptions, streamer: Any = None,
+                  budgets: list[int] | None = None) -> list[Generation]:
+        with self._forward:
+            return self._generate_locked(prompts, tools_per_row, options, streamer, budgets)
+
+    def _generate_locked(self, prompts: list[str], tools_per_row: Sequence[Sequence[ToolLike] | None],
+                         options: GenerationOptions, streamer: Any, budgets: list[int] | None) -> list[Generation]:
         import torch
         from transformers import GenerationConfig, StoppingCriteriaList
 
@@ -212,10 +255,11 @@ class TransformersChatModel(ChatModel):
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         generations = []
         for row, tools in enumerate(tools_per_row):
-            ids = completions[row].tolist()
+            budget = budgets[row] if budgets else options.max_new_tokens
+            ids = completions[row].tolist()[:budget]
             length = next((index + 1 for index, token in enumerate(ids) if token in self.stop_token_ids),
                           None)
-            hit_max_tokens = length is None and len(ids) >= options.max_new_tokens
+            hit_max_tokens = length is None and len(ids) >= budget
             length = length or len(ids)
             ids = ids[:length]
             text_ids = ids[:-1] if ids and ids[-1] in self.stop_token_ids else ids
@@ -233,6 +277,15 @@ class TransformersChatModel(ChatModel):
                 token_logprobs=logprobs[row, :length].tolist() if logprobs is not None else None,
             ))
         return generations
+
+
+def batching_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The dynamic-batching keyword arguments of a backend config."""
+    enabled = config.get("dynamic_batching", True)
+    if isinstance(enabled, str):
+        enabled = enabled.strip().lower() not in ("0", "false", "no", "off")
+    return {"max_batch_size": int(config.get("max_batch_size", 8)), "dynamic_batching": bool(enabled),
+            "batch_window_ms": float(config.get("batch_window_ms", 10.0))}
 
 
 def render_chat_prompt(tokenizer: Any, name: str, messages: Sequence[MessageLike],

@@ -1,122 +1,278 @@
-"""The ``vllm`` backend: an in-process vLLM engine (GPU machines with ``supertiny[vllm]`` installed).
+"""The ``vllm`` backend: a model served by a vLLM engine (``supertiny engine start MODEL``), driven through
+the engine's OpenAI-compatible completions API.
 
-vLLM is CUDA-only and pins its own torch, so it is imported inside :meth:`VLLMBackend.open` and never
-needed anywhere else. Without a local GPU, serve the model with ``vllm serve`` and use the ``openai``
-backend instead.
+supertiny renders the prompt with the model's own chat template (so a model sees exactly the text it
+sees in-process and in training), and parses and validates the answer itself; the engine batches
+continuously, shares the prefill of ``n`` samples and caches prefixes. Answers carry every generated
+token's id and log-probability.
 
-Config keys: ``name``, ``dtype`` (default ``"auto"``), ``gpu_memory_utilization``, ``max_model_len``,
-``tensor_parallel_size``, ``seed``; any other key is passed to ``vllm.LLM`` as an engine argument.
+The location is the engine's base URL (``http://127.0.0.1:8100/v1``). Config keys:
+
+- ``model`` (required): the name the engine serves the model under.
+- ``tokenizer`` (required): the model's Hugging Face directory (tokenizer and chat template).
+- ``name``: the name the model reports (default: ``model``).
+- ``timeout_s`` (default 600): per request; ``GenerationOptions.timeout_s`` overrides it for one call.
+- ``max_concurrency`` (default 64): requests kept in flight by ``generate_batch`` and worth sending at once.
+- ``api_key_env``: the variable holding the engine's API key, if it was started with one.
 """
 
+import json
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from supertiny.errors import InvalidInputError, ModelError
+from supertiny.errors import BackendTimeoutError, EngineUnavailableError, InvalidInputError, ModelError
 from supertiny.models.backend import (
+    Capabilities,
     ChatModel,
     Generation,
     GenerationOptions,
     MessageLike,
     ToolLike,
+    backend_config,
     finish_reason,
-    message_dicts,
     parse_answer,
-    tool_dicts,
 )
 
-MISSING_VLLM = (
-    "the vllm backend needs vLLM, which is not installed here: install supertiny[vllm] on a GPU machine, "
-    "or serve the model with `vllm serve MODEL --enable-auto-tool-choice --tool-call-parser hermes` "
-    "and register it as an openai endpoint"
-)
+CONFIG_KEYS = ("model", "tokenizer", "name", "timeout_s", "max_concurrency", "api_key_env")
+TOKEN_ID_PREFIX = "token_id:"  # how the engine spells a token with return_tokens_as_token_ids
 
 
 class VLLMBackend:
     name = "vllm"
-    description = "an in-process vLLM engine (GPU; install supertiny[vllm])"
+    description = "a model served by a vLLM engine (`supertiny engine start`), prompts and tool calls by supertiny"
 
     def open(self, location: str, config: dict[str, Any]) -> "VLLMChatModel":
-        try:
-            import vllm
-        except ImportError as exc:
-            raise ModelError(MISSING_VLLM) from exc
-        config = dict(config)
-        name = str(config.pop("name", None) or Path(location).name)
-        config.setdefault("dtype", "auto")
-        try:
-            engine = vllm.LLM(model=location, **config)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"vLLM cannot load {location}: {str(exc).strip().splitlines()[0]}") from exc
-        return VLLMChatModel(engine, name)
+        return VLLMChatModel(location, config)
 
 
 class VLLMChatModel(ChatModel):
-    """A vLLM engine; ``.engine`` is the ``vllm.LLM`` and ``.tokenizer`` its tokenizer."""
+    """A model behind a vLLM engine; ``.tokenizer`` is its Hugging Face tokenizer (loaded here)."""
 
     backend = "vllm"
 
-    def __init__(self, engine: Any, name: str):
-        self.engine = engine
-        self.tokenizer = engine.get_tokenizer()
-        self.name = name
+    def __init__(self, base_url: str, config: dict[str, Any]):
+        import httpx
+
+        from supertiny.models.transformers_backend import stop_token_ids
+
+        config = backend_config("vllm", config, CONFIG_KEYS)
+        if not config.get("model") or not config.get("tokenizer"):
+            raise InvalidInputError("the vllm backend needs the served model name (config key 'model') and its "
+                                    "Hugging Face directory (config key 'tokenizer')")
+        self.base_url = base_url.rstrip("/")
+        self.served_model = str(config["model"])
+        self.name = str(config.get("name") or self.served_model)
+        self.timeout_s = float(config.get("timeout_s", 600))
+        self.max_concurrency = max(1, int(config.get("max_concurrency", 64)))
+        self.tokenizer = _load_tokenizer(Path(str(config["tokenizer"])))
+        self.stop_token_ids = sorted(stop_token_ids(self.tokenizer, _configured_eos(Path(str(config["tokenizer"])))))
+        api_key = os.environ.get(str(config.get("api_key_env") or ""), "") if config.get("api_key_env") else ""
+        self._client = httpx.Client(
+            base_url=self.base_url, timeout=self.timeout_s,
+            headers={"authorization": f"Bearer {api_key}"} if api_key else {},
+            limits=httpx.Limits(max_connections=self.max_concurrency + 8,
+                                max_keepalive_connections=self.max_concurrency + 8),
+        )
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(local=False, logprobs=True, token_access=False, batching=True, tokenizer=True,
+                            max_concurrency=self.max_concurrency, engine=f"vllm engine at {self.base_url}")
+
+    def render_prompt(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None) -> str:
+        from supertiny.models.transformers_backend import render_chat_prompt
+
+        return render_chat_prompt(self.tokenizer, self.name, messages, tools)
+
+    # --- generation -----------------------------------------------------------------------------
 
     def generate(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None,
                  options: GenerationOptions | None = None) -> Generation:
-        return self.generate_batch([(messages, tools)], options)[0]
+        return self.generate_samples(messages, tools, options, n=1)[0]
+
+    def generate_samples(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None,
+                         options: GenerationOptions | None = None, n: int = 1) -> list[Generation]:
+        """``n`` answers in one request: the engine computes the prompt once for all of them."""
+        options = options or GenerationOptions()
+        if n < 1:
+            raise InvalidInputError("n must be at least 1")
+        prompt = self.render_prompt(messages, tools)
+        started = time.perf_counter()
+        answer = self._post(self._body(prompt, options, n), options)
+        latency = time.perf_counter() - started
+        prompt_tokens = int((answer.get("usage") or {}).get("prompt_tokens") or 0)
+        choices = sorted(answer.get("choices") or [], key=lambda choice: choice.get("index", 0))
+        if len(choices) != n:
+            raise ModelError(f"the engine at {self.base_url} returned {len(choices)} answers for n={n}")
+        return [_generation(choice, tools, prompt_tokens, latency, options) for choice in choices]
 
     def generate_batch(self, conversations: Sequence[tuple[Sequence[MessageLike], Sequence[ToolLike] | None]],
                        options: GenerationOptions | None = None) -> list[Generation]:
-        """One engine call per distinct tool list (vLLM's chat() takes one tool list for all prompts)."""
+        """Every conversation in flight at once (up to ``max_concurrency``): the engine batches them."""
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, max(1, len(conversations)))) as pool:
+            return list(pool.map(lambda conversation: self.generate(*conversation, options), conversations))
+
+    def stream(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None,
+               options: GenerationOptions | None = None) -> Iterator[str | Generation]:
+        """Text deltas as the engine writes them, then the Generation."""
         options = options or GenerationOptions()
-        groups: dict[str, list[int]] = {}
-        for index, (_, tools) in enumerate(conversations):
-            groups.setdefault(repr(tool_dicts(tools)), []).append(index)
-        results: list[Generation | None] = [None] * len(conversations)
-        for indices in groups.values():
-            tools = conversations[indices[0]][1]
-            batch = [message_dicts(conversations[index][0]) for index in indices]
-            for index, generation in zip(indices, self._chat(batch, tools, options), strict=True):
-                results[index] = generation
-        return [generation for generation in results if generation is not None]
+        prompt = self.render_prompt(messages, tools)
+        body = {**self._body(prompt, options, 1), "stream": True, "stream_options": {"include_usage": True}}
+        started = time.perf_counter()
+        merged: dict[str, Any] = {"text": "", "logprobs": {"tokens": [], "token_logprobs": []}, "finish_reason": None}
+        prompt_tokens = 0
+        for event in self._events(body, options):
+            prompt_tokens = int((event.get("usage") or {}).get("prompt_tokens") or prompt_tokens)
+            for choice in event.get("choices") or []:
+                delta = choice.get("text") or ""
+                merged["text"] += delta
+                logprobs = choice.get("logprobs") or {}
+                merged["logprobs"]["tokens"] += logprobs.get("tokens") or []
+                merged["logprobs"]["token_logprobs"] += logprobs.get("token_logprobs") or []
+                merged["finish_reason"] = choice.get("finish_reason") or merged["finish_reason"]
+                if delta:
+                    yield delta
+        yield _generation(merged, tools, prompt_tokens, time.perf_counter() - started, options)
 
-    def _chat(self, batch: list[list[dict[str, Any]]], tools: Sequence[ToolLike] | None,
-              options: GenerationOptions) -> list[Generation]:
-        from vllm import SamplingParams
+    def close(self) -> None:
+        self._client.close()
 
+    # --- HTTP -----------------------------------------------------------------------------------
+
+    def _body(self, prompt: str, options: GenerationOptions, n: int) -> dict[str, Any]:
         if options.max_new_tokens < 1:
             raise InvalidInputError("max_new_tokens must be at least 1")
-        sampling = SamplingParams(
-            max_tokens=options.max_new_tokens,
-            temperature=options.temperature,
-            top_p=options.top_p,
-            seed=options.seed,
-            stop=list(options.stop) or None,
-            logprobs=1 if options.logprobs else None,
-        )
-        started = time.perf_counter()
-        outputs = self.engine.chat(batch, sampling_params=sampling, tools=tool_dicts(tools), use_tqdm=False)
-        latency = time.perf_counter() - started
-        generations = []
-        for output in outputs:
-            completion = output.outputs[0]
-            token_ids = list(completion.token_ids)
-            logprobs = None
-            if completion.logprobs:
-                # each step maps token id -> Logprob; the sampled token is always among them
-                logprobs = [step[token].logprob
-                            for step, token in zip(completion.logprobs, token_ids, strict=False)]
-            parse, message = parse_answer(completion.text, tools)
-            generations.append(Generation(
-                text=completion.text,
-                message=message,
-                parse=parse,
-                prompt_tokens=len(output.prompt_token_ids or []),
-                completion_tokens=len(token_ids),
-                latency_s=latency,
-                finish_reason=finish_reason(parse, completion.finish_reason == "length"),
-                token_ids=token_ids,
-                token_logprobs=logprobs,
-            ))
-        return generations
+        body: dict[str, Any] = {
+            "model": self.served_model, "prompt": prompt, "n": n, "max_tokens": options.max_new_tokens,
+            "temperature": options.temperature, "top_p": options.top_p if options.temperature > 0 else 1.0,
+            "stop_token_ids": self.stop_token_ids, "skip_special_tokens": False,
+            "spaces_between_special_tokens": False, "return_tokens_as_token_ids": True,
+            "logprobs": 0,  # each sampled token's id and log-probability, no alternatives
+        }
+        if options.seed is not None:
+            body["seed"] = int(options.seed)
+        if options.stop:
+            body["stop"] = [stop for stop in options.stop if stop]
+        return body
+
+    def _post(self, body: dict[str, Any], options: GenerationOptions) -> dict[str, Any]:
+        import httpx
+
+        try:
+            response = self._client.post("/completions", json=body, timeout=self._timeout(options))
+        except httpx.TimeoutException as exc:
+            raise BackendTimeoutError(f"the engine at {self.base_url} did not answer within "
+                                      f"{self._timeout(options):g}s") from exc
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        self._check(response.status_code, response.text)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ModelError(f"the engine at {self.base_url} answered something that is not JSON") from exc
+
+    def _events(self, body: dict[str, Any], options: GenerationOptions) -> Iterator[dict[str, Any]]:
+        import httpx
+
+        try:
+            with self._client.stream("POST", "/completions", json=body, timeout=self._timeout(options)) as response:
+                if response.status_code != 200:
+                    self._check(response.status_code, response.read().decode(errors="replace"))
+                for line in response.iter_lines():
+                    data = line.removeprefix("data:").strip() if line.startswith("data:") else ""
+                    if not data:
+                        continue
+                    if data == "[DONE]":
+                        return
+                    event = json.loads(data)
+                    if "error" in event:
+                        raise ModelError(f"the engine at {self.base_url} failed mid-stream: "
+                                         f"{_message(event['error'])}")
+                    yield event
+        except httpx.TimeoutException as exc:
+            raise BackendTimeoutError(f"the engine at {self.base_url} did not answer within "
+                                      f"{self._timeout(options):g}s") from exc
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+
+    def _timeout(self, options: GenerationOptions) -> float:
+        return self.timeout_s if options.timeout_s is None else options.timeout_s
+
+    def _unreachable(self, exc: Exception) -> EngineUnavailableError:
+        return EngineUnavailableError(f"the engine serving {self.name} at {self.base_url} is not answering: "
+                                      f"{type(exc).__name__}: {str(exc)[:200]}",
+                                      hint=f"supertiny engine status; supertiny engine start {self.name}")
+
+    def _check(self, status: int, text: str) -> None:
+        if status == 200:
+            return
+        try:
+            detail = _message(json.loads(text).get("error") or json.loads(text))
+        except (ValueError, AttributeError):
+            detail = text.strip()[:300]
+        if status == 400:
+            raise InvalidInputError(f"{self.name} cannot take this request: {detail}")
+        if status == 404:
+            raise EngineUnavailableError(f"the engine at {self.base_url} does not serve {self.served_model!r}: "
+                                         f"{detail}")
+        if status in (502, 503, 504):
+            raise EngineUnavailableError(f"the engine at {self.base_url} is unavailable (HTTP {status}): {detail}")
+        raise ModelError(f"the engine at {self.base_url} answered HTTP {status}: {detail}")
+
+
+def _generation(choice: dict[str, Any], tools: Sequence[ToolLike] | None, prompt_tokens: int, latency_s: float,
+                options: GenerationOptions) -> Generation:
+    text = choice.get("text") or ""
+    logprobs = choice.get("logprobs") or {}
+    token_ids = [_token_id(token) for token in logprobs.get("tokens") or []]
+    values = logprobs.get("token_logprobs") or []
+    token_logprobs = [float(value) if value is not None else float("-inf") for value in values] \
+        if options.logprobs and values else None
+    parse, message = parse_answer(text, tools)
+    return Generation(
+        text=text, message=message, parse=parse, prompt_tokens=prompt_tokens,
+        completion_tokens=len(token_ids) or len(values),
+        latency_s=latency_s, finish_reason=finish_reason(parse, choice.get("finish_reason") == "length"),
+        token_ids=[token for token in token_ids if token is not None] or None, token_logprobs=token_logprobs,
+    )
+
+
+def _token_id(token: str) -> int | None:
+    if token.startswith(TOKEN_ID_PREFIX):
+        try:
+            return int(token[len(TOKEN_ID_PREFIX):])
+        except ValueError:
+            return None
+    return None
+
+
+def _message(error: Any) -> str:
+    if isinstance(error, dict):
+        error = error.get("message") or error.get("detail") or error
+    return " ".join(str(error).split())[:300]
+
+
+def _load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load the tokenizer of {path}: {str(exc).splitlines()[0] if str(exc) else exc}") \
+            from exc
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(f"the tokenizer in {path} has no chat template",
+                         hint="supertiny needs an instruct model whose template renders tools")
+    return tokenizer
+
+
+def _configured_eos(path: Path) -> int | list[int] | None:
+    """The eos ids of the model's generation_config.json (Qwen ends turns with two of them)."""
+    try:
+        return json.loads((path / "generation_config.json").read_text()).get("eos_token_id")
+    except (OSError, ValueError):
+        return None

@@ -6,8 +6,8 @@ below the threshold the LLM supplies that token instead. Each model keeps its ow
 The LLM is lazy: it only catches up on the tokens it has not seen (one forward pass over all of
 them) when its token is needed, so at a low threshold it costs almost nothing.
 
-Both tiers must be in-process transformers models with the same vocabulary (the Qwen2.5 0.5B/1.5B
-pair shares one tokenizer).
+Both tiers run in-process (their weights in this process, even where an engine serves them too) with the
+same vocabulary (the Qwen2.5 0.5B/1.5B pair shares one tokenizer).
 """
 
 import contextlib
@@ -78,13 +78,13 @@ def _vocab_fingerprint(tokenizer: Any) -> str:
 
 
 def check_compatible(tiny: ChatModel, llm: ChatModel) -> None:
-    """ConfigError unless both are in-process transformers models with the same vocabulary."""
+    """ConfigError unless both models give token access (in-process torch weights) with the same vocabulary."""
     for role, model in (("tiny", tiny), ("llm", llm)):
-        if getattr(model, "backend", None) != "transformers" or not hasattr(model, "model") \
-                or not hasattr(model, "tokenizer"):
+        capabilities = model.capabilities
+        if not (capabilities.token_access and capabilities.tokenizer):
             raise ConfigError(
-                f"hybrid-token needs both tiers to be in-process transformers models; the {role} model "
-                f"{getattr(model, 'name', '?')!r} is served by the {getattr(model, 'backend', '?')!r} backend",
+                f"hybrid-token needs both tiers' weights in this process; the {role} model "
+                f"{getattr(model, 'name', '?')!r} runs on {capabilities.engine or 'a backend without token access'}",
                 hint="use cascade for models behind an endpoint",
             )
     if _vocab_fingerprint(tiny.tokenizer) != _vocab_fingerprint(llm.tokenizer):  # type: ignore[attr-defined]
@@ -200,9 +200,9 @@ class HybridTokenPolicy(Policy):
 
         assert isinstance(params, HybridParams)
         reward = lookup("token_reward", params.reward)
-        tiny, llm = context.model("tiny"), context.model("llm")
+        tiny, llm = context.model("tiny", in_process=True), context.model("llm", in_process=True)
         started = time.monotonic()
-        with context.hold("tiny", "llm"):
+        with context.hold("tiny", "llm", in_process=True):
             remaining = max(0.001, params.timeout_s - (time.monotonic() - started))
             timeout = remaining if context.options.timeout_s is None else min(remaining, context.options.timeout_s)
             options = dataclasses.replace(context.options, timeout_s=timeout)

@@ -85,15 +85,16 @@ class RouteContext(Protocol):
         """The model name of ``role``."""
         ...
 
-    def model(self, role: str) -> ChatModel:
-        """The opened model of ``role`` (raises TierError when it cannot be opened)."""
+    def model(self, role: str, in_process: bool = False) -> ChatModel:
+        """The opened model of ``role`` (raises TierError when it cannot be opened); ``in_process`` opens its
+        weights in this process even when an engine serves it (token-level decoding)."""
         ...
 
     def generate(self, role: str) -> Generation:
         """Answer the request with ``role``'s model, within the policy's timeout (raises TierError)."""
         ...
 
-    def hold(self, *roles: str) -> Any:
+    def hold(self, *roles: str, in_process: bool = False) -> Any:
         """A context manager holding the serving slots of ``roles``' models (for direct model use)."""
         ...
 

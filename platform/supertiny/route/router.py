@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError
+from supertiny.errors import BackendTimeoutError, EngineUnavailableError, InvalidInputError, ModelError
 from supertiny.models.backend import ChatModel, Generation, GenerationOptions
 from supertiny.route.kinds import answer_summary, calls_agree
 from supertiny.route.policy import Decision, PolicyParams, TierError
@@ -80,15 +80,20 @@ class _Context:
         except KeyError:
             raise ModelError(f"this policy has no {role!r} model (it has {', '.join(self._roles)})") from None
 
-    def model(self, role: str) -> ChatModel:
+    def model(self, role: str, in_process: bool = False) -> ChatModel:
         name = self.model_name(role)
         try:
-            return self.pool.get(name)
+            return self.pool.get(name, in_process)
         except Exception as exc:
             raise TierError(role, name, exc) from exc
 
-    def hold(self, *roles: str) -> Any:
-        return self.pool.slot([self.model_name(role) for role in roles], self.params.timeout_s)
+    def hold(self, *roles: str, in_process: bool = False) -> Any:
+        return self.pool.slot([self.model_name(role) for role in roles], self.params.timeout_s, in_process)
+
+    def _failed(self, role: str, model: ChatModel, exc: Exception) -> TierError:
+        if isinstance(exc, EngineUnavailableError):  # the next request re-opens it: a restarted engine serves again
+            self.pool.forget(self.model_name(role), model)
+        return TierError(role, self.model_name(role), exc)
 
     def _options(self, started: float) -> GenerationOptions:
         remaining = max(0.001, self.params.timeout_s - (time.monotonic() - started))
@@ -104,7 +109,7 @@ class _Context:
         except InvalidInputError:
             raise  # the request itself is unusable: no other tier would do better
         except Exception as exc:
-            raise TierError(role, self.model_name(role), exc) from exc
+            raise self._failed(role, model, exc) from exc
         finally:
             self.model_s += time.monotonic() - started
         return generation
@@ -118,7 +123,7 @@ class _Context:
         except InvalidInputError:
             raise
         except Exception as exc:
-            raise TierError(role, self.model_name(role), exc) from exc
+            raise self._failed(role, model, exc) from exc
         finally:
             self.model_s += time.monotonic() - started
 

@@ -41,7 +41,7 @@ class ServeOptions:
 
     policy_ttl_s: float = 2.0  # a changed policy applies within this time, without a restart
     key_ttl_s: float = 2.0  # a revoked key stops working within this time
-    local_model_concurrency: int = 1  # requests one in-process model runs at once
+    local_model_concurrency: int | None = None  # requests one in-process model takes at once (None: its batch size)
     remote_model_concurrency: int = 64  # requests in flight to one endpoint model
     max_concurrent_requests: int = 256  # worker threads routing requests
     default_max_tokens: int = 512

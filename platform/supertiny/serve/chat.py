@@ -156,7 +156,8 @@ def _logprobs(state: Any, outcome: Outcome) -> ChoiceLogprobs | None:
     tokenizer = None
     if outcome.role != "hybrid":
         with contextlib.suppress(Exception):
-            tokenizer = getattr(state.models.get(outcome.model), "tokenizer", None)
+            model = state.models.get(outcome.model)
+            tokenizer = model.tokenizer if model.capabilities.tokenizer else None  # type: ignore[attr-defined]
     ids = generation.token_ids or []
     tokens = []
     for index, logprob in enumerate(generation.token_logprobs):

