@@ -97,7 +97,7 @@ def evaluation_for(store: Any, model: str, args: argparse.Namespace) -> dict[str
             return found
     log(f"{model}: evaluating on {args.domain}/{args.split}, {args.per_category} a category")
     config = EvalConfig(model=model, domain=args.domain, split=args.split, per_category=args.per_category,
-                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+                        max_new_tokens=args.max_new_tokens, concurrency=args.concurrency)
     row = evaluate(store, config, progress=lambda done, total: log(f"  {model}: {done}/{total}"))
     found = stored_evaluation(store, model, args.domain, args.split, args.per_category)
     assert found is not None and found["id"] == row.id
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
                         help="Reuse the latest stored evaluation of each model on these tasks.")
     parser.add_argument("--max-new-tokens", type=int, default=384, help="Of new evaluations and hybrid answers.")
-    parser.add_argument("--batch-size", type=int, default=4, help="Of new evaluations.")
+    parser.add_argument("--concurrency", type=int, help="Tasks in flight in new evaluations (default: as batched).")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
     parser.add_argument("--database-url", "--db", dest="database_url",
                         help="Database URL of the store (default: the settings' store, SUPERTINY_HOME).")

@@ -43,7 +43,7 @@ def test_evaluate_the_tiny_model_and_compare(store, toy, tiny_model_dir, tiny_te
     register_external(store, tiny_teacher_dir, name="tiny-teacher")
     for model in ("tiny", "tiny-teacher"):
         evaluation = evaluate(store, EvalConfig(model=model, domain="toy-weather", split="test", per_category=2,
-                                                max_new_tokens=6, batch_size=2))
+                                                max_new_tokens=6, concurrency=2))
         assert evaluation.n_tasks == 4
         records = evaluation.details["records"]
         assert {record["category"] for record in records} == {"celsius", "fahrenheit"}

@@ -196,3 +196,53 @@ def test_limit_takes_tasks_round_robin_over_categories_and_status_counts_running
     with store.session() as session:  # a run killed with -9 never updates its row: counts come from samples
         session.get(HarvestRun, result.run_id).n_done = 0
     assert run_status(store, result.run_id)["done"] == 4
+
+
+def test_a_tasks_samples_come_from_one_request_and_many_tasks_are_in_flight(store, toy):
+    import threading
+
+    from langchain_core.outputs import ChatGeneration, ChatResult
+
+    seen, in_flight, lock = [], [0, 0], threading.Lock()
+
+    class SamplingTeacher(ScriptedChatModel):
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+            with lock:
+                in_flight[0] += 1
+                in_flight[1] = max(in_flight[1], in_flight[0])
+                seen.append(kwargs.get("n", 1))
+            time.sleep(0.05)
+            with lock:
+                in_flight[0] -= 1
+            answers = [self.respond(messages, kwargs) for _ in range(kwargs.get("n", 1))]
+            return ChatResult(generations=[ChatGeneration(message=answer) for answer in answers])
+
+    config = HarvestConfig(domain="toy-weather", teacher="oracle", samples_per_task=3, temperature=0.7, limit=6,
+                           concurrency=3)
+    result = run_harvest(store, config, lambda: SamplingTeacher(respond=weather_oracle))
+    assert seen == [3] * 6  # one request per task, all of its samples
+    assert in_flight[1] == 3  # three tasks at once
+    samples = _samples(store, result.run_id)
+    assert result.done == 18 == len({(s.task_id, s.sample_index) for s in samples})
+
+
+def test_a_teacher_outage_ends_the_run_without_recording_it_as_answers_and_the_rerun_resumes(store, toy):
+    from supertiny.errors import EngineUnavailableError
+
+    answered = []
+
+    def dies_after_four(messages, kwargs):
+        if len(answered) >= 4:
+            raise EngineUnavailableError("the engine serving oracle at http://127.0.0.1:1/v1 is not answering")
+        answered.append(1)
+        return weather_oracle(messages, kwargs)
+
+    config = HarvestConfig(domain="toy-weather", teacher="oracle", limit=8, concurrency=1)
+    with pytest.raises(EngineUnavailableError):
+        run_harvest(store, config, lambda: ScriptedChatModel(respond=dies_after_four))
+    with store.session() as session:
+        run = session.scalars(sa.select(HarvestRun)).one()
+        assert run.status == "failed" and "not answering" in run.error and run.n_done == 4
+    assert all(sample.verdict == "pass" for sample in _samples(store, run.id))  # no outage became a failed answer
+    result = run_harvest(store, config, lambda: ScriptedChatModel(respond=weather_oracle))
+    assert result.run_id == run.id and result.newly_done == 4 and result.done == 8

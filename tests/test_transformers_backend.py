@@ -195,3 +195,40 @@ def test_bfloat16_dtype_is_honoured(tiny_model_dir):
     assert chat.model.dtype == torch.bfloat16
     generation = chat.generate(QUESTION, None, GenerationOptions(max_new_tokens=4))
     assert all(value <= 0 for value in generation.token_logprobs)
+
+
+def test_concurrent_requests_share_a_forward_pass_and_get_their_own_answers(tiny_model_dir):
+    import concurrent.futures
+
+    chat = get_backends()["transformers"].open(str(tiny_model_dir), {"threads": 1, "batch_window_ms": 50})
+    assert chat.capabilities.batching and chat.capabilities.max_concurrency == 8 and chat.capabilities.local
+    conversations = [(QUESTION, [WEATHER_TOOL]), ([{"role": "user", "content": "hi"}], None),
+                     ([{"role": "system", "content": "Answer in French."}, *QUESTION], [WEATHER_TOOL])] * 2
+    budgets = [16, 5, 9, 16, 5, 9]
+    alone = [chat.generate(messages, tools, GenerationOptions(max_new_tokens=budget))
+             for (messages, tools), budget in zip(conversations, budgets, strict=True)]
+    batches_before = chat.batcher.batches
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda item: chat.generate(item[0][0], item[0][1],
+                                                            GenerationOptions(max_new_tokens=item[1])),
+                                 zip(conversations, budgets, strict=True)))
+    assert chat.batcher.batches - batches_before < len(conversations)  # some requests shared a batch
+    assert [g.token_ids for g in together] == [g.token_ids for g in alone]  # each its own answer and budget
+    assert all(g.completion_tokens <= budget for g, budget in zip(together, budgets, strict=True))
+    chat.close()
+
+
+def test_samples_of_one_prompt_come_from_one_batch_and_differ(chat):
+    options = GenerationOptions(max_new_tokens=12, temperature=1.0, seed=5)
+    samples = chat.generate_samples(QUESTION, [WEATHER_TOOL], options, n=4)
+    assert len(samples) == 4 and len({tuple(sample.token_ids) for sample in samples}) > 1
+    again = chat.generate_samples(QUESTION, [WEATHER_TOOL], options, n=4)
+    assert [sample.token_ids for sample in again] == [sample.token_ids for sample in samples]
+    with pytest.raises(InvalidInputError):
+        chat.generate_samples(QUESTION, None, options, n=0)
+
+
+def test_without_dynamic_batching_the_model_says_one_request_at_a_time(tiny_model_dir):
+    chat = get_backends()["transformers"].open(str(tiny_model_dir), {"dynamic_batching": False})
+    assert not chat.capabilities.batching and chat.capabilities.max_concurrency == 1 and chat.batcher is None
+    assert chat.generate(QUESTION, None, GenerationOptions(max_new_tokens=3)).completion_tokens <= 3

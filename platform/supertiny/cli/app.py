@@ -99,3 +99,15 @@ def _base_type(hint: Any) -> Any:
     arguments = [argument for argument in typing.get_args(hint) if argument is not type(None)]
     kind = arguments[0] if arguments else hint
     return kind if kind in (bool, int, float, str) else str
+
+
+def serving_line(model: Any) -> str:
+    """One line saying what runs a model (an engine, or in-process and why): a ChatModel or its LangChain
+    adapter."""
+    inner = getattr(model, "model", model)
+    capabilities = getattr(inner, "capabilities", None)
+    if capabilities is None:
+        return f"LangChain {type(model).__name__}"
+    if capabilities.local:
+        return f"{capabilities.engine} (no engine runs for it: `supertiny engine start {inner.name}`)"
+    return capabilities.engine

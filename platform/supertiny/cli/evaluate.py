@@ -26,19 +26,20 @@ def eval_group() -> None:
 @click.option("--per-category", type=int, help="At most N tasks of each category.")
 @click.option("--category", "categories", multiple=True, help="Only these categories (repeatable).")
 @click.option("--max-new-tokens", default=384, show_default=True)
-@click.option("--batch-size", default=4, show_default=True, help="Tasks generated together.")
+@click.option("--concurrency", type=int, help="Tasks in flight at once (default: as many as the model batches: "
+              "64 on an engine, the dynamic batch in-process).")
 @click.option("--with-prompt", is_flag=True, help="Add the domain's system prompt and few-shot examples.")
 @json_option
 @pass_settings
 def run_command(settings: Settings, model: str, domain: str, split: str, limit: int | None, per_category: int | None,
-                categories: tuple[str, ...], max_new_tokens: int, batch_size: int, with_prompt: bool,
+                categories: tuple[str, ...], max_new_tokens: int, concurrency: int | None, with_prompt: bool,
                 as_json: bool) -> None:
     """Evaluate MODEL on a domain split and store the result."""
     from tqdm import tqdm
 
     store = open_store(settings)
     config = EvalConfig(model=model, domain=domain, split=split, per_category=per_category, limit=limit,
-                        categories=categories, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                        categories=categories, max_new_tokens=max_new_tokens, concurrency=concurrency,
                         use_prompt=with_prompt)
     bars: list[tqdm] = []
 

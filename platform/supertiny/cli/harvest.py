@@ -2,7 +2,7 @@
 
 import click
 
-from supertiny.cli.app import json_option, pass_settings, print_json, print_table
+from supertiny.cli.app import json_option, pass_settings, print_json, print_table, serving_line
 from supertiny.config import Settings
 from supertiny.harvest import queries
 from supertiny.harvest.runner import HarvestConfig, run_harvest
@@ -21,13 +21,15 @@ def harvest() -> None:
 @click.option("--samples-per-task", default=1, show_default=True, type=int, help="Samples per task (k).")
 @click.option("--temperature", default=0.0, show_default=True, type=float, help="0 is greedy.")
 @click.option("--limit", type=int, help="Harvest only the first N distinct tasks of the split.")
-@click.option("--concurrency", default=1, show_default=True, type=int, help="Tasks in flight at once.")
+@click.option("--concurrency", type=int, help="Tasks in flight at once (default: enough to keep the teacher's "
+              "batch full: 64 sequences on an engine, the dynamic batch in-process).")
 @click.option("--max-new-tokens", default=512, show_default=True, type=int)
 @click.option("--no-prompt", is_flag=True, help="Do not steer the teacher with the domain's system prompt "
               "and few-shot examples (measure the raw model).")
 @pass_settings
 def run_command(settings: Settings, domain: str, teacher: str, split: str, samples_per_task: int,
-                temperature: float, limit: int | None, concurrency: int, max_new_tokens: int, no_prompt: bool) -> None:
+                temperature: float, limit: int | None, concurrency: int | None, max_new_tokens: int,
+                no_prompt: bool) -> None:
     """Harvest a domain with a teacher. Re-running the same command resumes the same run."""
     from tqdm import tqdm
 
@@ -51,6 +53,7 @@ def run_command(settings: Settings, domain: str, teacher: str, split: str, sampl
         if bars:
             bars[0].set_description(f"loading {teacher}")
         model = open_chat_model(store, teacher)
+        click.echo(f"teacher {teacher}: {serving_line(model)}", err=True)
         if bars:
             bars[0].set_description(f"harvest {domain}")
         return model

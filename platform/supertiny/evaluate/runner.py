@@ -1,11 +1,14 @@
 """Run a model on a domain split and store the result as an Evaluation row.
 
-Single-shot domains (tools that do not execute) are answered in batches straight through the
-backend, which also gives each answer's confidence from its token log-probabilities. Executable
-domains run the prototype agent loop, with every call executed against the domain's tools.
+Single-shot domains (tools that do not execute) are answered straight through the backend, which also
+gives each answer's confidence from its token log-probabilities. Executable domains run the prototype
+agent loop, with every call executed against the domain's tools. Either way many tasks are in flight at
+once, as many as the model batches (an engine, or an in-process model's dynamic batch).
 """
 
+import concurrent.futures
 import dataclasses
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +31,8 @@ class EvalConfig:
     limit: int | None = None
     categories: tuple[str, ...] = ()
     max_new_tokens: int = 384
-    batch_size: int = 4
+    # tasks in flight at once; None: as many as the model batches (capabilities.max_concurrency)
+    concurrency: int | None = None
     # evaluate with the domain's system prompt and few-shot examples (the "prototype" setting)
     use_prompt: bool = False
 
@@ -55,35 +59,49 @@ def judge(domain: Domain, task: DomainTask, tools: list[dict[str, Any]],
     return verdict, valid
 
 
-def _single_shot(model: ChatModel, domain: Domain, tasks: list[DomainTask], config: EvalConfig,
+def _in_flight(tasks: list[DomainTask], answer: Callable[[DomainTask], dict[str, Any]], concurrency: int,
+               progress: ProgressCallback | None) -> list[dict[str, Any]]:
+    """``answer(task)`` for every task, ``concurrency`` at a time; records in the tasks' order."""
+    records: list[dict[str, Any] | None] = [None] * len(tasks)
+    done, lock = 0, threading.Lock()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(tasks)))) as pool:
+        futures = {pool.submit(answer, task): index for index, task in enumerate(tasks)}
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                records[futures[future]] = future.result()
+                with lock:
+                    done += 1
+                    if progress:
+                        progress(done, len(tasks))
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return [record for record in records if record is not None]
+
+
+def _single_shot(model: ChatModel, domain: Domain, tasks: list[DomainTask], config: EvalConfig, concurrency: int,
                  progress: ProgressCallback | None) -> list[dict[str, Any]]:
     from supertiny.prototype.agent import prompt_messages, task_tools
 
     options = GenerationOptions(max_new_tokens=config.max_new_tokens, temperature=0.0, logprobs=True)
-    records = []
-    for start in range(0, len(tasks), config.batch_size):
-        batch = tasks[start:start + config.batch_size]
-        conversations = [((prompt_messages(domain, task) if config.use_prompt else []) + task.messages,
-                          task_tools(domain, task)) for task in batch]
-        began = time.perf_counter()
-        generations: list[Generation] = model.generate_batch(conversations, options)
-        batch_latency = (time.perf_counter() - began) / len(batch)
-        for task, (_, tools), generation in zip(batch, conversations, generations, strict=True):
-            verdict, valid = judge(domain, task, tools, generation)
-            records.append(_record(task, verdict, valid, generation.confidence,
-                                   generation.latency_s if len(batch) == 1 else batch_latency,
-                                   generation.completion_tokens, generation.text))
-        if progress:
-            progress(len(records), len(tasks))
-    return records
+
+    def answer(task: DomainTask) -> dict[str, Any]:
+        messages = (prompt_messages(domain, task) if config.use_prompt else []) + task.messages
+        tools = task_tools(domain, task)
+        generation = model.generate(messages, tools, options)
+        verdict, valid = judge(domain, task, tools, generation)
+        return _record(task, verdict, valid, generation.confidence, generation.latency_s,
+                       generation.completion_tokens, generation.text)
+
+    return _in_flight(tasks, answer, concurrency, progress)
 
 
-def _agentic(chat_model: Any, domain: Domain, tasks: list[DomainTask], config: EvalConfig,
+def _agentic(chat_model: Any, domain: Domain, tasks: list[DomainTask], config: EvalConfig, concurrency: int,
              progress: ProgressCallback | None) -> list[dict[str, Any]]:
     from supertiny.prototype.agent import run_agent
 
-    records = []
-    for task in tasks:
+    def answer(task: DomainTask) -> dict[str, Any]:
         run = run_agent(chat_model, domain, task, use_prompt=config.use_prompt, temperature=0.0,
                         max_tokens=config.max_new_tokens)
         if run.finished:
@@ -93,11 +111,10 @@ def _agentic(chat_model: Any, domain: Domain, tasks: list[DomainTask], config: E
                 verdict = Verdict("unknown", f"verifier error: {type(exc).__name__}: {exc}")
         else:
             verdict = Verdict.failed(f"still calling tools after {run.steps} steps")
-        records.append(_record(task, verdict, True, None, run.latency_s, run.completion_tokens,
-                               run.trajectory[len(task.messages):]))
-        if progress:
-            progress(len(records), len(tasks))
-    return records
+        return _record(task, verdict, True, None, run.latency_s, run.completion_tokens,
+                       run.trajectory[len(task.messages):])
+
+    return _in_flight(tasks, answer, concurrency, progress)
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -129,12 +146,13 @@ def evaluate(store: Store, config: EvalConfig, progress: ProgressCallback | None
     if progress:
         progress(0, len(tasks))
     started = time.perf_counter()
+    concurrency = config.concurrency or model.capabilities.max_concurrency
     if domain.environment(tasks[0]) is None:
-        records = _single_shot(model, domain, tasks, config, progress)
+        records = _single_shot(model, domain, tasks, config, concurrency, progress)
     else:
         from supertiny.models.langchain_adapter import SupertinyChatModel
 
-        records = _agentic(SupertinyChatModel(model=model), domain, tasks, config, progress)
+        records = _agentic(SupertinyChatModel(model=model), domain, tasks, config, concurrency, progress)
     summary = summarize(records)
     overall = summary["overall"]
     with store.session() as session:
@@ -144,7 +162,8 @@ def evaluate(store: Store, config: EvalConfig, progress: ProgressCallback | None
             invalid_rate=overall["invalid_rate"], mean_latency_s=overall["mean_latency_s"],
             tokens_per_request=overall["tokens_per_request"], size_bytes=version.size_bytes,
             details={"config": {**dataclasses.asdict(config), "categories": list(config.categories)},
-                     "wall_s": time.perf_counter() - started, "records": records})
+                     "wall_s": time.perf_counter() - started, "engine": model.capabilities.engine,
+                     "concurrency": concurrency, "records": records})
         session.add(evaluation)
     return evaluation
 

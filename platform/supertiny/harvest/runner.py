@@ -1,6 +1,11 @@
 """The harvest runner: every (task, sample index) of a run is run once, verified and written as it
 finishes. A run is identified by the fingerprint of its parameters, so re-running the same command
-after a crash or ``kill -9`` picks up exactly the samples that are missing."""
+after a crash or ``kill -9`` picks up exactly the samples that are missing.
+
+A task's missing samples are asked for in one request (``n`` samples of one prompt: an engine computes the
+prompt once), and many tasks are in flight at once, as many as the teacher batches. A teacher that stops
+answering (its engine or endpoint went away) ends the run as ``failed`` with nothing written for the
+samples in flight; running the same command again resumes it."""
 
 import concurrent.futures
 import dataclasses
@@ -16,9 +21,10 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from supertiny.domain import Domain, Verdict
-from supertiny.errors import InvalidInputError
+from supertiny.errors import EngineUnavailableError, InvalidInputError
 from supertiny.harvest.tasks import domain_task, sync_tasks
-from supertiny.prototype.agent import run_agent
+from supertiny.models.backend import ChatModel
+from supertiny.prototype.agent import run_agent_samples
 from supertiny.store import HarvestRun, Sample, Store, Task
 
 
@@ -33,7 +39,8 @@ class HarvestConfig:
     max_new_tokens: int = 512
     # steer the teacher with the domain's system prompt and few-shot examples
     use_prompt: bool = True
-    concurrency: int = 1
+    # tasks in flight at once; None: as many as keep the teacher's batch full (its max_concurrency / samples)
+    concurrency: int | None = None
     # digest of the domain's system prompt and few-shot turns: new steering means a new run
     prompt_digest: str = ""
     # how --limit picks tasks; part of the fingerprint so a run never mixes two selections
@@ -46,7 +53,7 @@ class HarvestConfig:
             raise InvalidInputError("several samples per task need --temperature above 0 (greedy repeats itself)")
         if self.limit is not None and self.limit < 1:
             raise InvalidInputError("--limit must be at least 1")
-        if self.concurrency < 1:
+        if self.concurrency is not None and self.concurrency < 1:
             raise InvalidInputError("--concurrency must be at least 1")
 
     def fingerprint(self) -> str:
@@ -111,20 +118,43 @@ def _write_sample(store: Store, sample: Sample) -> bool:
         return False
 
 
-def harvest_one(chat_model: Any, domain: Domain, task_row: Task, run_id: int, sample_index: int,
-                config: HarvestConfig) -> Sample:
-    """Run the agent on one task and verify it; any failure becomes a failed sample with its reason."""
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the teacher is unreachable (not that it answered badly): such a failure must not
+    be recorded as the teacher's answer."""
+    if isinstance(exc, EngineUnavailableError):
+        return True
+    try:
+        import openai
+    except ImportError:
+        return False
+    return isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError)
+
+
+def harvest_task(chat_model: Any, domain: Domain, task_row: Task, run_id: int, sample_indices: list[int],
+                 config: HarvestConfig) -> list[Sample]:
+    """Run the agent for the missing samples of one task (their first answers in one request) and verify
+    each; a failure of the teacher becomes failed samples with its reason, except an outage, which raises."""
     task = domain_task(task_row)
     generation = {"temperature": config.temperature, "max_tokens": config.max_new_tokens,
-                  "seed": _sample_seed(task_row.id, sample_index)}
+                  "seed": _sample_seed(task_row.id, sample_indices[0])}
     started = time.perf_counter()
     try:
-        run = run_agent(chat_model, domain, task, use_prompt=config.use_prompt, **generation)
+        runs = run_agent_samples(chat_model, domain, task, len(sample_indices), use_prompt=config.use_prompt,
+                                 **generation)
     except Exception as exc:
-        return Sample(run_id=run_id, task_id=task_row.id, sample_index=sample_index, model=config.teacher,
-                      trajectory=list(task.messages), tool_calls=[], verdict="fail",
-                      verdict_detail=f"teacher failed: {type(exc).__name__}: {exc}"[:2000],
-                      latency_s=time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}"[:2000])
+        if is_outage(exc):
+            raise
+        return [Sample(run_id=run_id, task_id=task_row.id, sample_index=index, model=config.teacher,
+                       trajectory=list(task.messages), tool_calls=[], verdict="fail",
+                       verdict_detail=f"teacher failed: {type(exc).__name__}: {exc}"[:2000],
+                       latency_s=time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}"[:2000])
+                for index in sample_indices]
+    return [_verified(domain, task, task_row, run_id, index, run, config)
+            for index, run in zip(sample_indices, runs, strict=True)]
+
+
+def _verified(domain: Domain, task: Any, task_row: Task, run_id: int, sample_index: int, run: Any,
+              config: HarvestConfig) -> Sample:
     if not run.finished:
         verdict = Verdict.failed(f"still calling tools after {run.steps} steps")
     else:
@@ -137,6 +167,31 @@ def harvest_one(chat_model: Any, domain: Domain, task_row: Task, run_id: int, sa
                   verdict=verdict.verdict, verdict_detail=verdict.reason[:2000],
                   prompt_tokens=run.prompt_tokens, completion_tokens=run.completion_tokens,
                   latency_s=run.latency_s)
+
+
+def tasks_in_flight(chat_model: Any, config: HarvestConfig) -> int:
+    """``config.concurrency``, or enough tasks to keep the teacher's batch full."""
+    if config.concurrency is not None:
+        return config.concurrency
+    inner = getattr(chat_model, "model", None)  # a supertiny model behind the LangChain adapter
+    capacity = inner.capabilities.max_concurrency if isinstance(inner, ChatModel) else 4
+    return max(1, capacity // config.samples_per_task)
+
+
+_COUNTS_EVERY_S = 5.0
+
+
+def _record_counts(store: Store, run_id: int, counts: dict[str, Any], lock: threading.Lock) -> None:
+    """Keep the run's n_done / n_passed current while it runs (at most every few seconds)."""
+    now = time.monotonic()
+    with lock:
+        if now - counts.get("recorded_at", 0.0) < _COUNTS_EVERY_S:
+            return
+        counts["recorded_at"] = now
+        done, passed = counts["done"], counts["passed"]
+    with store.session() as session:
+        row = session.get(HarvestRun, run_id)
+        row.n_done, row.n_passed = max(row.n_done, done), max(row.n_passed, passed)
 
 
 def run_harvest(store: Store, config: HarvestConfig, open_teacher: Callable[[], Any],
@@ -152,8 +207,8 @@ def run_harvest(store: Store, config: HarvestConfig, open_teacher: Callable[[], 
     planned = len(task_ids) * config.samples_per_task
     run = _get_or_create_run(store, config, planned)
     done, passed = _done_pairs(store, run.id)
-    todo = [(task_id, index) for task_id in task_ids for index in range(config.samples_per_task)
-            if (task_id, index) not in done]
+    todo = [(task_id, missing) for task_id in task_ids
+            if (missing := [index for index in range(config.samples_per_task) if (task_id, index) not in done])]
     started = time.perf_counter()
     counts = {"done": len(done), "passed": passed, "new": 0}
     lock = threading.Lock()
@@ -166,20 +221,22 @@ def run_harvest(store: Store, config: HarvestConfig, open_teacher: Callable[[], 
             with store.session() as session:
                 rows = {row.id: row for row in session.scalars(sa.select(Task).where(Task.id.in_(task_ids)))}
 
-            def work(pair: tuple[int, int]) -> None:
-                task_id, index = pair
-                sample = harvest_one(chat_model, domain, rows[task_id], run.id, index, config)
-                written = _write_sample(store, sample)
-                with lock:
-                    if written:
-                        counts["done"] += 1
-                        counts["new"] += 1
-                        counts["passed"] += sample.verdict == "pass"
-                    if progress:
-                        progress(counts["done"], counts["passed"], planned)
+            def work(unit: tuple[int, list[int]]) -> None:
+                task_id, indices = unit
+                for sample in harvest_task(chat_model, domain, rows[task_id], run.id, indices, config):
+                    written = _write_sample(store, sample)
+                    with lock:
+                        if written:
+                            counts["done"] += 1
+                            counts["new"] += 1
+                            counts["passed"] += sample.verdict == "pass"
+                        if progress:
+                            progress(counts["done"], counts["passed"], planned)
+                _record_counts(store, run.id, counts, lock)
 
-            with concurrent.futures.ThreadPoolExecutor(max_workers=config.concurrency) as pool:
-                futures = [pool.submit(work, pair) for pair in todo]
+            workers = min(len(todo), tasks_in_flight(chat_model, config))
+            with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(work, unit) for unit in todo]
                 try:
                     for future in concurrent.futures.as_completed(futures):
                         future.result()

@@ -7,7 +7,8 @@ per-token log-probabilities and their geometric-mean ``confidence``).
 
 ``tool_choice`` can only narrow the tools offered (``"none"`` offers none, a tool name offers that one):
 a local model cannot be forced to call. Per-call keyword arguments (``max_tokens``, ``temperature``,
-``top_p``, ``seed``, ``timeout_s``, ``logprobs``) override the model's fields.
+``top_p``, ``seed``, ``timeout_s``, ``logprobs``) override the model's fields; ``n`` asks for that many
+answers to the same conversation in one request (``generate([messages], n=8)`` has them all).
 """
 
 import dataclasses
@@ -85,12 +86,16 @@ class SupertinyChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         tools = _chosen_tools(kwargs.pop("tools", None), kwargs.pop("tool_choice", None))
-        generation = self.model.generate(to_openai_messages(messages), tools, self._options(stop, kwargs))
-        message = ai_message(generation, self.model)
-        info = {"finish_reason": generation.finish_reason}
+        n = int(kwargs.pop("n", 1) or 1)
+        conversation, options = to_openai_messages(messages), self._options(stop, kwargs)
+        answers = [self.model.generate(conversation, tools, options)] if n == 1 else \
+            self.model.generate_samples(conversation, tools, options, n)
+        generations = [ChatGeneration(message=ai_message(generation, self.model),
+                                      generation_info={"finish_reason": generation.finish_reason})
+                       for generation in answers]
         return ChatResult(
-            generations=[ChatGeneration(message=message, generation_info=info)],
-            llm_output={"model_name": self.model.name, "token_usage": message.usage_metadata},
+            generations=generations,
+            llm_output={"model_name": self.model.name, "token_usage": generations[0].message.usage_metadata},
         )
 
     def _stream(

@@ -152,6 +152,20 @@ class TransformersChatModel(ChatModel):
             return self.batcher.submit(prompt, tools, options)
         return self._generate([prompt], [tools], options)[0]
 
+    def generate_samples(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None,
+                         options: GenerationOptions | None = None, n: int = 1) -> list[Generation]:
+        """``n`` answers in one batched forward pass (sampled rows differ; greedy ones repeat each other)."""
+        options = options or GenerationOptions()
+        if n < 1 or options.max_new_tokens < 1:
+            raise InvalidInputError("n and max_new_tokens must be at least 1")
+        prompt = self.render_prompt(messages, tools)
+        generations: list[Generation] = []
+        for start in range(0, n, self.max_batch_size):
+            rows = min(self.max_batch_size, n - start)
+            seeded = options if options.seed is None else dataclasses.replace(options, seed=options.seed + start)
+            generations.extend(self._generate([prompt] * rows, [tools] * rows, seeded))
+        return generations
+
     def _run_batch(self, batch: list[BatchRequest]) -> list[Generation]:
         """One forward pass over a dynamic batch: the longest budget and timeout of its requests, each answer
         cut back to its own budget."""

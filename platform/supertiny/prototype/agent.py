@@ -59,28 +59,62 @@ def _tool_result_text(result: Any) -> str:
 def run_agent(chat_model: Any, domain: Domain, task: DomainTask, *, use_prompt: bool = True,
               **generation_kwargs: Any) -> AgentRun:
     """Run ``chat_model`` (any LangChain chat model with ``bind_tools``) on one task."""
-    from langchain_core.messages import (
-        AIMessage,
-        ToolMessage,
-        convert_to_messages,
-        convert_to_openai_messages,
-    )
+    return run_agent_samples(chat_model, domain, task, 1, use_prompt=use_prompt, **generation_kwargs)[0]
 
-    tools = task_tools(domain, task)
+
+def run_agent_samples(chat_model: Any, domain: Domain, task: DomainTask, n: int, *, use_prompt: bool = True,
+                      **generation_kwargs: Any) -> list[AgentRun]:
+    """``n`` independent runs of ``chat_model`` on one task whose first answers come from one request
+    (``n`` samples of the same prompt: an engine computes the prompt once); each run then goes on alone,
+    with its own tool environment."""
+    from langchain_core.messages import convert_to_messages
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    tools = [convert_to_openai_tool(tool) for tool in task_tools(domain, task)]
+    prefix = prompt_messages(domain, task) if use_prompt else []
+    conversation = convert_to_messages(prefix + list(task.messages))
+    started = time.perf_counter()
+    first = _first_answers(chat_model, conversation, tools, n, generation_kwargs)
+    first_s = time.perf_counter() - started
     model = chat_model.bind_tools(tools) if tools else chat_model
     if generation_kwargs:
         model = model.bind(**generation_kwargs)
+    return [_continue(model, domain, task, conversation, answer, first_s) for answer in first]
+
+
+def _first_answers(chat_model: Any, conversation: list[Any], tools: list[dict[str, Any]], n: int,
+                   generation_kwargs: dict[str, Any]) -> list[Any]:
+    """``n`` first answers, asked for in one request where the model takes ``n`` (OpenAI-style models and
+    supertiny's own do); a model that gives fewer is asked again, one seed further each time."""
+    kwargs = {**generation_kwargs, **({"tools": tools} if tools else {})}
+    if n == 1:
+        return [chat_model.invoke(conversation, **kwargs)]
+    answers = [generation.message for generation in
+               chat_model.generate([conversation], n=n, **kwargs).generations[0]][:n]
+    seed = generation_kwargs.get("seed")
+    while len(answers) < n:
+        if seed is not None:
+            kwargs["seed"] = seed + len(answers)
+        answers.append(chat_model.invoke(conversation, **kwargs))
+    return answers
+
+
+def _continue(model: Any, domain: Domain, task: DomainTask, conversation: list[Any], first: Any,
+              first_s: float) -> AgentRun:
+    """One run from its first answer: execute its calls and ask again until it answers without one."""
+    from langchain_core.messages import AIMessage, ToolMessage, convert_to_openai_messages
+
     environment = domain.environment(task)
-    prefix = prompt_messages(domain, task) if use_prompt else []
-    conversation = convert_to_messages(prefix + list(task.messages))
     generated: list[Any] = []
     calls: list[ParsedCall] = []
     prompt_tokens = completion_tokens = steps = 0
     started = time.perf_counter()
     finished = False
+    answer: AIMessage | None = first
     while steps < max(1, domain.max_steps):
         steps += 1
-        answer: AIMessage = model.invoke(conversation + generated)
+        if answer is None:
+            answer = model.invoke(conversation + generated)
         usage = answer.usage_metadata or {}
         prompt_tokens += int(usage.get("input_tokens", 0))
         completion_tokens += int(usage.get("output_tokens", 0))
@@ -96,6 +130,7 @@ def run_agent(chat_model: Any, domain: Domain, task: DomainTask, *, use_prompt: 
             except Exception as exc:  # the model sees the error, as a real tool API would show it
                 content = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
             generated.append(ToolMessage(content=content, tool_call_id=raw.get("id") or call.name))
+        answer = None
     trajectory = list(task.messages) + convert_to_openai_messages(generated)
     return AgentRun(
         trajectory=trajectory,
@@ -103,7 +138,7 @@ def run_agent(chat_model: Any, domain: Domain, task: DomainTask, *, use_prompt: 
         steps=steps,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
-        latency_s=time.perf_counter() - started,
+        latency_s=first_s + time.perf_counter() - started,
         environment=environment,
         finished=finished,
     )
