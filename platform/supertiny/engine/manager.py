@@ -81,7 +81,7 @@ def start_engine(store: Store, settings: Settings, model: str, options: EngineOp
     connect_host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
     url = f"http://{connect_host}:{port}/v1"
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    log_path = settings.home / "engines" / "logs" / f"{_file_name(version.name)}-{stamp}-{port}.log"
+    log_path = settings.engines_dir / "logs" / f"{_file_name(version.name)}-{stamp}-{port}.log"
     command = launch.server_command(environment, version.path, version.name, port, options)
     pid = launch.spawn(command, launch.server_env(environment, options), log_path)
     row = records.record_engine(store, version, kind=environment.label, url=url, served_model=version.name, pid=pid,

