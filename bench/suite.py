@@ -231,6 +231,8 @@ def compress_command(args: argparse.Namespace) -> list[str]:
 
 def serving_command(args: argparse.Namespace) -> list[str]:
     command = ["--model", args.serving_model] if args.serving_model else []
+    if args.serving_engines:
+        command += ["--engines", args.serving_engines]
     if args.quick:
         command += ["--concurrency", "1,4", "--min-requests", "8", "--requests-per-client", "2", "--max-tokens", "8"]
     return command + _common(args, db=False)  # serving writes a policy and request logs: a scratch store
@@ -377,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="test")
     parser.add_argument("--models", help="Comma-separated models for quality and compress (default: all).")
     parser.add_argument("--serving-model", help="Model of the serving part (default: a tiny in-process model).")
+    parser.add_argument("--serving-engines", help="Engines of the serving part, side by side (default: in-process,"
+                        "batched; add vllm for the model's vLLM engine).")
     parser.add_argument("--threads", type=int, default=0, help="torch threads of each part (0: torch's default).")
     parser.add_argument("--part-timeout", type=float, help="Seconds a subprocess part may run.")
     for part in ("routing", "compress", "serving"):

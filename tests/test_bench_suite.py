@@ -63,8 +63,10 @@ def test_quick_suite_writes_one_report_with_the_machine_and_every_part(evaluated
     assert quality["categories"] == ["multiple", "parallel", "simple"]
     assert quality["models"][1]["accuracy"] == 0.6 and quality["models"][1]["per_category"]["simple"]["n"] == 10
     serving = report["parts"]["serving"]["result"]
-    assert [level["concurrency"] for level in serving["levels"]] == [1, 4]
-    assert all(level["served"]["errors"] == 0 and level["logged_exactly_once"] for level in serving["levels"])
+    assert [engine["engine"] for engine in serving["engines"]] == ["in-process", "batched"]
+    for engine in serving["engines"]:
+        assert [level["concurrency"] for level in engine["levels"]] == [1, 4]
+        assert all(level["served"]["errors"] == 0 and level["logged_exactly_once"] for level in engine["levels"])
     for part in report["parts"].values():
         assert all((out / path).exists() or os.path.exists(path) for path in part["files"].values())
         assert part["files"]["png"].endswith(".png")

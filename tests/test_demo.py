@@ -17,7 +17,7 @@ from supertiny.models.registry import find_model_version, register_external
 from supertiny.route import policy_store
 
 PLAN = DemoPlan(student="student", teacher="teacher", domain="toy-weather", harvest_tasks=4, eval_per_category=1,
-                sft_epochs=1.0, kd_epochs=1.0, requests=2, route="demo-toy", llm_runtime="transformers")
+                sft_epochs=1.0, kd_epochs=1.0, requests=2, route="demo-toy", llm_runtime="transformers", engine="off")
 
 
 @pytest.fixture
@@ -56,6 +56,9 @@ def test_the_demo_runs_every_step_and_reports(env):
     assert (report.parent / "accuracy_vs_llm_share.png").stat().st_size > 0
     assert (report.parent / "accuracy_vs_size.png").stat().st_size > 0
     assert any("[12/12] serve" in line for line in lines)
+    # the report says what served each step; with the engine off the teacher ran in-process
+    assert "| eval-teacher |" in text and "in-process (dynamic batches of up to 8)" in text
+    assert "| serve |" in text and "LLM tier: in-process (engine off (--engine off))" in text
 
     again: list[str] = []
     _demo(store, settings, echo=again.append).run()

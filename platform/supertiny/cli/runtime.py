@@ -4,7 +4,7 @@ import click
 
 from supertiny.cli.app import pass_settings
 from supertiny.config import Settings
-from supertiny.demo.plan import LLM_RUNTIMES, DemoPlan
+from supertiny.demo.plan import ENGINE_CHOICES, LLM_RUNTIMES, DemoPlan
 from supertiny.errors import SupertinyError
 from supertiny.store.engine import describe_url
 
@@ -88,6 +88,9 @@ _DEMO, _QUICK = DemoPlan(), DemoPlan.quick()
               "(harvest, its evaluation, the cascade's LLM tier): llama-cpp (a q8_0 GGUF export; needs `make "
               "llamacpp`), transformers (the default: faster on long prompts on a 2-core AVX2 CPU), or auto "
               "(llama-cpp when installed).")
+@click.option("--engine", type=click.Choice(ENGINE_CHOICES), help="auto (the default): the teacher, and students "
+              "evaluated on enough tasks, answer through a vLLM engine where one can be installed and run here "
+              "(built once under the data dir); off: every model in-process.")
 @click.option("--route", help="Route the demo's policy is stored under (default demo).")
 @pass_settings
 def demo(settings: Settings, quick: bool, quantize: str | None, **sizes: object) -> None:
@@ -99,8 +102,8 @@ def demo(settings: Settings, quick: bool, quantize: str | None, **sizes: object)
     threshold -> serve and answer real requests through the OpenAI client -> report.md + PNGs.
 
     Re-running reuses every finished step (a changed size re-runs only the steps it changes); Ctrl-C
-    leaves a state the next run resumes from. The first run downloads ~1.6 GB. On a 2-core AVX2 CPU
-    the default sizes took 27-39 minutes (the 1.5B teacher's harvest 14-18 of them); --quick 7.
+    leaves a state the next run resumes from. The first run downloads ~1.6 GB of models and, where vLLM runs,
+    builds its engine environment (~3 GB); the report says which engine served each step.
     """
     from supertiny.demo.runner import run_demo
 

@@ -23,6 +23,9 @@ STUDENT = "qwen2.5-coder-0.5b-instruct"
 TEACHER = "qwen2.5-coder-1.5b-instruct"
 DOMAIN = "bfcl"
 LLM_RUNTIMES = ("auto", "llama-cpp", "transformers")
+ENGINE_CHOICES = ("auto", "off")
+# a student's evaluation goes to an engine from this many tasks on: starting one costs a minute or two
+ENGINE_MIN_TASKS = 50
 # bumped when the steps' own settings change, so a re-run trains new models instead of reusing old ones
 RECIPE = 7
 
@@ -55,6 +58,9 @@ class DemoPlan:
     llm_runtime: str = "transformers"
     prefix: str = "demo"
     eval_each_step: bool = False  # also evaluate the sft model (before kd)
+    # "auto": the teacher (and students evaluated on enough tasks) answer through a vLLM engine where one can be
+    # installed and run here; "off": every model in-process
+    engine: str = "auto"
 
     @classmethod
     def quick(cls, **overrides: Any) -> "DemoPlan":
@@ -73,7 +79,8 @@ class DemoPlan:
 
     def digest(self) -> str:
         """Identifies the whole plan (what requests are sent to which route changes no model)."""
-        sizes = {key: value for key, value in dataclasses.asdict(self).items() if key not in ("requests", "route")}
+        sizes = {key: value for key, value in dataclasses.asdict(self).items()
+                 if key not in ("requests", "route", "engine")}
         return _digest({**sizes, "llm": self.llm, "recipe": RECIPE})
 
     @property

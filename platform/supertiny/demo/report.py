@@ -51,15 +51,28 @@ def _models_table(rows: list[dict[str, Any]]) -> list[str]:
 
 def _steps_table(state: Any, names: list[str]) -> list[str]:
     """Wall time of each step of the plan, when it finished (a step reused from an earlier run keeps its time)."""
-    lines = ["| step | wall time | finished |", "|---|---|---|"]
+    lines = ["| step | wall time | served by | finished |", "|---|---|---|---|"]
     total = 0.0
     for name in names:
         if state.done(name):
             step = state.steps[name]
             total += step["wall_s"]
-            lines.append(f"| {name} | {step['wall_s']:.0f} s | {step.get('finished_at', '-')} |")
-    lines.append(f"| **total** | **{total / 60:.1f} min** | |")
+            lines.append(f"| {name} | {step['wall_s']:.0f} s | {_served_by(step.get('result') or {})} "
+                         f"| {step.get('finished_at', '-')} |")
+    lines.append(f"| **total** | **{total / 60:.1f} min** | | |")
     return lines
+
+
+def _served_by(result: dict[str, Any]) -> str:
+    """Which engine answered a step's requests (and how long starting it took), or nothing for steps that
+    generate nothing."""
+    engine = result.get("engine") or {}
+    if not engine.get("served_by"):
+        return ""
+    tier = f"{engine['tier']}: " if engine.get("tier") else ""
+    why = f" ({engine['why']})" if engine.get("why") else ""
+    started = engine.get("engine_s") or 0.0
+    return f"{tier}{engine['served_by']}{why}" + (f", started in {started:.0f} s" if started >= 1 else "")
 
 
 def plot_routing(path: Path, policy: dict[str, Any], rows: list[dict[str, Any]], served: dict[str, Any] | None) -> None:

@@ -4,6 +4,10 @@ models -> harvest -> snapshot -> evaluate teacher and base student -> train sft 
 (prune + heal) -> quantize -> evaluate the trained and compressed students -> cascade policy with a
 calibrated threshold -> serve and answer real requests through the OpenAI client -> report.
 
+The teacher answers through a vLLM engine wherever one can be installed and run (:mod:`supertiny.demo.engines`),
+and so do students whose evaluation is large enough to pay for starting one; the report says which engine
+served each step.
+
 Every step is a call into the same library the CLI uses. A finished step is recorded in the demo's
 state file with its key (the settings it read and the keys of the steps before it) and skipped on the
 next run while its key is unchanged; an interrupted one resumes through its own machinery (the
@@ -19,6 +23,7 @@ from typing import Any
 import click
 
 from supertiny.config import Settings
+from supertiny.demo.engines import DemoEngines
 from supertiny.demo.plan import DemoPlan
 from supertiny.demo.state import DemoState
 from supertiny.errors import InvalidInputError, SupertinyError
@@ -40,6 +45,7 @@ class Demo:
         self.state = DemoState(settings.home / "demo" / plan.prefix / "state.json", plan.step_keys())
         # what answers the harvest (default: the plan's teacher through LangChain); tests script it
         self.open_teacher: Callable[[], Any] | None = None
+        self.engines = DemoEngines(settings, store, plan.engine, echo)
 
     @property
     def directory(self) -> Path:
@@ -55,7 +61,7 @@ class Demo:
             ("harvest", f"teacher answers {plan.harvest_tasks} BFCL train tasks, each verified", self.harvest),
             ("snapshot", "the verified trajectories become an immutable training set", self.snapshot),
             ("eval-teacher", f"evaluate the teacher on {plan.eval_per_category} test tasks per category",
-             lambda: self.evaluate_model(plan.llm)),
+             lambda: self.evaluate_model(plan.llm, engine=True)),
             ("eval-base", "evaluate the untrained student", lambda: self.evaluate_model(plan.student)),
             ("train-sft", f"fine-tune the student on the snapshot ({plan.sft_epochs:g} epochs, LoRA)", self.train_sft),
         ]
@@ -86,20 +92,23 @@ class Demo:
 
         steps = self.steps()
         self.echo(f"supertiny demo: {len(steps)} steps, state and report in {self.directory}")
-        for index, (name, description, action) in enumerate(steps, 1):
-            prefix = f"[{index}/{len(steps)}] {name}: {description}"
-            if self.state.done(name):
-                self.echo(f"{prefix} -- done earlier ({self.state.steps[name]['wall_s']:.0f}s), reused")
-                continue
-            self.echo(prefix)
-            started = time.perf_counter()
-            try:
-                result = action()
-            finally:
-                close_models()  # one model set in memory at a time: the 1.5B in fp32 alone is 6 GiB
-            wall = time.perf_counter() - started
-            self.state.record(name, result, wall)
-            self.echo(f"      {name} done in {wall:.0f}s")
+        try:
+            for index, (name, description, action) in enumerate(steps, 1):
+                prefix = f"[{index}/{len(steps)}] {name}: {description}"
+                if self.state.done(name):
+                    self.echo(f"{prefix} -- done earlier ({self.state.steps[name]['wall_s']:.0f}s), reused")
+                    continue
+                self.echo(prefix)
+                started = time.perf_counter()
+                try:
+                    result = action()
+                finally:
+                    close_models()  # one model set in memory at a time: the 1.5B in fp32 alone is 6 GiB
+                wall = time.perf_counter() - started
+                self.state.record(name, result, wall)
+                self.echo(f"      {name} done in {wall:.0f}s")
+        finally:
+            self.engines.stop_all()
         report = write_report(self)
         self.echo("")
         self.echo(report.read_text())
@@ -164,12 +173,13 @@ class Demo:
                 bar.set_postfix(pass_rate=f"{passed / done:.0%}" if done else "-", refresh=False)
                 bar.refresh()
 
+            engine = self.engines.use(self.plan.llm) if self.open_teacher is None else {"served_by": "scripted"}
             open_teacher = self.open_teacher or (lambda: open_chat_model(self.store, self.plan.llm))
             result = run_harvest(self.store, config, open_teacher, progress)
         if result.passed == 0:
             raise InvalidInputError(f"the teacher passed none of the {result.done} harvested tasks: "
                                     "nothing to train on", hint="see `supertiny harvest status` for the reasons")
-        return {"run_id": result.run_id, "done": result.done, "passed": result.passed,
+        return {"run_id": result.run_id, "done": result.done, "passed": result.passed, "engine": engine,
                 "pass_rate": result.passed / result.done, "s_per_sample": result.elapsed_s / max(result.newly_done, 1)}
 
     def snapshot(self) -> dict[str, Any]:
@@ -180,9 +190,14 @@ class Demo:
                                   note=f"supertiny demo {self.plan.tag}")
         return {"ref": f"{dataset.name}@{dataset.version}", "items": len(snapshot_items(self.store, dataset))}
 
-    def evaluate_model(self, model: str) -> dict[str, Any]:
+    def evaluate_model(self, model: str, engine: bool = False) -> dict[str, Any]:
+        """Evaluate ``model``: on an engine for the teacher (``engine``) or when the evaluation is large enough
+        to pay for starting one."""
+        from supertiny.demo.plan import ENGINE_MIN_TASKS
         from supertiny.evaluate.runner import EvalConfig, evaluate
 
+        tasks = self.plan.eval_per_category * 5  # BFCL's five categories
+        used = self.engines.use(model) if engine or tasks >= ENGINE_MIN_TASKS else {}
         config = EvalConfig(model=model, domain=self.plan.domain, split="test",
                             per_category=self.plan.eval_per_category, max_new_tokens=self.plan.max_new_tokens)
         with _bar(f"eval {model}", "task") as bar:
@@ -194,6 +209,7 @@ class Demo:
             evaluation = evaluate(self.store, config, progress)
         version = _version(self.store, model)
         return {"model": model, "evaluation_id": evaluation.id, "accuracy": evaluation.accuracy,
+                "engine": {**used, "served_by": evaluation.details.get("engine")},
                 "invalid_rate": evaluation.invalid_rate, "mean_latency_s": evaluation.mean_latency_s,
                 "tokens_per_request": evaluation.tokens_per_request, "n": evaluation.n_tasks,
                 "per_category": {category: stats["accuracy"] for category, stats in evaluation.per_category.items()},
@@ -305,7 +321,8 @@ class Demo:
     def serve(self) -> dict[str, Any]:
         from supertiny.demo.traffic import send_requests
 
-        return send_requests(self, self.plan.requests)
+        engine = self.engines.use(self.plan.llm)  # the cascade's LLM tier
+        return {**send_requests(self, self.plan.requests), "engine": {**engine, "tier": "LLM tier"}}
 
     # --- helpers ----------------------------------------------------------------------------------------
 

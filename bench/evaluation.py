@@ -1,0 +1,137 @@
+"""Evaluation benchmark: one model on a domain's test split through several engines, side by side.
+
+    python -m bench.evaluation --model qwen2.5-coder-0.5b-instruct --per-category 50 --engines vllm,batched
+
+For each engine it runs ``supertiny eval run`` (greedy, the same tasks) into a scratch store and reports wall
+time, tasks per minute, accuracy with its 95% Wilson interval, and, against the first engine, how many tasks
+got a different verdict with an exact McNemar test (the engines compute in different kernels and orders,
+so a greedy answer can flip where two tokens are nearly tied).
+
+Writes ``bench/results/evaluation-<timestamp>.json``, ``.png`` and ``.md``.
+"""
+
+import argparse
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from bench.engines import ENGINES, engine_model, machine, model_dir, parse_engines, scratch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def evaluate_once(store: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    from supertiny.evaluate.runner import EvalConfig, evaluate
+    from supertiny.evaluate.stats import wilson_interval
+
+    evaluation = evaluate(store, EvalConfig(model=name, domain=args.domain, split=args.split,
+                                            per_category=args.per_category, max_new_tokens=args.max_new_tokens))
+    records = evaluation.details["records"]
+    correct = sum(record["correct"] for record in records)
+    low, high = wilson_interval(correct, len(records))
+    wall = evaluation.details["wall_s"]
+    return {"tasks": len(records), "correct": correct, "accuracy": correct / len(records),
+            "accuracy_95": [low, high], "wall_s": round(wall, 1), "tasks_per_min": round(len(records) / wall * 60, 2),
+            "mean_latency_s": round(evaluation.mean_latency_s, 3), "served_by": evaluation.details["engine"],
+            "concurrency": evaluation.details["concurrency"],
+            "per_category": {category: stats["accuracy"] for category, stats in evaluation.per_category.items()},
+            "verdicts": {record["task_hash"]: record["correct"] for record in records}}
+
+
+def compare(first: dict[str, bool], other: dict[str, bool]) -> dict[str, Any]:
+    from supertiny.evaluate.stats import mcnemar_p
+
+    shared = sorted(set(first) & set(other))
+    only_first = sum(first[task] and not other[task] for task in shared)
+    only_other = sum(other[task] and not first[task] for task in shared)
+    return {"tasks": len(shared), "differ": only_first + only_other, "only_first": only_first,
+            "only_other": only_other, "mcnemar_p": mcnemar_p(only_first, only_other)}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    from supertiny.evaluate.stats import format_accuracy
+
+    runs = result["runs"]
+    lines = [f"# Evaluation benchmark ({result['created']})", "",
+             f"model `{result['model']}` on `{result['domain']}` {result['split']}, {result['per_category']} tasks a "
+             f"category, greedy, at most {result['max_new_tokens']} new tokens, {result['machine']}", "",
+             "| engine | wall s | tasks / min | tasks in flight | accuracy [95% CI] "
+             "| verdicts differing from the first engine (McNemar p) |", "|---|---|---|---|---|---|"]
+    for run in runs:
+        diff = run.get("against_first")
+        versus = f"{diff['differ']} of {diff['tasks']} (p={diff['mcnemar_p']:.2f})" if diff else "-"
+        lines.append(f"| {run['engine']} | {run['wall_s']} | {run['tasks_per_min']} | {run['concurrency']} "
+                     f"| {format_accuracy(run['correct'], run['tasks'])} | {versus} |")
+    if len(runs) > 1:
+        fastest, slowest = min(runs, key=lambda run: run["wall_s"]), max(runs, key=lambda run: run["wall_s"])
+        lines += ["", f"- {fastest['engine']} took {fastest['wall_s'] / slowest['wall_s']:.2f}x the wall time of "
+                  f"{slowest['engine']}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    names = [run["engine"] for run in runs]
+    left.bar(names, [run["wall_s"] for run in runs], color="tab:blue")
+    left.set(title=f"wall time, {runs[0]['tasks']} tasks", ylabel="seconds")
+    accuracy = [run["accuracy"] * 100 for run in runs]
+    errors = [[a - run["accuracy_95"][0] * 100 for a, run in zip(accuracy, runs, strict=True)],
+              [run["accuracy_95"][1] * 100 - a for a, run in zip(accuracy, runs, strict=True)]]
+    right.bar(names, accuracy, yerr=errors, capsize=6, color="tab:green")
+    right.set(title="accuracy (95% Wilson interval)", ylabel="%", ylim=(0, 100))
+    figure.suptitle(f"eval: {result['model']} on {result['domain']} {result['split']}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="Registered model name or HF directory.")
+    parser.add_argument("--domain", default="bfcl")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--per-category", type=int, default=50)
+    parser.add_argument("--engines", default="vllm,batched", help=f"Comma-separated: {', '.join(ENGINES)}.")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--db", help="Database URL of the scratch store (default: a temporary SQLite file).")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    kinds = parse_engines(args.engines)
+
+    from supertiny.plugins import load_plugins
+
+    load_plugins()
+    settings, store = scratch(args.db)
+    directory = model_dir(args.model)
+    runs = []
+    for kind in kinds:
+        with engine_model(kind, store, settings, directory, label="eval") as name:
+            run = {"engine": kind, **evaluate_once(store, name, args)}
+        if runs:
+            run["against_first"] = compare(runs[0]["verdicts"], run["verdicts"])
+        runs.append(run)
+        print(f"{kind:>10}: {run['tasks']} tasks in {run['wall_s']} s ({run['tasks_per_min']}/min), accuracy "
+              f"{run['accuracy']:.1%}", flush=True)
+    result = {"created": dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"), "model": args.model, "domain": args.domain,
+              "split": args.split, "per_category": args.per_category, "max_new_tokens": args.max_new_tokens,
+              "machine": machine(), "runs": runs}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"evaluation-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    stem.with_suffix(".md").write_text(markdown(result))
+    plot(result, stem.with_suffix(".png"))
+    print(f"wrote {stem}.json, .md and .png")
+    return result
+
+
+if __name__ == "__main__":
+    main()

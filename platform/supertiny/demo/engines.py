@@ -1,0 +1,58 @@
+"""The demo's engines: a vLLM engine for each model a step sends enough requests to, started when that step
+first needs it (the engine's virtualenv is built then, once, and its time counts in that step) and stopped
+when the demo ends. Where vLLM cannot be installed or run, the demo says why in one line and runs every
+model in-process."""
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from supertiny.config import Settings
+from supertiny.errors import EngineUnavailableError, InvalidInputError
+from supertiny.store.engine import Store
+
+
+class DemoEngines:
+    """Engines this demo run started, by model name."""
+
+    def __init__(self, settings: Settings, store: Store, mode: str, echo: Callable[[str], None]):
+        self.settings = settings
+        self.store = store
+        self.echo = echo
+        self.unavailable: str | None = "engine off (--engine off)" if mode == "off" else None
+        self.started: dict[str, Any] = {}
+
+    def use(self, model: str) -> dict[str, Any]:
+        """Serve ``model`` on an engine if one can run it; what serves it and how long getting there took."""
+        from supertiny.engine.launch import EngineOptions
+        from supertiny.engine.manager import engine_location, start_engine
+        from supertiny.models.registry import get_model_version
+
+        version = get_model_version(self.store, model)
+        if self.unavailable:
+            return {"served_by": "in-process", "why": self.unavailable, "engine_s": 0.0}
+        found = engine_location(self.store, version)
+        if found is not None:
+            return {"served_by": f"vllm engine at {found[0]}", "engine_s": 0.0}
+        started = time.perf_counter()
+        try:
+            row = start_engine(self.store, self.settings, model, EngineOptions(),
+                               say=lambda line: self.echo(f"      {line}"))
+        except InvalidInputError as exc:  # a format no engine serves: this model stays in-process
+            return {"served_by": "in-process", "why": exc.message, "engine_s": 0.0}
+        except EngineUnavailableError as exc:
+            self.unavailable = exc.message
+            self.echo(f"      no engine: {exc.message}; every model runs in-process")
+            return {"served_by": "in-process", "why": exc.message, "engine_s": time.perf_counter() - started}
+        self.started[model] = row
+        return {"served_by": f"{row.kind} engine at {row.url}", "engine_s": time.perf_counter() - started}
+
+    def stop_all(self) -> None:
+        from supertiny.engine.manager import stop_engine
+
+        for model in list(self.started):
+            try:
+                stop_engine(self.store, model)
+            except Exception as exc:  # the demo's result stands; say what was left running
+                self.echo(f"      could not stop the engine of {model}: {exc}")
+            self.started.pop(model, None)
