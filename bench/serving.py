@@ -194,7 +194,9 @@ def _bench_levels(kind: str, name: str, args: argparse.Namespace, settings: Any,
         import httpx
 
         body = {"model": route, "messages": QUESTION, "max_tokens": args.max_tokens}
-        httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=600).raise_for_status()  # warm up
+        warm = httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=600)
+        if warm.status_code != 200:
+            raise SystemExit(f"the server's first request failed: HTTP {warm.status_code} {warm.text[:500]}")
         for concurrency in [int(value) for value in args.concurrency.split(",") if value.strip()]:
             total = max(args.min_requests, concurrency * args.requests_per_client)
             bare = bench_bare(model, concurrency, total, options, tools) if bare_too else None

@@ -145,6 +145,25 @@ def test_tool_requests_through_supertiny_serve_to_the_engine(engine, engine_home
     assert served == [MODEL] * 4
 
 
+def test_hybrid_token_decodes_through_the_engines(engine):
+    from supertiny.registry import lookup
+    from supertiny.route.hybrid import on_engines
+    from supertiny.route.hybrid_engines import hybrid_generate_on_engines
+
+    store, _ = engine
+    model = open_model(store, MODEL)
+    assert on_engines(model, model)
+    reward = lookup("token_reward", "tiny-probability")
+    options = GenerationOptions(max_new_tokens=20)
+    greedy = model.generate(QUESTION, [WEATHER_TOOL], options)
+    # one model on both tiers: whoever supplies a token, the answer is the model's own greedy answer
+    for threshold, share in ((0.0, 0.0), (0.05, None), (1.01, 1.0)):
+        result = hybrid_generate_on_engines(model, model, QUESTION, [WEATHER_TOOL], options, threshold, reward)
+        assert result.generation.token_ids == greedy.token_ids, threshold
+        assert share is None or result.llm_token_share == share
+        assert len(result.scores) >= len(result.sources) == len(greedy.token_ids)
+
+
 def test_harvest_and_eval_go_through_the_engine(engine):
     from supertiny.evaluate.runner import EvalConfig, evaluate
     from supertiny.harvest.runner import HarvestConfig, run_harvest

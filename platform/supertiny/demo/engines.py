@@ -36,7 +36,9 @@ class DemoEngines:
             return {"served_by": f"vllm engine at {found[0]}", "engine_s": 0.0}
         started = time.perf_counter()
         try:
-            row = start_engine(self.store, self.settings, model, EngineOptions(),
+            # eager: torch.compile adds a minute or more to each start on a small CPU for a modest gain in
+            # throughput, which a demo-sized job does not earn back
+            row = start_engine(self.store, self.settings, model, EngineOptions(eager=True),
                                say=lambda line: self.echo(f"      {line}"))
         except InvalidInputError as exc:  # a format no engine serves: this model stays in-process
             return {"served_by": "in-process", "why": exc.message, "engine_s": 0.0}

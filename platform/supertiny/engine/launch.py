@@ -31,6 +31,9 @@ class EngineOptions:
                                                                           "lets server replicas on other hosts "
                                                                           "reach it)."})
     port: int | None = dataclasses.field(default=None, metadata={"help": "Port (default: a free one)."})
+    advertise_host: str | None = dataclasses.field(default=None, metadata={
+        "help": "Host name other machines reach the engine by, recorded in the store (default: --host, or this "
+                "machine's host name when --host is 0.0.0.0)."})
     dtype: str = dataclasses.field(default="auto", metadata={
         "help": "Compute dtype; auto: bfloat16 where the CPU computes it natively, else float32.",
         "choices": ("auto", "bfloat16", "float16", "float32")})

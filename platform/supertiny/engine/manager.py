@@ -78,8 +78,9 @@ def start_engine(store: Store, settings: Settings, model: str, options: EngineOp
             records.set_status(store, row.id, "failed", error="the process was gone")
     environment = ensure_environment(settings, say=say)
     port = launch.choose_port(options.host, options.port)
-    connect_host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
-    url = f"http://{connect_host}:{port}/v1"
+    wildcard = options.host in ("0.0.0.0", "::")
+    local_url = f"http://{'127.0.0.1' if wildcard else options.host}:{port}/v1"
+    url = f"http://{options.advertise_host or (records.this_host() if wildcard else options.host)}:{port}/v1"
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     log_path = settings.engines_dir / "logs" / f"{_file_name(version.name)}-{stamp}-{port}.log"
     command = launch.server_command(environment, version.path, version.name, port, options)
@@ -88,7 +89,7 @@ def start_engine(store: Store, settings: Settings, model: str, options: EngineOp
                                 log_path=str(log_path), config={**options.as_dict(), "port": port})
     say(f"starting {environment.label} for {version.name} on {url} (pid {pid}, log {log_path})")
     try:
-        launch.wait_healthy(url, pid, log_path, options.startup_timeout_s)
+        launch.wait_healthy(local_url, pid, log_path, options.startup_timeout_s)
     except EngineUnavailableError as exc:
         records.set_status(store, row.id, "failed", error=str(exc))
         raise EngineUnavailableError(f"the engine for {version.name} did not start: {exc.message}",

@@ -30,6 +30,8 @@ class Capabilities:
     - ``batching``: concurrent requests are batched by the backend or its engine, so callers should keep
       up to ``max_concurrency`` requests in flight instead of serialising them.
     - ``tokenizer``: ``.tokenizer`` is a Hugging Face tokenizer (token texts of log-probabilities).
+    - ``token_continuation``: ``continue_tokens(prompt_ids, ...)`` continues a token sequence with each token's
+      top log-probabilities (token-level hybrid decoding through an engine).
     - ``max_concurrency``: requests worth having in flight at once.
     - ``engine``: a short label of what runs the model (``transformers``, ``vllm http://...``).
     """
@@ -39,6 +41,7 @@ class Capabilities:
     token_access: bool = False
     batching: bool = False
     tokenizer: bool = False
+    token_continuation: bool = False
     max_concurrency: int = 1
     engine: str = ""
 

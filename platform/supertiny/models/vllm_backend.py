@@ -16,6 +16,7 @@ The location is the engine's base URL (``http://127.0.0.1:8100/v1``). Config key
 - ``api_key_env``: the variable holding the engine's API key, if it was started with one.
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -38,6 +39,15 @@ from supertiny.models.backend import (
 )
 
 CONFIG_KEYS = ("model", "tokenizer", "name", "timeout_s", "max_concurrency", "api_key_env")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenStep:
+    """One generated token: its id, its log-probability, the best log-probabilities at its position."""
+
+    token_id: int
+    logprob: float
+    top_logprobs: tuple[float, ...]
 TOKEN_ID_PREFIX = "token_id:"  # how the engine spells a token with return_tokens_as_token_ids
 
 
@@ -81,7 +91,8 @@ class VLLMChatModel(ChatModel):
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(local=False, logprobs=True, token_access=False, batching=True, tokenizer=True,
-                            max_concurrency=self.max_concurrency, engine=f"vllm engine at {self.base_url}")
+                            token_continuation=True, max_concurrency=self.max_concurrency,
+                            engine=f"vllm engine at {self.base_url}")
 
     def render_prompt(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None) -> str:
         from supertiny.models.transformers_backend import render_chat_prompt
@@ -137,6 +148,28 @@ class VLLMChatModel(ChatModel):
                 if delta:
                     yield delta
         yield _generation(merged, tools, prompt_tokens, time.perf_counter() - started, options)
+
+    def continue_tokens(self, prompt_ids: Sequence[int], max_tokens: int, top_logprobs: int,
+                        options: GenerationOptions) -> list[TokenStep]:
+        """Up to ``max_tokens`` tokens after ``prompt_ids`` (token ids, so a caller can splice tokens of another
+        model of the same vocabulary in), each with its log-probability and the ``top_logprobs`` best
+        alternatives. The engine's prefix cache makes a prompt that only grew cheap to continue."""
+        body = self._body("", dataclasses.replace(options, max_new_tokens=max_tokens), 1)
+        body.update(prompt=list(prompt_ids), logprobs=max(0, top_logprobs))
+        body.pop("stop", None)
+        answer = self._post(body, options)
+        choice = (answer.get("choices") or [{}])[0]
+        logprobs = choice.get("logprobs") or {}
+        steps = []
+        for token, value, top in zip(logprobs.get("tokens") or [], logprobs.get("token_logprobs") or [],
+                                     logprobs.get("top_logprobs") or [{}] * len(logprobs.get("tokens") or []),
+                                     strict=False):
+            token_id = _token_id(token)
+            if token_id is None:
+                raise ModelError(f"the engine at {self.base_url} did not return token ids")
+            best = tuple(sorted((float(v) for v in (top or {}).values()), reverse=True))
+            steps.append(TokenStep(token_id, float(value) if value is not None else float("-inf"), best))
+        return steps
 
     def close(self) -> None:
         self._client.close()

@@ -6,8 +6,9 @@ below the threshold the LLM supplies that token instead. Each model keeps its ow
 The LLM is lazy: it only catches up on the tokens it has not seen (one forward pass over all of
 them) when its token is needed, so at a low threshold it costs almost nothing.
 
-Both tiers run in-process (their weights in this process, even where an engine serves them too) with the
-same vocabulary (the Qwen2.5 0.5B/1.5B pair shares one tokenizer).
+Both tiers need the same vocabulary (the Qwen2.5 0.5B/1.5B pair shares one tokenizer). Where both run on
+vLLM engines, decoding goes through them (:mod:`supertiny.route.hybrid_engines`); otherwise both run
+in-process (their weights in this process, even where an engine serves one of them).
 """
 
 import contextlib
@@ -77,11 +78,18 @@ def _vocab_fingerprint(tokenizer: Any) -> str:
     return fingerprint
 
 
+def on_engines(tiny: ChatModel, llm: ChatModel) -> bool:
+    """Whether both models run on engines that continue token sequences (hybrid decoding through them)."""
+    return tiny.capabilities.token_continuation and llm.capabilities.token_continuation
+
+
 def check_compatible(tiny: ChatModel, llm: ChatModel) -> None:
-    """ConfigError unless both models give token access (in-process torch weights) with the same vocabulary."""
+    """ConfigError unless both models give token access (in-process torch weights, or engines that continue
+    token sequences) with the same vocabulary."""
+    remote = on_engines(tiny, llm)
     for role, model in (("tiny", tiny), ("llm", llm)):
         capabilities = model.capabilities
-        if not (capabilities.token_access and capabilities.tokenizer):
+        if not (remote or capabilities.token_access) or not capabilities.tokenizer:
             raise ConfigError(
                 f"hybrid-token needs both tiers' weights in this process; the {role} model "
                 f"{getattr(model, 'name', '?')!r} runs on {capabilities.engine or 'a backend without token access'}",
@@ -174,15 +182,23 @@ def hybrid_generate(tiny: Any, llm: Any, messages: Sequence[MessageLike], tools:
                 break
             tiny_logprobs = forward("tiny", tiny, [token], tiny_cache)
 
-    hit_max = tokens[-1] not in stops and len(tokens) >= options.max_new_tokens
+    return hybrid_result(tiny.tokenizer, tools, options, stops, len(tiny_prompt), started, tokens, logprobs,
+                         sources, scores)
+
+
+def hybrid_result(tokenizer: Any, tools: Sequence[ToolLike] | None, options: GenerationOptions, stops: set[int],
+                  prompt_tokens: int, started: float, tokens: list[int], logprobs: list[float], sources: list[str],
+                  scores: list[float]) -> HybridResult:
+    """The answer hybrid decoding wrote: text up to the end of turn or the first stop string, parsed."""
+    hit_max = bool(tokens) and tokens[-1] not in stops and len(tokens) >= options.max_new_tokens
     text_ids = tokens[:-1] if tokens and tokens[-1] in stops else tokens
-    text = tiny.tokenizer.decode(text_ids, **DECODE_KWARGS)
+    text = tokenizer.decode(text_ids, **DECODE_KWARGS)
     for stop in options.stop:
         if stop and stop in text:
             text = text[: text.index(stop)]
     parse, message = parse_answer(text, tools)
     generation = Generation(
-        text=text, message=message, parse=parse, prompt_tokens=len(tiny_prompt), completion_tokens=len(tokens),
+        text=text, message=message, parse=parse, prompt_tokens=prompt_tokens, completion_tokens=len(tokens),
         latency_s=time.perf_counter() - started, finish_reason=finish_reason(parse, hit_max), token_ids=tokens,
         token_logprobs=logprobs,
     )
@@ -199,15 +215,21 @@ class HybridTokenPolicy(Policy):
         from supertiny.registry import lookup
 
         assert isinstance(params, HybridParams)
+        from supertiny.route.hybrid_engines import hybrid_generate_on_engines
+
         reward = lookup("token_reward", params.reward)
-        tiny, llm = context.model("tiny", in_process=True), context.model("llm", in_process=True)
+        tiny, llm = context.model("tiny"), context.model("llm")
+        in_process = not on_engines(tiny, llm)  # else both tiers' weights must be here
+        if in_process:
+            tiny, llm = context.model("tiny", in_process=True), context.model("llm", in_process=True)
+        generate = hybrid_generate if in_process else hybrid_generate_on_engines
         started = time.monotonic()
-        with context.hold("tiny", "llm", in_process=True):
+        with context.hold("tiny", "llm", in_process=in_process):
             remaining = max(0.001, params.timeout_s - (time.monotonic() - started))
             timeout = remaining if context.options.timeout_s is None else min(remaining, context.options.timeout_s)
             options = dataclasses.replace(context.options, timeout_s=timeout)
-            result = hybrid_generate(tiny, llm, context.messages, context.tools, options, params.threshold, reward,
-                                     params.top_k)
+            result = generate(tiny, llm, context.messages, context.tools, options, params.threshold, reward,
+                              params.top_k)
         confidence = result.generation.confidence
         mean_score = sum(result.scores) / len(result.scores) if result.scores else None
         detail = {
