@@ -162,11 +162,16 @@ def check_answer(domain: Any, task: Any, tools: list[dict[str, Any]], generation
 
 def run_hybrid(tiny: Any, llm: Any, domain: Any, tasks: Sequence[Any], threshold: float, reward: Any,
                args: argparse.Namespace) -> dict[str, Any]:
-    """Decode every task with token-level hybrid decoding at ``threshold``; accuracy and LLM shares."""
+    """Decode every task with token-level hybrid decoding at ``threshold`` (through the engines when both models
+    run on one, else in-process); accuracy, LLM shares and latency."""
     from supertiny.models.backend import GenerationOptions
     from supertiny.prototype.agent import task_tools
-    from supertiny.route.hybrid import hybrid_generate
+    from supertiny.route.hybrid import hybrid_generate, on_engines
+    from supertiny.route.hybrid_engines import hybrid_generate_on_engines
     from supertiny.route.policy import TierError
+
+    where = "engines" if on_engines(tiny, llm) else "in-process"
+    decode = hybrid_generate_on_engines if where == "engines" else hybrid_generate
 
     options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=0.0, logprobs=True)
     records = []
@@ -177,7 +182,7 @@ def run_hybrid(tiny: Any, llm: Any, domain: Any, tasks: Sequence[Any], threshold
                                   "category": task.category}
         began = time.perf_counter()
         try:
-            result = hybrid_generate(tiny, llm, task.messages, tools, options, threshold, reward, args.top_k)
+            result = decode(tiny, llm, task.messages, tools, options, threshold, reward, args.top_k)
         except TierError as exc:  # one failed decoding counts as a wrong answer, not a failed benchmark
             record.update(correct=False, verdict="error", reason=str(exc)[:300], valid=False, tokens=0,
                           llm_tokens=0, latency_s=time.perf_counter() - began)
@@ -187,10 +192,10 @@ def run_hybrid(tiny: Any, llm: Any, domain: Any, tasks: Sequence[Any], threshold
                           confidence=result.generation.confidence, latency_s=time.perf_counter() - began,
                           answer=result.generation.text[:500])
         records.append(record)
-        log(f"  hybrid {threshold:g}: {index}/{len(tasks)} ({record['llm_tokens']}/{record['tokens']} LLM tokens, "
-            f"{record['verdict']})")
+        log(f"  hybrid {threshold:g} ({where}): {index}/{len(tasks)} ({record['llm_tokens']}/{record['tokens']} LLM "
+            f"tokens, {record['verdict']}, {record['latency_s']:.1f} s)")
     tokens = sum(record["tokens"] for record in records)
-    return {"threshold": threshold, "n": len(records),
+    return {"threshold": threshold, "n": len(records), "decoded_on": where,
             "accuracy": sum(record["correct"] for record in records) / len(records),
             "llm_request_share": sum(record["llm_tokens"] > 0 for record in records) / len(records),
             "llm_token_share": sum(record["llm_tokens"] for record in records) / tokens if tokens else 0.0,
@@ -198,13 +203,18 @@ def run_hybrid(tiny: Any, llm: Any, domain: Any, tasks: Sequence[Any], threshold
             "mean_latency_s": (time.perf_counter() - started) / len(records), "records": records}
 
 
+def hybrid_placements(choice: str) -> list[bool]:
+    """The ``in_process`` flags the models are opened with, one hybrid run each."""
+    return {"auto": [False], "in-process": [True], "both": [False, True]}[choice]
+
+
 # --- report -------------------------------------------------------------------------------------
 
 
 def row(policy: str, threshold: float | None, accuracy: float | None, request_share: float,
-        token_share: float | None, n: int) -> dict[str, Any]:
+        token_share: float | None, n: int, latency_s: float | None = None, where: str | None = None) -> dict[str, Any]:
     return {"policy": policy, "threshold": threshold, "accuracy": accuracy, "llm_request_share": request_share,
-            "llm_token_share": token_share, "n": n}
+            "llm_token_share": token_share, "n": n, "mean_latency_s": latency_s, "decoded_on": where}
 
 
 # (key in the aim, policy, the share the budget bounds): the issue's aim counts escalated requests; hybrid-token
@@ -257,12 +267,15 @@ def markdown(result: dict[str, Any]) -> str:
              f"tiny {result['tiny']}, LLM {result['llm']}; {result['domain']}/{result['split']}, "
              f"{result['per_category']} tasks a category, {result['n']} tasks both evaluations answered "
              f"(evaluations {result['evaluations']['tiny']['id']} and {result['evaluations']['llm']['id']}).", "",
-             "| policy | threshold | accuracy | LLM request share | LLM token share (hybrid) | n |",
-             "|---|---|---|---|---|---|"]
+             "| policy | threshold | accuracy | LLM request share | LLM token share (hybrid) | n | s / request |",
+             "|---|---|---|---|---|---|---|"]
     for entry in result["rows"]:
         threshold = "-" if entry["threshold"] is None else f"{entry['threshold']:.4g}"
-        lines.append(f"| {entry['policy']} | {threshold} | {_percent(entry['accuracy'])} | "
-                     f"{_percent(entry['llm_request_share'])} | {_percent(entry['llm_token_share'])} | {entry['n']} |")
+        policy = f"{entry['policy']} ({entry['decoded_on']})" if entry.get("decoded_on") else entry["policy"]
+        latency = "-" if entry.get("mean_latency_s") is None else f"{entry['mean_latency_s']:.1f}"
+        lines.append(f"| {policy} | {threshold} | {_percent(entry['accuracy'])} | "
+                     f"{_percent(entry['llm_request_share'])} | {_percent(entry['llm_token_share'])} | {entry['n']} "
+                     f"| {latency} |")
     lines += ["", f"Aim: at least the LLM-only accuracy ({_percent(aim['llm_accuracy'])}) with at most "
               f"{_percent(aim['budget'])} of requests escalated: {'met' if aim['met'] else 'not met'}.",
               *aim_lines(aim), "",
@@ -349,6 +362,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--hybrid-thresholds", type=parse_thresholds, default=[0.3, 0.5, 0.7],
                         help="Comma-separated hybrid-token thresholds, each a full decoding run ('' skips hybrid).")
     parser.add_argument("--reward", default="tiny-probability", help="Token reward of hybrid-token.")
+    parser.add_argument("--hybrid-on", choices=("auto", "in-process", "both"), default="auto",
+                        help="Where hybrid-token decodes: auto (through the engines when both models run on one, "
+                             "else in-process), in-process, or both, side by side.")
     parser.add_argument("--top-k", type=int, default=5, help="Tiny log-probabilities the reward sees.")
     parser.add_argument("--budget", type=float, default=0.2, help="The aim's largest LLM request share.")
     parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
@@ -404,12 +420,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.hybrid_thresholds:
             joined = {tiny["task_hash"] for tiny, _ in pairs}
             hybrid_tasks = [task for task in tasks if task.content_hash() in joined]
-            tiny_model, llm_model = open_model(store, args.tiny), open_model(store, args.llm)
-            for threshold in args.hybrid_thresholds:
-                hybrid.append(run_hybrid(tiny_model, llm_model, domain, hybrid_tasks, threshold, reward, args))
-                point = hybrid[-1]
-                rows.append(row("hybrid-token", threshold, point["accuracy"], point["llm_request_share"],
-                                point["llm_token_share"], point["n"]))
+            for in_process in hybrid_placements(args.hybrid_on):
+                tiny_model = open_model(store, args.tiny, in_process=in_process)
+                llm_model = open_model(store, args.llm, in_process=in_process)
+                for threshold in args.hybrid_thresholds:
+                    hybrid.append(run_hybrid(tiny_model, llm_model, domain, hybrid_tasks, threshold, reward, args))
+                    point = hybrid[-1]
+                    rows.append(row("hybrid-token", threshold, point["accuracy"], point["llm_request_share"],
+                                    point["llm_token_share"], point["n"], point["mean_latency_s"],
+                                    point["decoded_on"]))
     finally:
         close_models()
 

@@ -119,6 +119,18 @@ def test_n_samples_seeds_and_stop_sequences(engine):
     assert "".join(deltas[:-1]) == final.text and final.token_logprobs and final.completion_tokens >= 1
 
 
+def test_concurrent_seeded_long_prompts_leave_the_engine_healthy(engine):
+    import concurrent.futures
+
+    store, row = engine
+    model = open_model(store, MODEL)
+    long = [{"role": "user", "content": "What is the weather in Paris? " * 60}]  # ~600 tokens each
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda seed: model.generate_samples(
+            long, [WEATHER_TOOL], GenerationOptions(max_new_tokens=6, temperature=0.9, seed=seed), n=2), range(6)))
+    assert all(len(samples) == 2 for samples in answers) and healthy(row.url)
+
+
 def test_tool_requests_through_supertiny_serve_to_the_engine(engine, engine_home):
     import openai
     from supertiny.route.policy_store import set_policy

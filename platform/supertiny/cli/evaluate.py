@@ -62,7 +62,9 @@ def run_command(settings: Settings, model: str, domain: str, split: str, limit: 
     rows.append({"category": "overall", "n": result["n_tasks"], "accuracy": result["accuracy"],
                  "invalid_rate": result["invalid_rate"], "mean_latency_s": result["mean_latency_s"],
                  "tokens_per_request": result["tokens_per_request"]})
-    click.echo(f"evaluation {result['id']}: {model} on {domain}/{split}")
+    details = evaluation.details or {}
+    click.echo(f"evaluation {result['id']}: {model} on {domain}/{split}, served by {details.get('engine')}, "
+               f"{details.get('concurrency')} tasks in flight, {details.get('wall_s', 0):.0f} s")
     print_table(rows, ["category", "n", "accuracy", "invalid_rate", "mean_latency_s", "tokens_per_request"],
                 formatters={"accuracy": _percent, "invalid_rate": _percent,
                             "mean_latency_s": lambda v: f"{v:.2f}", "tokens_per_request": lambda v: f"{v:.0f}"})

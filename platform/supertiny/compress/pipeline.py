@@ -79,7 +79,7 @@ def prepare_compression(
 ) -> PreparedCompression:
     """Resolve and check everything a run needs; nothing is loaded yet."""
     from supertiny.datasets.snapshot import get_snapshot
-    from supertiny.models.registry import find_model_version, get_model_version
+    from supertiny.models.registry import find_model_version, get_model_version, require_hf_weights
     from supertiny.registry import lookup
     from supertiny.transfer.resources import model_ref
 
@@ -95,9 +95,7 @@ def prepare_compression(
     source = get_model_version(store, model)
     if source.format == "quantized":
         raise InvalidInputError(f"model {source.name!r} is already quantized", hint="compress its parent instead")
-    if source.backend != "transformers" or source.format not in ("hf", "gguf"):
-        raise InvalidInputError(f"model {source.name!r} is a {source.format} model served by {source.backend}: "
-                                "compression needs its weights as a local Hugging Face directory")
+    require_hf_weights(source, "compression")
     ref = model_ref(source)
     dataset = None
     if data:

@@ -19,6 +19,7 @@ CONFIG_KEYS = ("threads", "name", "max_batch_size", "dynamic_batching", "batch_w
 
 class QuantizedBackend(TransformersBackend):
     name = "transformers-quantized"
+    hf_weights = False
     description = "a model quantized by `supertiny compress quantize` (int8 / int4 weights), run with transformers"
 
     def open(self, location: str, config: dict[str, Any]) -> "QuantizedChatModel":

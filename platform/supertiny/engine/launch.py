@@ -116,6 +116,11 @@ def server_command(environment: EngineEnvironment, model_dir: str, served_model:
         "--generation-config", "vllm",
         "--disable-uvicorn-access-log",
     ]
+    if environment.flavour == "cpu":
+        # whole prompts per step: the CPU build rewinds a seeded request's random generator after a partial
+        # prefill, which its CPU generators refuse, and the engine dies on the first seeded long prompt
+        length = context_length(model_dir, options.max_model_len)
+        command += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(length, 2048))]
     if options.max_num_seqs:
         command += ["--max-num-seqs", str(options.max_num_seqs)]
     if options.eager:

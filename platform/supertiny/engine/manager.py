@@ -47,12 +47,14 @@ def engines_enabled() -> bool:
 
 def servable_reason(version: ModelVersion) -> str | None:
     """Why an engine cannot serve this model version, or None."""
-    if version.backend == "openai":
+    from supertiny.registry import lookup
+
+    if version.format == "openai":
         return f"{version.name} is already an endpoint ({version.path})"
     if version.format == "gguf":
         return (f"{version.name} is a GGUF file; vLLM's CPU build does not run GGUF weights, so it is served "
                 "in-process (llama.cpp or transformers backend)")
-    if version.backend != "transformers" or version.format != "hf":
+    if version.format != "hf" or not getattr(lookup("backend", version.backend), "hf_weights", False):
         return (f"{version.name} is a {version.format} model of the {version.backend} backend (weights vLLM "
                 "cannot load); it is served in-process. Serve its unquantized parent on an engine instead")
     if not (Path(version.path) / "config.json").is_file():

@@ -137,6 +137,9 @@ class ChatModel(abc.ABC):
 class Backend(Protocol):
     name: str
     description: str
+    # the model versions it opens are weights transformers loads (an HF directory or a GGUF in one): the
+    # trainers and compressors read them
+    hf_weights: bool
 
     def open(self, location: str, config: dict[str, Any]) -> ChatModel:
         """Open the model at ``location`` (a directory, file or URL) with backend-specific config."""

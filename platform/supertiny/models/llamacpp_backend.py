@@ -65,6 +65,7 @@ MISSING_LLAMA_CPP = (
 
 class LlamaCppBackend:
     name = "llama-cpp"
+    hf_weights = False
     description = "a GGUF file run in-process by llama.cpp (CPU; install supertiny[llamacpp])"
 
     def open(self, location: str, config: dict[str, Any]) -> "LlamaCppChatModel":

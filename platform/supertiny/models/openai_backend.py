@@ -47,6 +47,7 @@ CONFIG_KEYS = ("model", "api_key", "api_key_env", "timeout_s", "max_retries", "m
 
 class OpenAIBackend:
     name = "openai"
+    hf_weights = False
     description = "an OpenAI-compatible chat endpoint (cloud LLM, vllm serve, llama.cpp, supertiny)"
 
     def open(self, location: str, config: dict[str, Any]) -> "OpenAIChatModel":

@@ -84,6 +84,16 @@ def register_model_version(
     return row
 
 
+def require_hf_weights(version: ModelVersion, purpose: str) -> None:
+    """InvalidInputError unless ``version``'s backend opens it from weights transformers loads (training and
+    compression read those)."""
+    from supertiny.registry import lookup
+
+    if version.format not in ("hf", "gguf") or not getattr(lookup("backend", version.backend), "hf_weights", False):
+        raise InvalidInputError(f"model {version.name!r} is a {version.format} model served by {version.backend}: "
+                                f"{purpose} needs its weights as a local Hugging Face directory")
+
+
 def find_model_version(store: Store, name: str) -> ModelVersion | None:
     """The model version called ``name``, or None."""
     with store.session() as session:

@@ -59,6 +59,7 @@ DECODE_KWARGS = {"skip_special_tokens": False, "clean_up_tokenization_spaces": F
 
 class TransformersBackend:
     name = "transformers"
+    hf_weights = True
     description = "a local Hugging Face causal LM directory (safetensors or GGUF) run with transformers"
 
     def open(self, location: str, config: dict[str, Any]) -> "TransformersChatModel":

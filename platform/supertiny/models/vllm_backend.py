@@ -53,6 +53,7 @@ TOKEN_ID_PREFIX = "token_id:"  # how the engine spells a token with return_token
 
 class VLLMBackend:
     name = "vllm"
+    hf_weights = False
     description = "a model served by a vLLM engine (`supertiny engine start`), prompts and tool calls by supertiny"
 
     def open(self, location: str, config: dict[str, Any]) -> "VLLMChatModel":
@@ -252,8 +253,9 @@ class VLLMChatModel(ChatModel):
         if status == 404:
             raise EngineUnavailableError(f"the engine at {self.base_url} does not serve {self.served_model!r}: "
                                          f"{detail}")
-        if status in (502, 503, 504):
-            raise EngineUnavailableError(f"the engine at {self.base_url} is unavailable (HTTP {status}): {detail}")
+        if status >= 500:  # the engine failed, not the model's answer: callers must not record it as one
+            raise EngineUnavailableError(f"the engine at {self.base_url} failed (HTTP {status}): {detail}",
+                                         hint=f"supertiny engine logs {self.name}")
         raise ModelError(f"the engine at {self.base_url} answered HTTP {status}: {detail}")
 
 

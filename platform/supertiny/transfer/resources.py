@@ -52,9 +52,9 @@ class ModelRef:
 
 def model_ref(version: ModelVersion) -> ModelRef:
     """The HF directory of a registered model (and its GGUF file name, if it is one); endpoints refused."""
-    if version.backend != "transformers" or version.format not in ("hf", "gguf"):
-        raise InvalidInputError(f"model {version.name!r} is a {version.format} model served by {version.backend}: "
-                                "training needs its weights as a local Hugging Face directory")
+    from supertiny.models.registry import require_hf_weights
+
+    require_hf_weights(version, "training")
     path = Path(version.path).expanduser()
     gguf_file = (version.config or {}).get("gguf_file") if version.format == "gguf" else None
     if not path.is_dir():
