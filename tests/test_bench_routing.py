@@ -27,8 +27,9 @@ def test_the_routing_benchmark_runs_on_tiny_models(routing_main, sqlite_store, t
     assert sorted(path.suffix for path in first.iterdir()) == [".json", ".md", ".png"]
     assert json.loads(next(first.glob("*.json")).read_text())["rows"] == result["rows"]
     table = next(first.glob("*.md")).read_text()
-    assert "| policy | threshold | accuracy | LLM request share | LLM token share (hybrid) | n |" in table
-    assert "| hybrid-token | 0.5 |" in table and "Aim: at least the LLM-only accuracy" in table
+    assert "| policy | threshold | accuracy | LLM request share | LLM token share (hybrid) | n | s / request |" \
+        in table
+    assert "| hybrid-token (in-process) | 0.5 |" in table and "Aim: at least the LLM-only accuracy" in table
 
     assert result["n"] == 2  # one task of each of the two categories, answered by both evaluations
     assert not any(evaluation["reused"] for evaluation in result["evaluations"].values())

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from click.testing import CliRunner
 from supertiny.cli import cli
-from supertiny.errors import InvalidInputError
+from supertiny.errors import InvalidInputError, NotFoundError
 from supertiny.models.registry import register_model_version
 from supertiny.route.calibrate import CalibrationRecord, calibrate, cascade_curve, choose, token_curve
 from supertiny.route.policy_store import active_row, history, set_policy
@@ -56,9 +56,12 @@ def test_token_curve_gives_the_llm_token_share():
 
 
 def _evaluation(store, model: str, llm: bool) -> None:
+    from supertiny.models.registry import find_model_version
+
     with store.session() as session:
-        model_id = register_model_version(store, name=model, stage="external", format="hf", backend="transformers",
-                                          path="/nowhere").id
+        registered = find_model_version(store, model)
+        model_id = registered.id if registered else register_model_version(
+            store, name=model, stage="external", format="hf", backend="transformers", path="/nowhere").id
         details = {"records": [{"task": f"t{task}", "task_hash": f"h{task}", "category": "simple",
                                 "correct": row[3] if llm else row[2], "valid": True if llm else row[1],
                                 "confidence": None if llm else row[0],
@@ -123,6 +126,16 @@ def run(store, *args: str):
 
 
 def test_policy_cli(sqlite_store):
+    from supertiny.models.registry import register_model_version
+
+    unknown = run(sqlite_store, "policy", "set", "weather", "tiny", "-p", "tiny=small")
+    assert unknown.exit_code == 1 and unknown.output.startswith("error: unknown model 'small'")
+    assert len(unknown.output.strip().splitlines()) == 1
+    with pytest.raises(NotFoundError):  # nothing was stored
+        history(sqlite_store, "weather")
+    for name in ("small", "large"):
+        register_model_version(sqlite_store, name=name, stage="external", format="hf", backend="transformers",
+                               path=f"/models/{name}")
     result = run(sqlite_store, "policy", "set", "weather", "cascade", "-p", "tiny=small", "-p", "llm=large",
                  "-p", "threshold=0.6", "--note", "first")
     assert result.exit_code == 0 and "version 1 is active (cascade" in result.output
@@ -137,6 +150,8 @@ def test_policy_cli(sqlite_store):
     bad = run(sqlite_store, "policy", "set", "weather", "cascade", "-p", "tiny=small")
     assert bad.exit_code == 1 and bad.output.strip().splitlines() == \
         ["error: invalid params for a cascade policy: llm: Field required"]
+    later = run(sqlite_store, "policy", "set", "soon", "tiny", "-p", "tiny=not-yet", "--allow-unknown-models")
+    assert later.exit_code == 0
     _evaluation(sqlite_store, "small", llm=False)
     _evaluation(sqlite_store, "large", llm=True)
     calibrated = run(sqlite_store, "policy", "calibrate", "weather", "--target-accuracy", "0.9")

@@ -97,6 +97,34 @@ def test_a_poison_row_is_dropped_and_the_rest_written(sqlite_store, monkeypatch)
     assert len(stored_ids(sqlite_store)) == 9 and writer.stats.rejected == 1
 
 
+def test_a_row_refused_for_its_json_is_stored_sanitised_and_a_huge_body_truncated(sqlite_store, monkeypatch):
+    from supertiny.store.tables import RequestLog
+
+    writer = RequestLogWriter(sqlite_store, batch_size=10, flush_interval_s=0.01, max_backoff_s=0.01, split_after=2)
+    real_insert = writer._insert
+
+    def refuses_odd_values(rows, dedupe):
+        if any(isinstance(row["request"], dict) and "odd" in row["request"] for row in rows):
+            raise sa.exc.DataError("INSERT", {}, Exception("unsupported Unicode escape sequence"))
+        real_insert(rows, dedupe)
+
+    monkeypatch.setattr(writer, "_insert", refuses_odd_values)
+    writer.start()
+    odd, huge = entries(1)[0], entries(1)[0]
+    odd.request = {"odd": "\u0000"}
+    huge.request = {"messages": [{"role": "user", "content": "x" * 300_000}]}
+    for entry in [*entries(3), odd, huge]:
+        writer.submit(entry)
+    assert writer.flush(20)
+    writer.close()
+    assert writer.stats.rejected == 0 and len(stored_ids(sqlite_store)) == 5
+    with sqlite_store.session() as session:
+        stored = {row.request_id: row.request for row in session.scalars(sa.select(RequestLog))}
+    assert stored[odd.request_id]["sanitised"] is True and "odd" in stored[odd.request_id]["head"]
+    assert stored[huge.request_id]["truncated"] is True and stored[huge.request_id]["bytes"] > 300_000
+    assert len(stored[huge.request_id]["head"]) == 4096
+
+
 def test_submit_never_blocks_and_counts_what_it_drops(sqlite_store):
     writer = RequestLogWriter(sqlite_store, max_pending=10)  # not started: nothing drains the queue
     started = time.perf_counter()

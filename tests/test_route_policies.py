@@ -111,6 +111,13 @@ def test_cascade_serves_the_rejected_tiny_answer_when_the_llm_fails():
     assert outcome.log_detail()["fallback"]["model"] == "large"
 
 
+def test_cascade_with_fallback_off_fails_instead_of_serving_the_rejected_answer():
+    small = ScriptedModel("small", GOOD_CALL, probability=0.1)
+    with pytest.raises(ModelError, match="large crashed"):
+        router(small, broken("large")).route(
+            active("cascade", tiny="small", llm="large", threshold=0.99, fallback=False), request())
+
+
 def test_cascade_escalates_when_the_tiny_model_fails():
     outcome = router(broken("small"), ScriptedModel("large", GOOD_CALL)).route(
         active("cascade", tiny="small", llm="large"), request())

@@ -36,7 +36,7 @@ def server(sqlite_store, tiny_pair, tmp_path):
         pool.add(name, model)
     for model in (ScriptedModel("caller", GOOD_CALL, probability=0.95), ScriptedModel("unsure", GOOD_CALL, 0.1),
                   ScriptedModel("sloppy", BROKEN_CALL, probability=0.99), broken("broken"),
-                  ScriptedModel("slow", GOOD_CALL, delay_s=5)):
+                  ScriptedModel("slow", GOOD_CALL, delay_s=5), ScriptedModel("twice", f"{GOOD_CALL}\n{GOOD_CALL}")):
         pool.add(model.name, model, concurrency=64)
     options = ServeOptions(policy_ttl_s=TTL, key_ttl_s=TTL, log_flush_interval_s=0.02, max_tokens_limit=512)
     app = create_app(Settings(home=tmp_path, database_url=sqlite_store.url), options, store=sqlite_store, pool=pool)
@@ -217,8 +217,23 @@ BAD_REQUESTS = [
       "tools": [{"type": "function", "function": {"name": "f", "parameters": {"properties": "city"}}}]},
      400, "tools.0.function.parameters", "not a valid JSON Schema"),
     ({"model": "weather", "messages": QUESTION, "tools": [WEATHER_TOOL],
-      "tool_choice": {"type": "function", "function": {"name": "nope"}}}, 400, None, "not in tools"),
+      "tool_choice": {"type": "function", "function": {"name": "nope"}}}, 400, "tool_choice", "not in tools"),
+    ({"model": "weather", "messages": [{"role": "user"}]}, 400, "messages.0", "needs content"),
+    ({"model": "weather", "messages": [*QUESTION, {"role": "tool", "content": "12C"}]}, 400, "messages.1",
+     "needs the tool_call_id"),
+    ({"model": "weather", "messages": QUESTION,
+      "tools": [{"type": "function", "function": {"name": "bad name!/x", "parameters": {"type": "object"}}}]},
+     400, "tools.0.function.name", "invalid tool name"),
+    ({"model": "weather", "messages": QUESTION, "stream": "yes"}, 400, "stream", ""),
+    ({"model": "weather", "messages": QUESTION, "response_format": {"type": "json_object"}}, 400,
+     "response_format", "not supported"),
     ({"model": "nowhere", "messages": QUESTION}, 404, None, "does not exist"),
+    (b'{"model": "weather", "messages": ' + b"[" * 1500 + b"]" * 1500 + b"}", 400, None, "nests deeper than 64"),
+    ({"model": "weather", "messages": QUESTION, "extra": json.loads("[" * 500 + "]" * 500)}, 400, None,
+     "nests deeper than 64"),
+    ({"model": "weather", "messages": QUESTION, "tools": [{"type": "function", "function": {
+        "name": "deep", "parameters": json.loads('{"type": "object", "properties": {"a": ' * 20 + "{}" + "}}" * 20)}}]},
+     400, "tools.0.function.parameters", "nests deeper than 32"),
 ]
 
 
@@ -233,10 +248,20 @@ def test_malformed_requests_get_openai_style_4xx(server, body, status, param, me
     assert error["type"] == "invalid_request_error" and message in error["message"]
     if param is not None:
         assert error["param"] == param
-    if status == 404:
-        assert error["code"] == "model_not_found"
+    assert error["code"] == ("model_not_found" if status == 404 else error["code"]) and error["code"]
     ok = client(server).chat.completions.create(model="weather", messages=QUESTION)  # nothing crashed
     assert ok.choices[0].message.content or ok.choices[0].message.tool_calls
+
+
+def test_parallel_tool_calls_false_keeps_one_call(server):
+    set_policy(server.store, "two", "tiny", {"tiny": "twice"})
+    api = client(server)
+    both = api.chat.completions.create(model="two", messages=QUESTION, tools=[WEATHER_TOOL])
+    one = api.chat.completions.create(model="two", messages=QUESTION, tools=[WEATHER_TOOL], parallel_tool_calls=False)
+    assert len(both.choices[0].message.tool_calls) == 2 and len(one.choices[0].message.tool_calls) == 1
+    streamed = [chunk for chunk in api.chat.completions.create(model="two", messages=QUESTION, tools=[WEATHER_TOOL],
+                                                               parallel_tool_calls=False, stream=True)]
+    assert {call.index for chunk in streamed for call in chunk.choices[0].delta.tool_calls or []} == {0}
 
 
 def test_unknown_endpoints_and_methods_answer_openai_style(server):
@@ -249,7 +274,7 @@ def test_unknown_endpoints_and_methods_answer_openai_style(server):
     assert caught.value.code == "model_not_found"
 
 
-def test_api_keys_are_required_once_one_exists(server):
+def test_api_keys_are_required_once_one_exists_and_revoking_them_never_opens_the_server(server):
     from supertiny.serve.auth import create_key, revoke_key
 
     open_client = client(server)
@@ -271,9 +296,27 @@ def test_api_keys_are_required_once_one_exists(server):
     time.sleep(TTL + 0.05)
     with pytest.raises(openai.AuthenticationError):
         keyed.chat.completions.create(model="weather", messages=QUESTION)
-    revoke_key(server.store, "other")  # with no active key left, the server is open again
+    revoke_key(server.store, "other")  # no active key left: the server stays closed
     time.sleep(TTL + 0.05)
-    assert open_client.chat.completions.create(model="weather", messages=QUESTION)
+    for api_key in ("unused", secret):
+        with pytest.raises(openai.AuthenticationError):
+            client(server, api_key).chat.completions.create(model="weather", messages=QUESTION)
+
+
+@pytest.mark.parametrize("mode", ["open", "required"])
+def test_the_auth_setting_is_explicit(sqlite_store, tiny_pair, mode):
+    from supertiny.serve.auth import create_key
+
+    if mode == "open":
+        create_key(sqlite_store, "ignored")
+    set_policy(sqlite_store, "weather", "tiny", {"tiny": "student"})
+    pool = ModelPool(lambda name: (_ for _ in ()).throw(FileNotFoundError(name)))
+    pool.add("student", tiny_pair[0])
+    app = create_app(Settings(database_url=sqlite_store.url), ServeOptions(auth=mode), store=sqlite_store, pool=pool)
+    with BackgroundServer(app) as running:
+        status = httpx.post(f"{running.base_url}/chat/completions", timeout=60,
+                            json={"model": "weather", "messages": QUESTION, "max_tokens": 2}).status_code
+    assert status == (200 if mode == "open" else 401)
 
 
 def test_64_concurrent_clients_get_answers_and_every_request_is_logged_once(server):

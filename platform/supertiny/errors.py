@@ -51,6 +51,12 @@ class InvalidInputError(SupertinyError):
     error_type = "invalid_request_error"
 
 
+class ContextLengthError(InvalidInputError):
+    """The prompt plus the tokens asked for do not fit the model's context window."""
+
+    code = "context_length_exceeded"
+
+
 class ModelError(SupertinyError):
     """A model could not be fetched, loaded or run."""
 

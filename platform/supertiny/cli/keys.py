@@ -9,8 +9,9 @@ from supertiny.store.session import open_store
 
 @click.group()
 def keys() -> None:
-    """API keys for the server (stored salted and hashed). While any key is active, requests need
-    'Authorization: Bearer <key>'; with none, the server is open."""
+    """API keys for the server (stored salted and hashed). From the first key on, requests need
+    'Authorization: Bearer <key>' (`supertiny serve --auth` sets it explicitly); revoking keys never opens the
+    server."""
 
 
 @keys.command("create")
@@ -36,7 +37,8 @@ def revoke_command(settings: Settings, name: str) -> None:
     row = revoke_key(store, name)
     click.echo(f"key {row.name!r} ({row.prefix}...) revoked")
     if not any_active_key(store):
-        click.echo("warning: no active key is left, so the server now accepts requests without a key", err=True)
+        click.echo("warning: no active key is left: the server refuses every request until one is created "
+                   "(`supertiny keys create NAME`)", err=True)
 
 
 @keys.command("list")

@@ -89,14 +89,20 @@ def kinds_command(as_json: bool) -> None:
               help="A param (repeatable); values are JSON when they parse (0.6, true), else strings.")
 @click.option("--params", "params_json", metavar="JSON", help="All params as one JSON object.")
 @click.option("--note", help="Why this version (kept in the history).")
+@click.option("--allow-unknown-models", is_flag=True, help="Store it even if a model it names is not registered "
+              "yet (the route answers 502 until it is).")
 @json_option
 @pass_settings
 def set_command(settings: Settings, route: str, kind: str, pairs: tuple[str, ...], params_json: str | None,
-                note: str | None, as_json: bool) -> None:
-    """Store a new version of ROUTE's policy and make it active (servers pick it up within seconds)."""
-    from supertiny.route.policy_store import set_policy
+                note: str | None, allow_unknown_models: bool, as_json: bool) -> None:
+    """Store a new version of ROUTE's policy and make it active (servers pick it up within seconds). Every model
+    it names must be registered (or a model directory)."""
+    from supertiny.route.policy_store import check_models_exist, set_policy
 
-    row = set_policy(open_store(settings), route, kind, _params(pairs, params_json), note)
+    store, params = open_store(settings), _params(pairs, params_json)
+    if not allow_unknown_models:
+        check_models_exist(store, kind, params)
+    row = set_policy(store, route, kind, params, note)
     if as_json:
         print_json(_row(row))
         return

@@ -6,6 +6,7 @@ from supertiny.cli.app import pass_settings
 from supertiny.config import Settings
 from supertiny.demo.plan import ENGINE_CHOICES, LLM_RUNTIMES, DemoPlan
 from supertiny.errors import SupertinyError
+from supertiny.serve.auth import AUTH_MODES
 from supertiny.store.engine import describe_url
 
 
@@ -19,11 +20,14 @@ from supertiny.store.engine import describe_url
               help="Requests one in-process model takes at once (default: its dynamic batch size, or 1 without "
                    "dynamic batching). Models on an engine take up to 64.")
 @click.option("--max-tokens-limit", default=4096, show_default=True, type=int)
+@click.option("--auth", type=click.Choice(AUTH_MODES), default="auto", show_default=True,
+              help="required: every request needs an API key; open: none does; auto: required from the first "
+                   "key created on (revoking keys never opens the server).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @pass_settings
 def serve(settings: Settings, host: str, port: int, workers: int, preload: bool, model_concurrency: int | None,
-          max_tokens_limit: int, log_level: str) -> None:
+          max_tokens_limit: int, auth: str, log_level: str) -> None:
     """Serve the OpenAI-compatible API, routing each request by its route's stored policy.
 
     \b
@@ -45,7 +49,7 @@ def serve(settings: Settings, host: str, port: int, workers: int, preload: bool,
         raise SupertinyError("--workers must be at least 1")
     open_store(settings)  # migrate once, before any worker starts
     options = ServeOptions(preload=preload, local_model_concurrency=model_concurrency,
-                           max_tokens_limit=max_tokens_limit)
+                           max_tokens_limit=max_tokens_limit, auth=auth)
     click.echo(f"supertiny serving on http://{host}:{port}/v1 ({workers} worker{'s' if workers > 1 else ''}, "
                f"store {describe_url(settings.database_url)})", err=True)
     if workers == 1:

@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
-from supertiny.errors import InvalidInputError
+from supertiny.errors import ContextLengthError, InvalidInputError
 from supertiny.models.parsing import ParseResult, parse_tool_calls
 from supertiny.schema import Message, ToolCall, ToolSpec
 
@@ -223,6 +223,16 @@ def parse_answer(text: str, tools: Sequence[ToolLike] | None) -> tuple[ParseResu
         tool_calls = [ToolCall.from_parsed(call) for call in parse.calls]
         return parse, Message(role="assistant", content=parse.content, tool_calls=tool_calls)
     return parse, Message(role="assistant", content=text)
+
+
+def check_context_length(name: str, context_length: int | None, prompt_tokens: int, max_new_tokens: int) -> None:
+    """ContextLengthError (400 ``context_length_exceeded``) when the prompt and the tokens asked for do not fit
+    the model's context: refused before any work, as OpenAI does, instead of holding the model for nothing."""
+    if context_length and prompt_tokens + max_new_tokens > context_length:
+        raise ContextLengthError(
+            f"{name}'s maximum context length is {context_length} tokens; this request asks for "
+            f"{prompt_tokens + max_new_tokens} ({prompt_tokens} in the messages and tools, {max_new_tokens} for the "
+            "answer)", hint="shorten the messages or lower max_tokens")
 
 
 def finish_reason(parse: ParseResult, hit_max_tokens: bool) -> str:

@@ -216,7 +216,8 @@ class Router:
         if decision is not None and decision.failure is not None:
             errors = [decision.failure, *errors]
         failed = errors[-1] if errors else None
-        if decision is not None and decision.fallback_generation is not None and decision.fallback_role:
+        if decision is not None and decision.fallback_generation is not None and decision.fallback_role \
+                and policy.params.fallback:
             outcome = self._outcome(policy, context, decision, decision.fallback_generation, decision.fallback_role)
             outcome.fallback = _failure(failed) if failed else None
             return outcome

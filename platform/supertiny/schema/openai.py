@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from supertiny.schema.messages import Message, ToolCall
 from supertiny.schema.tools import ToolSpec
@@ -42,6 +42,16 @@ class ChatMessageIn(BaseModel):
                 raise ValueError(f"only text content is supported, got content parts of type {', '.join(kinds)}")
         return value
 
+    @model_validator(mode="after")
+    def _required_by_role(self) -> "ChatMessageIn":
+        if self.role in ("system", "developer", "user") and self.content is None:
+            raise ValueError(f"a {self.role} message needs content")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        if self.role == "assistant" and self.content is None and not self.tool_calls:
+            raise ValueError("an assistant message needs content or tool_calls")
+        return self
+
     def to_message(self) -> Message:
         content = self.content
         if isinstance(content, list):
@@ -63,7 +73,7 @@ class NamedToolChoice(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatCompletionRequest(BaseModel):
@@ -79,14 +89,16 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    stream: bool | None = False
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = 1
     seed: int | None = None
     user: str | None = Field(default=None, max_length=256)
     stop: str | list[str] | None = None
-    parallel_tool_calls: bool | None = None
-    logprobs: bool | None = None  # per-token log-probabilities of the answer (non-streamed answers)
+    parallel_tool_calls: StrictBool | None = None  # false: at most one call in the answer
+    logprobs: StrictBool | None = None  # per-token log-probabilities of the answer (non-streamed answers)
+    # only {"type": "text"}: JSON modes are refused (400) rather than ignored
+    response_format: dict[str, Any] | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)  # accepted; alternatives are not reported
 
     @field_validator("n")
@@ -103,15 +115,13 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("at most 4 stop sequences")
         return value
 
-    @model_validator(mode="after")
-    def _named_tool_exists(self) -> "ChatCompletionRequest":
-        if isinstance(self.tool_choice, NamedToolChoice):
-            names = {tool.name for tool in self.tools or []}
-            if self.tool_choice.function.name not in names:
-                raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools")
-        elif self.tool_choice == "required" and not self.tools:
-            raise ValueError('tool_choice "required" needs tools')
-        return self
+    @field_validator("response_format")
+    @classmethod
+    def _text_format_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and value.get("type") != "text":
+            raise ValueError(f"response_format {value.get('type')!r} is not supported: answers are text or tool "
+                             "calls (offer a tool whose parameters are the JSON Schema you want)")
+        return value
 
     @property
     def max_new_tokens(self) -> int | None:

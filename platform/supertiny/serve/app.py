@@ -41,6 +41,7 @@ class ServeOptions:
 
     policy_ttl_s: float = 2.0  # a changed policy applies within this time, without a restart
     key_ttl_s: float = 2.0  # a revoked key stops working within this time
+    auth: str = "auto"  # required | open | auto: required once the first API key was created
     local_model_concurrency: int | None = None  # requests one in-process model takes at once (None: its batch size)
     remote_model_concurrency: int = 64  # requests in flight to one endpoint model
     max_concurrent_requests: int = 256  # worker threads routing requests
@@ -48,6 +49,7 @@ class ServeOptions:
     max_tokens_limit: int = 4096
     request_timeout_s: float | None = None  # on top of each policy's timeout_s
     max_body_bytes: int = 8 * 1024 * 1024
+    max_json_depth: int = 64  # deepest nesting of objects and arrays a request body may have
     shadow_workers: int = 1
     shadow_backlog: int = 16
     log_batch_size: int = 200
@@ -111,7 +113,7 @@ def create_app(settings: Settings | None = None, options: ServeOptions | None = 
     app.state.router = Router(pool, shadow_workers=options.shadow_workers, shadow_backlog=options.shadow_backlog)
     app.state.log_writer = writer
     app.state.metrics = metrics
-    app.state.keys = KeyChecker(store, ttl_s=options.key_ttl_s)
+    app.state.keys = KeyChecker(store, ttl_s=options.key_ttl_s, mode=options.auth)
     app.state.limiter = anyio.CapacityLimiter(options.max_concurrent_requests)
     app.state.started = time.time()
     install_error_handlers(app)

@@ -2,8 +2,11 @@
 
 The store keeps the key's first 14 characters (``prefix``, to find the row), a random salt and
 sha256(salt + key): the keys are 256-bit random secrets, so a fast salted hash is as strong as a slow
-password hash and keeps verification cheap at high request rates. While at least one key is active
-the server requires ``Authorization: Bearer <key>``; with none, it is open.
+password hash and keeps verification cheap at high request rates.
+
+Whether the server requires ``Authorization: Bearer <key>`` is its ``auth`` setting: ``required``, ``open``,
+or ``auto`` (the default): required from the moment the first key is created, for good. Revoking keys never
+opens the server; with every key revoked it refuses every request until a new key exists.
 """
 
 import datetime as dt
@@ -92,35 +95,51 @@ def verify_key(store: Store, secret: str) -> int | None:
     return row.id
 
 
+AUTH_MODES = ("auto", "required", "open")
+
+
 def any_active_key(store: Store) -> bool:
     with store.session() as session:
         return session.scalar(sa.select(ApiKey.id).where(ApiKey.revoked_at.is_(None)).limit(1)) is not None
 
 
+def any_key_created(store: Store) -> bool:
+    """Whether a key was ever created (revoked ones count: revoking never turns authentication off)."""
+    with store.session() as session:
+        return session.scalar(sa.select(ApiKey.id).limit(1)) is not None
+
+
 class KeyChecker:
     """Checks ``Authorization`` headers, caching answers ``ttl_s`` seconds (a revoked key stops working
-    within that time; a first key turns authentication on within that time)."""
+    within that time; in ``auto`` mode a first key turns authentication on within that time)."""
 
-    def __init__(self, store: Store, ttl_s: float = 2.0):
+    def __init__(self, store: Store, ttl_s: float = 2.0, mode: str = "auto"):
+        if mode not in AUTH_MODES:
+            raise InvalidInputError(f"unknown auth mode {mode!r}", hint=f"one of {', '.join(AUTH_MODES)}")
         self.store = store
         self.ttl_s = ttl_s
+        self.mode = mode
         self._required: tuple[float, bool] | None = None
         self._verified: dict[str, tuple[float, int | None]] = {}
         self._lock = threading.Lock()
 
     def required(self) -> bool:
+        if self.mode != "auto":
+            return self.mode == "required"
         now = time.monotonic()
         if self._required is None or self._required[0] <= now:
-            self._required = (now + self.ttl_s, any_active_key(self.store))
+            self._required = (now + self.ttl_s, any_key_created(self.store))
         return self._required[1]
 
     def peek(self, authorization: str | None) -> tuple[bool, int | None]:
         """``(True, key id)`` when the cache alone answers (no database, no thread hop); ``(False, None)``
         when ``check`` must ask the database. Raises AuthenticationError when the cache knows it is bad."""
         now = time.monotonic()
-        if self._required is None or self._required[0] <= now:
+        if self.mode == "open":
+            return True, None
+        if self.mode == "auto" and (self._required is None or self._required[0] <= now):
             return False, None
-        if not self._required[1]:
+        if self.mode == "auto" and not self._required[1]:  # type: ignore[index]
             return True, None
         secret = self._secret(authorization)
         cached = self._verified.get(hashlib.sha256(secret.encode()).hexdigest())

@@ -3,8 +3,10 @@ SSE), and log it once. Model work runs in worker threads; the event loop only pa
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +29,6 @@ from supertiny.schema.openai import (
     Choice,
     ChoiceLogprobs,
     ChunkWriter,
-    ErrorResponse,
     TokenLogprob,
     Usage,
 )
@@ -37,6 +38,9 @@ from supertiny.serve.request_log import LogEntry
 
 log = logging.getLogger("supertiny.serve")
 UNKNOWN_ROUTE = "_unknown"  # the metrics label of requests that named no route (bounded cardinality)
+MAX_SCHEMA_DEPTH = 32  # a tool's parameters schema; jsonschema checks it recursively
+# OpenAI's function-name pattern, plus dots: namespaced function names (BFCL's `math.factorial`) are common
+TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
 
 
 @dataclasses.dataclass
@@ -92,16 +96,47 @@ class _Request:
         self.state.log_writer.submit(entry)
 
 
-def _parse_body(body: bytes, limit: int) -> dict[str, Any]:
+def _parse_body(body: bytes, limit: int, max_depth: int) -> dict[str, Any]:
     if len(body) > limit:
-        raise RequestFieldError(f"request body of {len(body)} bytes is larger than the limit of {limit}")
+        raise RequestFieldError(f"request body of {len(body)} bytes is larger than the limit of {limit}",
+                                code="request_too_large")
     try:
         payload = json.loads(body)
+    except RecursionError:
+        raise RequestFieldError(f"the request body nests deeper than {max_depth} levels",
+                                code="too_deeply_nested") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestFieldError(f"the request body is not valid JSON: {exc}") from exc
+        raise RequestFieldError(f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(payload, dict):
-        raise RequestFieldError("the request body must be a JSON object")
+        raise RequestFieldError("the request body must be a JSON object", code="invalid_json")
+    if nesting_depth(payload, max_depth) > max_depth:
+        raise RequestFieldError(f"the request body nests deeper than {max_depth} levels", code="too_deeply_nested")
     return payload
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deep ``value`` nests (objects and arrays), counted without recursion; stops counting past ``limit``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth > limit:
+                return depth
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _check_tool_choice(chat: ChatCompletionRequest) -> None:
+    from supertiny.schema.openai import NamedToolChoice
+
+    if isinstance(chat.tool_choice, NamedToolChoice):
+        names = {tool.name for tool in chat.tools or []}
+        if chat.tool_choice.function.name not in names:
+            raise RequestFieldError(f"tool_choice names {chat.tool_choice.function.name!r}, which is not in tools",
+                                    param="tool_choice", code="invalid_value")
+    elif chat.tool_choice == "required" and not chat.tools:
+        raise RequestFieldError('tool_choice "required" needs tools', param="tool_choice", code="invalid_value")
 
 
 def _check_tools(chat: ChatCompletionRequest) -> None:
@@ -113,14 +148,20 @@ def _check_tools(chat: ChatCompletionRequest) -> None:
     seen: set[str] = set()
     for index, tool in enumerate(chat.tools or []):
         param = f"tools.{index}.function"
+        if not TOOL_NAME.fullmatch(tool.name):
+            raise RequestFieldError(f"invalid tool name {tool.name!r}: letters, digits, '_', '-' and '.' only",
+                                    param=f"{param}.name", code="invalid_value")
         if tool.name in seen:
-            raise RequestFieldError(f"two tools are named {tool.name!r}", param=f"{param}.name")
+            raise RequestFieldError(f"two tools are named {tool.name!r}", param=f"{param}.name", code="duplicate_tool")
         seen.add(tool.name)
+        if nesting_depth(tool.function.parameters, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
+            raise RequestFieldError(f"the parameters schema of tool {tool.name!r} nests deeper than "
+                                    f"{MAX_SCHEMA_DEPTH} levels", param=f"{param}.parameters", code="too_deeply_nested")
         try:
             Draft202012Validator.check_schema(normalize_json_schema(tool.function.parameters))
         except SchemaError as exc:
             raise RequestFieldError(f"the parameters of tool {tool.name!r} are not a valid JSON Schema: {exc.message}",
-                                    param=f"{param}.parameters") from exc
+                                    param=f"{param}.parameters", code="invalid_tool_schema") from exc
 
 
 def _route_request(state: Any, request_id: str, routing_id: str, chat: ChatCompletionRequest) -> RouteRequest:
@@ -136,6 +177,14 @@ def _route_request(state: Any, request_id: str, routing_id: str, chat: ChatCompl
     )
     return RouteRequest(request_id=routing_id, messages=chat.chat_messages(), tools=chat.offered_tools(),
                         options=generation_options, call_required=chat.call_required)
+
+
+def _at_most_one_call(chat: ChatCompletionRequest, outcome: Outcome) -> None:
+    """``parallel_tool_calls: false``: the answer keeps its first call only (the log says how many it had)."""
+    message = outcome.generation.message
+    if chat.parallel_tool_calls is False and message.tool_calls and len(message.tool_calls) > 1:
+        outcome.detail["calls_dropped"] = len(message.tool_calls) - 1
+        outcome.generation.message = message.model_copy(update={"tool_calls": message.tool_calls[:1]})
 
 
 def _extension(request: _Request, outcome: Outcome) -> dict[str, Any]:
@@ -200,7 +249,7 @@ async def chat_completions(http_request: Request) -> Response:
     try:
         body = await http_request.body()
         try:
-            request.payload = _parse_body(body, state.options.max_body_bytes)
+            request.payload = _parse_body(body, state.options.max_body_bytes, state.options.max_json_depth)
         except RequestFieldError:
             request.payload = {"raw": body[:2000].decode("utf-8", "replace")}
             raise
@@ -216,13 +265,19 @@ async def chat_completions(http_request: Request) -> Response:
             raise RouteNotFoundError(f"the model {chat.model!r} does not exist: no route of this server has an "
                                      "active policy of that name", hint="GET /v1/models lists the routes")
         request.known_route = True
+        _check_tool_choice(chat)
         _check_tools(chat)
         routing_id = http_request.headers.get("x-request-id", "")[:200] or request.request_id
         route_request = _route_request(state, request.request_id, routing_id, chat)
         if chat.stream:
-            return _stream_response(state, request, chat, route_request)
+            # the first item (the routing, and the first delta or the whole answer) before any header is sent:
+            # a request that fails there gets its real status, not a 200 stream holding an error
+            items = state.router.route_stream(request.policy, route_request)
+            first = await anyio.to_thread.run_sync(next, items, None, limiter=state.limiter)
+            return _stream_response(state, request, chat, first, items)
         outcome = await anyio.to_thread.run_sync(state.router.route, request.policy, route_request,
                                                  limiter=state.limiter)
+        _at_most_one_call(chat, outcome)
         body_out = _completion(request, chat, outcome).wire()
         request.finish(200, outcome, body_out)
         return JSONResponse(body_out, headers=_headers(request, outcome))
@@ -235,8 +290,8 @@ async def chat_completions(http_request: Request) -> Response:
         return error_response(exc, headers=_headers(request))
 
 
-def _stream_response(state: Any, request: _Request, chat: ChatCompletionRequest,
-                     route_request: RouteRequest) -> Response:
+def _stream_response(state: Any, request: _Request, chat: ChatCompletionRequest, first: str | Outcome | None,
+                     items: Iterator[str | Outcome]) -> Response:
     from sse_starlette import EventSourceResponse, ServerSentEvent
 
     include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
@@ -245,12 +300,13 @@ def _stream_response(state: Any, request: _Request, chat: ChatCompletionRequest,
         writer = ChunkWriter(request.request_id, chat.model)
         outcome: Outcome | None = None
         try:
-            for item in state.router.route_stream(request.policy, route_request):
+            for item in itertools.chain([] if first is None else [first], items):
                 if isinstance(item, str):
                     for chunk in writer.content(item):
                         yield ServerSentEvent(data=chunk.wire())
                 else:
                     outcome = item
+                    _at_most_one_call(chat, outcome)
             if outcome is None:  # pragma: no cover - route_stream always ends with an outcome
                 raise InvalidInputError("the router produced no answer")
             message = outcome.generation.message
@@ -268,14 +324,15 @@ def _stream_response(state: Any, request: _Request, chat: ChatCompletionRequest,
             # logged before the end marker: a client that has read [DONE] finds its request in the log
             request.finish(200, outcome, _completion(request, chat, outcome).wire())
             yield ServerSentEvent(data="[DONE]")
-        except SupertinyError as exc:
+        except SupertinyError as exc:  # after the headers: an error event, then the end marker
             request.finish(exc.http_status, error=str(exc))
             yield ServerSentEvent(data=json.dumps(error_body(exc)[1]))
+            yield ServerSentEvent(data="[DONE]")
         except Exception as exc:
             log.exception("streamed chat completion %s failed", request.request_id)
             request.finish(500, error=f"{type(exc).__name__}: {exc}"[:2000])
-            body = ErrorResponse.of("internal server error", "server_error").model_dump()
-            yield ServerSentEvent(data=json.dumps(body))
+            yield ServerSentEvent(data=json.dumps(error_body(exc)[1]))
+            yield ServerSentEvent(data="[DONE]")
         finally:
             if not request.done:  # the client went away mid-stream
                 request.finish(499, outcome, error="client closed the stream")

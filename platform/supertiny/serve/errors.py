@@ -21,11 +21,18 @@ class RouteNotFoundError(NotFoundError):
 
 
 class RequestFieldError(InvalidInputError):
-    """A request field is missing, of the wrong type or out of range."""
+    """A request field is missing, of the wrong type or out of range; ``code`` says which kind of problem
+    (OpenAI's codes where one exists)."""
 
-    def __init__(self, message: str, param: str | None = None):
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_value"):
         super().__init__(message)
         self.param = param
+        self.code = code
+
+
+# the code of an error that names no more precise one
+DEFAULT_CODES = {400: "invalid_request", 404: "not_found", 500: "server_error", 502: "upstream_error",
+                 503: "unavailable", 504: "timeout"}
 
 
 def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
@@ -33,9 +40,9 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
     if isinstance(exc, SupertinyError):
         status = exc.http_status
         body = ErrorResponse.of(str(exc), exc.error_type, param=getattr(exc, "param", None),
-                                code=getattr(exc, "code", None))
+                                code=getattr(exc, "code", None) or DEFAULT_CODES.get(status))
         return status, body.model_dump()
-    return 500, ErrorResponse.of("internal server error", "server_error").model_dump()
+    return 500, ErrorResponse.of("internal server error", "server_error", code="server_error").model_dump()
 
 
 def error_response(exc: BaseException, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -64,7 +71,8 @@ def validation_error(errors: list[dict[str, Any]]) -> RequestFieldError:
     more = len(errors) - 1
     if more > 0:
         message += f" (and {more} more problem{'s' if more > 1 else ''})"
-    return RequestFieldError(message, param=param)
+    code = "missing_required_parameter" if first.get("type") == "missing" else "invalid_value"
+    return RequestFieldError(message, param=param, code=code)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -30,6 +30,8 @@ from supertiny.store.tables import RequestLog
 log = logging.getLogger("supertiny.serve.request_log")
 
 _JSON_FIELDS = ("request", "response", "detail")
+MAX_LOGGED_JSON_BYTES = 64 * 1024  # one JSON field of a row; larger ones are stored truncated, flagged
+_HEAD_CHARS = 4096
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -67,15 +69,37 @@ class LogEntry:
     error: str | None = None
     detail: dict[str, Any] | None = None
 
-    def row(self) -> dict[str, Any]:
-        """The entry as insert values; JSON fields are made plain JSON (anything else becomes a string)."""
+    def row(self, max_json_bytes: int = MAX_LOGGED_JSON_BYTES) -> dict[str, Any]:
+        """The entry as insert values: JSON fields made plain JSON (anything else becomes a string), and a field
+        larger than ``max_json_bytes`` stored as ``{"truncated": true, "bytes": N, "head": "..."}``."""
         values = dataclasses.asdict(self)
         for field in _JSON_FIELDS:
             if values[field] is not None:
-                values[field] = json.loads(json.dumps(values[field], default=str))
+                values[field] = _bounded_json(values[field], max_json_bytes)
         values["route"] = (values["route"] or "")[:200]
         values["served_by"] = values["served_by"][:200] if values["served_by"] else None
+        values["error"] = values["error"][:4000] if values["error"] else None
         return values
+
+    def sanitised_row(self) -> dict[str, Any]:
+        """The row with its JSON fields reduced to flagged text heads: what is stored when the database refuses
+        the row as sent (a value it cannot hold), so that no request goes unlogged."""
+        values = self.row()
+        for field in _JSON_FIELDS:
+            if values[field] is not None:
+                text = json.dumps(values[field], default=str, ensure_ascii=True)
+                values[field] = {"sanitised": True, "bytes": len(text), "head": text[:_HEAD_CHARS]}
+        return values
+
+
+def _bounded_json(value: Any, max_bytes: int) -> Any:
+    try:
+        text = json.dumps(value, default=str)
+    except (ValueError, RecursionError):  # a cycle or a structure too deep to encode
+        return {"truncated": True, "bytes": None, "head": repr(value)[:_HEAD_CHARS]}
+    if len(text) > max_bytes:
+        return {"truncated": True, "bytes": len(text), "head": text[:_HEAD_CHARS]}
+    return json.loads(text)
 
 
 @dataclasses.dataclass
@@ -209,9 +233,9 @@ class RequestLogWriter:
             if rows:
                 session.execute(sa.insert(RequestLog), rows)
 
-    def _write(self, batch: list[LogEntry], dedupe: bool) -> None:
+    def _write(self, batch: list[LogEntry], dedupe: bool, sanitised: bool = False) -> None:
         unique = {entry.request_id: entry for entry in batch}  # one row per request, whatever was submitted
-        rows = [entry.row() for entry in unique.values()]
+        rows = [entry.sanitised_row() if sanitised else entry.row() for entry in unique.values()]
         try:
             self._insert(rows, dedupe)
         except IntegrityError:
@@ -226,14 +250,21 @@ class RequestLogWriter:
         written, rejected, kept = [], [], []
         for position, entry in enumerate(self._batch):
             try:
-                self._write([entry], dedupe=True)
+                try:
+                    self._write([entry], dedupe=True)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    log.warning("request log: the database refuses the row of request %s as sent (%s); storing "
+                                "it sanitised", entry.request_id, _first_line(exc))
+                    self._write([entry], dedupe=True, sanitised=True)
                 written.append(entry)
             except Exception as exc:
                 if is_transient(exc):
                     kept = self._batch[position:]
                     break
-                log.error("request log: the database refuses the row of request %s (%s); dropped",
-                          entry.request_id, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                log.error("request log: the database refuses even the sanitised row of request %s (%s); dropped",
+                          entry.request_id, _first_line(exc))
                 rejected.append(entry)
         self._batch = [*written, *rejected]
         self._done(len(written), len(rejected))
@@ -257,3 +288,7 @@ class RequestLogWriter:
         if self._stopping.is_set() and self._deadline is not None:
             seconds = max(0.0, min(seconds, self._deadline - time.monotonic()))
         time.sleep(seconds)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
