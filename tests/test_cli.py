@@ -52,6 +52,8 @@ def test_db_check_on_a_blank_database_fails(tmp_path):
         ("mysql://root@127.0.0.1/test", "error: unsupported database 'mysql'"),
         ("postgresql+psycopg://postgres@127.0.0.1:1/nothing", "error: cannot connect to the database at "
                                                                "postgresql+psycopg://postgres@127.0.0.1:1/nothing"),
+        ("sqlite:////proc/no/such.db", "error: cannot create the SQLite database's folder /proc/no"),
+        ("sqlite:////proc/such.db", "error: cannot connect to the database at sqlite:////proc/such.db"),
     ],
 )
 def test_bad_database_urls_give_one_line_and_exit_1(url, message):

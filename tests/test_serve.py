@@ -36,7 +36,8 @@ def server(sqlite_store, tiny_pair, tmp_path):
         pool.add(name, model)
     for model in (ScriptedModel("caller", GOOD_CALL, probability=0.95), ScriptedModel("unsure", GOOD_CALL, 0.1),
                   ScriptedModel("sloppy", BROKEN_CALL, probability=0.99), broken("broken"),
-                  ScriptedModel("slow", GOOD_CALL, delay_s=5), ScriptedModel("twice", f"{GOOD_CALL}\n{GOOD_CALL}")):
+                  ScriptedModel("slow", GOOD_CALL, delay_s=5), ScriptedModel("twice", f"{GOOD_CALL}\n{GOOD_CALL}"),
+                  ScriptedModel("chatty", "It is sunny."), ScriptedModel("reluctant", _calls_when_told)):
         pool.add(model.name, model, concurrency=64)
     options = ServeOptions(policy_ttl_s=TTL, key_ttl_s=TTL, log_flush_interval_s=0.02, max_tokens_limit=512)
     app = create_app(Settings(home=tmp_path, database_url=sqlite_store.url), options, store=sqlite_store, pool=pool)
@@ -45,6 +46,12 @@ def server(sqlite_store, tiny_pair, tmp_path):
         live.app = app
         live.store = sqlite_store
         yield live
+
+
+def _calls_when_told(messages) -> str:
+    last = messages[-1]
+    content = last.content if hasattr(last, "content") else last["content"]
+    return GOOD_CALL if "Answer only with a call" in (content or "") else "It is sunny."
 
 
 def client(server, api_key: str = "unused") -> openai.OpenAI:
@@ -262,6 +269,25 @@ def test_parallel_tool_calls_false_keeps_one_call(server):
     streamed = [chunk for chunk in api.chat.completions.create(model="two", messages=QUESTION, tools=[WEATHER_TOOL],
                                                                parallel_tool_calls=False, stream=True)]
     assert {call.index for chunk in streamed for call in chunk.choices[0].delta.tool_calls or []} == {0}
+
+
+def test_tool_choice_required_is_a_call_or_a_clear_error(server):
+    api = client(server)
+    set_policy(server.store, "told", "tiny", {"tiny": "reluctant"})
+    free = api.chat.completions.create(model="told", messages=QUESTION, tools=[WEATHER_TOOL])
+    assert free.choices[0].message.content == "It is sunny." and free.choices[0].finish_reason == "stop"
+    for tool_choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        forced = api.chat.completions.create(model="told", messages=QUESTION, tools=[WEATHER_TOOL],
+                                             tool_choice=tool_choice)
+        assert forced.choices[0].finish_reason == "tool_calls" and forced.choices[0].message.tool_calls
+    detail = logs(server)[-1].detail
+    assert detail["call_required"]["asked_again"] and detail["call_required"]["first_answer"] == "no_call"
+    set_policy(server.store, "never", "cascade", {"tiny": "chatty", "llm": "chatty", "threshold": 0})
+    with pytest.raises(openai.APIStatusError) as refused:
+        api.chat.completions.create(model="never", messages=QUESTION, tools=[WEATHER_TOOL], tool_choice="required")
+    assert refused.value.status_code == 502 and refused.value.code == "tool_call_required"
+    assert "answered without a valid one twice" in refused.value.message
+    assert logs(server)[-1].status == 502
 
 
 def test_unknown_endpoints_and_methods_answer_openai_style(server):

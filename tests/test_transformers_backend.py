@@ -5,7 +5,7 @@ import math
 
 import pytest
 from helpers.chat_inputs import GREEDY, QUESTION, WEATHER_TOOL
-from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError
+from supertiny.errors import BackendTimeoutError, ContextLengthError, InvalidInputError, ModelError
 from supertiny.models.backend import Generation, GenerationOptions
 from supertiny.registry import get_backends
 
@@ -158,10 +158,75 @@ def test_stop_strings_cut_the_answer_and_the_stream_alike(chat, monkeypatch):
 
 
 def test_timeout_raises_backend_timeout(chat):
-    with pytest.raises(BackendTimeoutError, match="did not answer within 0s"):
+    with pytest.raises(BackendTimeoutError, match="time limit"):
         chat.generate(QUESTION, None, GenerationOptions(max_new_tokens=16, timeout_s=0.0))
-    with pytest.raises(BackendTimeoutError):
+    with pytest.raises(BackendTimeoutError, match="time limit"):
         list(chat.stream(QUESTION, None, GenerationOptions(max_new_tokens=16, timeout_s=0.0)))
+
+
+def test_a_prompt_that_does_not_fit_the_context_is_refused_before_any_work(chat):
+    assert chat.context_length == 2048
+    long_question = [{"role": "user", "content": "weather " * 2100}]
+    with pytest.raises(ContextLengthError, match="maximum context length is 2048 tokens") as refused:
+        chat.generate(long_question, None, GenerationOptions(max_new_tokens=4))
+    assert refused.value.code == "context_length_exceeded" and refused.value.http_status == 400
+    prompt_tokens = chat.generate(QUESTION, None, GenerationOptions(max_new_tokens=1)).prompt_tokens
+    with pytest.raises(ContextLengthError):  # the answer's budget counts too
+        chat.generate(QUESTION, None, GenerationOptions(max_new_tokens=2049 - prompt_tokens))
+    for call in (lambda: list(chat.stream(long_question, None, GenerationOptions(max_new_tokens=4))),
+                 lambda: chat.generate_samples(long_question, None, GenerationOptions(max_new_tokens=4), n=2),
+                 lambda: chat.generate_batch([(long_question, None)], GenerationOptions(max_new_tokens=4))):
+        with pytest.raises(ContextLengthError):
+            call()
+
+
+def test_a_time_limit_stops_the_prefill_itself(tiny_model_dir, monkeypatch):
+    import time
+
+    chat = get_backends()["transformers"].open(str(tiny_model_dir), {"threads": 1})
+    layers = chat.model.model.layers
+    slow_layer = layers[0].forward
+
+    def slow(*args, **kwargs):  # every layer call of the prefill takes 0.5 s
+        time.sleep(0.5)
+        return slow_layer(*args, **kwargs)
+
+    monkeypatch.setattr(layers[0], "forward", slow)
+    started = time.monotonic()
+    with pytest.raises(BackendTimeoutError, match="time limit"):
+        chat.generate(QUESTION, None, GenerationOptions(max_new_tokens=64, timeout_s=0.2))
+    # the hook before the second layer ended the first forward pass: one slow layer call, not 64
+    assert time.monotonic() - started < 2.0
+    monkeypatch.undo()
+    assert chat.generate(QUESTION, None, GenerationOptions(max_new_tokens=3)).completion_tokens <= 3
+    chat.close()
+
+
+def test_each_request_of_a_batch_stops_at_its_own_deadline(tiny_model_dir):
+    import concurrent.futures
+
+    chat = get_backends()["transformers"].open(str(tiny_model_dir), {"threads": 1, "batch_window_ms": 200})
+    budgets = {0.0: 2000, None: 8}  # an already-expired request rides with one that has no limit
+
+    def ask(timeout_s):
+        return chat.generate(QUESTION, None, GenerationOptions(max_new_tokens=budgets[timeout_s],
+                                                               timeout_s=timeout_s))
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        expired, unlimited = pool.submit(ask, 0.0), pool.submit(ask, None)
+        with pytest.raises(BackendTimeoutError):
+            expired.result()
+        assert unlimited.result().completion_tokens <= 8
+    chat.close()
+
+
+def test_long_prompts_are_not_batched_with_short_ones():
+    from supertiny.models.batching import BatchRequest
+
+    options = GenerationOptions()
+    short, other_short = BatchRequest("a" * 100, None, options), BatchRequest("b" * 1500, None, options)
+    long = BatchRequest("c" * 40_000, None, options)
+    assert short.group == other_short.group != long.group
 
 
 def test_assistant_tool_calls_and_tool_results_render_in_the_prompt(chat):

@@ -23,11 +23,14 @@ from supertiny.store.engine import describe_url
 @click.option("--auth", type=click.Choice(AUTH_MODES), default="auto", show_default=True,
               help="required: every request needs an API key; open: none does; auto: required from the first "
                    "key created on (revoking keys never opens the server).")
+@click.option("--outage-grace-s", default=300.0, show_default=True, type=float,
+              help="While the database is unreachable, serve from the cached policies and keys this many seconds "
+                   "(requests are logged once it is back); then answer 503.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @pass_settings
 def serve(settings: Settings, host: str, port: int, workers: int, preload: bool, model_concurrency: int | None,
-          max_tokens_limit: int, auth: str, log_level: str) -> None:
+          max_tokens_limit: int, auth: str, outage_grace_s: float, log_level: str) -> None:
     """Serve the OpenAI-compatible API, routing each request by its route's stored policy.
 
     \b
@@ -49,7 +52,7 @@ def serve(settings: Settings, host: str, port: int, workers: int, preload: bool,
         raise SupertinyError("--workers must be at least 1")
     open_store(settings)  # migrate once, before any worker starts
     options = ServeOptions(preload=preload, local_model_concurrency=model_concurrency,
-                           max_tokens_limit=max_tokens_limit, auth=auth)
+                           max_tokens_limit=max_tokens_limit, auth=auth, outage_grace_s=outage_grace_s)
     click.echo(f"supertiny serving on http://{host}:{port}/v1 ({workers} worker{'s' if workers > 1 else ''}, "
                f"store {describe_url(settings.database_url)})", err=True)
     if workers == 1:

@@ -3,7 +3,8 @@
 Each caller's ``submit`` blocks while a single worker thread gathers the requests waiting at that moment
 (after a short window for more to arrive), runs the compatible ones as one batch, and hands every caller
 its own answer. Requests are compatible when they sample the same way (temperature, top-p, stop strings,
-log-probabilities, and the seed when sampling); each keeps its own token budget. Decoding reads every
+log-probabilities, and the seed when sampling) and their prompts are of a similar length (a long prompt would
+pad every row of its batch to its length); each keeps its own token budget and deadline. Decoding reads every
 weight once per step whatever the batch, so a batch of 8 costs far less than 8 single requests.
 """
 
@@ -15,7 +16,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from supertiny.errors import BackendTimeoutError
 from supertiny.models.backend import Generation, GenerationOptions, ToolLike
+
+LENGTH_CLASS_CHARS = 2048  # prompts up to this long batch together; longer ones by powers of two
 
 
 @dataclasses.dataclass
@@ -26,16 +30,27 @@ class BatchRequest:
     tools: Sequence[ToolLike] | None
     options: GenerationOptions
     future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
+    deadline: float | None = None  # time.monotonic() instant its time limit ends (from options.timeout_s)
+
+    def __post_init__(self) -> None:
+        if self.deadline is None and self.options.timeout_s is not None:
+            self.deadline = time.monotonic() + self.options.timeout_s
 
     @property
     def group(self) -> tuple[Any, ...]:
         options = self.options
         sampled = options.temperature > 0
+        length_class = (len(self.prompt) // LENGTH_CLASS_CHARS).bit_length()
         return (sampled, options.temperature if sampled else 0.0, options.top_p if sampled else 1.0,
-                options.seed if sampled else None, options.logprobs, tuple(stop for stop in options.stop if stop))
+                options.seed if sampled else None, options.logprobs, tuple(stop for stop in options.stop if stop),
+                length_class)
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
 
 
-RunBatch = Callable[[list[BatchRequest]], list[Generation]]
+# one answer per request, in order: a Generation, or the exception that request gets (its deadline passed)
+RunBatch = Callable[[list[BatchRequest]], list[Any]]
 
 
 class DynamicBatcher:
@@ -43,6 +58,7 @@ class DynamicBatcher:
 
     def __init__(self, run: RunBatch, max_batch_size: int, window_s: float = 0.01, name: str = "model"):
         self._run = run
+        self.name = name
         self.max_batch_size = max(1, max_batch_size)
         self.window_s = max(0.0, window_s)
         self._waiting: collections.deque[BatchRequest] = collections.deque()
@@ -76,6 +92,8 @@ class DynamicBatcher:
             batch = self._next_batch()
             if batch is None:
                 return
+            if not batch:
+                continue
             self.batches += 1
             self.rows += len(batch)
             try:
@@ -85,7 +103,10 @@ class DynamicBatcher:
                     request.future.set_exception(exc)
                 continue
             for request, generation in zip(batch, generations, strict=True):
-                request.future.set_result(generation)
+                if isinstance(generation, BaseException):
+                    request.future.set_exception(generation)
+                else:
+                    request.future.set_result(generation)
 
     def _next_batch(self) -> list[BatchRequest] | None:
         with self._ready:
@@ -96,6 +117,13 @@ class DynamicBatcher:
         if self.window_s and len(self._waiting) < self.max_batch_size:
             time.sleep(self.window_s)  # requests sent together arrive within a few ms of each other
         with self._ready:
+            now = time.monotonic()
+            for request in [request for request in self._waiting if request.expired(now)]:
+                self._waiting.remove(request)  # its time ran out while it waited: no work for nothing
+                request.future.set_exception(BackendTimeoutError(
+                    f"{self.name} did not answer within the request's time limit (busy with earlier requests)"))
+            if not self._waiting:
+                return []
             group = self._waiting[0].group  # the oldest request decides, so no request waits forever
             batch, rest = [], collections.deque()
             while self._waiting:

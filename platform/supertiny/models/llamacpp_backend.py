@@ -47,6 +47,7 @@ from supertiny.models.backend import (
     MessageLike,
     ToolLike,
     backend_config,
+    check_context_length,
     cut_at_stops,
     finish_reason,
     parse_answer,
@@ -183,11 +184,8 @@ class LlamaCppChatModel(ChatModel):
         a stop string, the token budget or the end of the context."""
         import numpy as np
 
-        room = self.llama.n_ctx() - len(prompt_ids)
-        if room < 1:
-            raise InvalidInputError(f"the prompt has {len(prompt_ids)} tokens; {self.name}'s context holds "
-                                    f"{self.llama.n_ctx()}", hint="raise the backend option n_ctx")
-        budget = min(options.max_new_tokens, room)
+        check_context_length(self.name, self.llama.n_ctx(), len(prompt_ids), options.max_new_tokens)
+        budget = options.max_new_tokens
         deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
         rng = np.random.default_rng(options.seed)
         shown = ""

@@ -40,6 +40,7 @@ from supertiny.models.backend import (
     ToolLike,
     backend_config,
     chat_template_messages,
+    check_context_length,
     cut_at_stops,
     finish_reason,
     parse_answer,
@@ -82,6 +83,8 @@ class TransformersChatModel(ChatModel):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.convert_ids_to_tokens(min(self.stop_token_ids))
         self._forward = threading.Lock()  # one forward pass at a time: batches and streams take turns
+        self.context_length = context_length(model, tokenizer)
+        self._cancel = _install_deadline_hooks(model)
         self.batcher = DynamicBatcher(self._run_batch, self.max_batch_size, batch_window_ms / 1000, name) \
             if dynamic_batching else None
 
@@ -148,10 +151,19 @@ class TransformersChatModel(ChatModel):
         options = options or GenerationOptions()
         if options.max_new_tokens < 1:
             raise InvalidInputError("max_new_tokens must be at least 1")
-        prompt = self.render_prompt(messages, tools)
+        prompt = self._checked_prompt(messages, tools, options)
         if self.batcher is not None:
             return self.batcher.submit(prompt, tools, options)
         return self._generate([prompt], [tools], options)[0]
+
+    def _checked_prompt(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None,
+                        options: GenerationOptions) -> str:
+        """The rendered prompt, refused (400 context_length_exceeded) when it and the answer's budget do not fit."""
+        prompt = self.render_prompt(messages, tools)
+        if self.context_length:
+            tokens = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            check_context_length(self.name, self.context_length, tokens, options.max_new_tokens)
+        return prompt
 
     def generate_samples(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None,
                          options: GenerationOptions | None = None, n: int = 1) -> list[Generation]:
@@ -159,7 +171,7 @@ class TransformersChatModel(ChatModel):
         options = options or GenerationOptions()
         if n < 1 or options.max_new_tokens < 1:
             raise InvalidInputError("n and max_new_tokens must be at least 1")
-        prompt = self.render_prompt(messages, tools)
+        prompt = self._checked_prompt(messages, tools, options)
         generations: list[Generation] = []
         for start in range(0, n, self.max_batch_size):
             rows = min(self.max_batch_size, n - start)
@@ -167,21 +179,19 @@ class TransformersChatModel(ChatModel):
             generations.extend(self._generate([prompt] * rows, [tools] * rows, seeded))
         return generations
 
-    def _run_batch(self, batch: list[BatchRequest]) -> list[Generation]:
-        """One forward pass over a dynamic batch: the longest budget and timeout of its requests, each answer
-        cut back to its own budget."""
+    def _run_batch(self, batch: list[BatchRequest]) -> list[Generation | Exception]:
+        """One forward pass over a dynamic batch: the longest budget of its requests, each answer cut back to its
+        own budget, and each request stopped at its own deadline (that row's answer is a BackendTimeoutError)."""
         budgets = [request.options.max_new_tokens for request in batch]
-        timeouts = [request.options.timeout_s for request in batch]
-        options = dataclasses.replace(batch[0].options, max_new_tokens=max(budgets),
-                                      timeout_s=None if None in timeouts else max(timeouts))  # type: ignore[type-var]
+        options = dataclasses.replace(batch[0].options, max_new_tokens=max(budgets))
         return self._generate([request.prompt for request in batch], [request.tools for request in batch], options,
-                              budgets=budgets)
+                              budgets=budgets, deadlines=[request.deadline for request in batch], per_row_errors=True)
 
     def generate_batch(self, conversations: Sequence[tuple[Sequence[MessageLike], Sequence[ToolLike] | None]],
                        options: GenerationOptions | None = None) -> list[Generation]:
         """Answer several conversations, ``max_batch_size`` at a time, left-padded into one forward pass."""
         options = options or GenerationOptions()
-        prompts = [self.render_prompt(messages, tools) for messages, tools in conversations]
+        prompts = [self._checked_prompt(messages, tools, options) for messages, tools in conversations]
         tools_per_row = [tools for _, tools in conversations]
         generations: list[Generation] = []
         for start in range(0, len(prompts), self.max_batch_size):
@@ -193,7 +203,7 @@ class TransformersChatModel(ChatModel):
                options: GenerationOptions | None = None) -> Iterator[str | Generation]:
         """Yield text deltas while the model writes (from a generation thread), then the Generation."""
         options = options or GenerationOptions()
-        prompt = self.render_prompt(messages, tools)
+        prompt = self._checked_prompt(messages, tools, options)
         streamer = _make_streamer(self.tokenizer, self.stop_token_ids)
         outcome: dict[str, Any] = {}
 
@@ -213,19 +223,34 @@ class TransformersChatModel(ChatModel):
         yield outcome["generation"]
 
     def _generate(self, prompts: list[str], tools_per_row: Sequence[Sequence[ToolLike] | None],
-                  options: GenerationOptions, streamer: Any = None,
-                  budgets: list[int] | None = None) -> list[Generation]:
+                  options: GenerationOptions, streamer: Any = None, budgets: list[int] | None = None,
+                  deadlines: list[float | None] | None = None, per_row_errors: bool = False) -> list[Any]:
+        """Answers to ``prompts`` in one batch. Each row stops at its deadline (by default ``options.timeout_s``
+        from now); a row that ran out is a BackendTimeoutError, returned in its place with ``per_row_errors``,
+        else raised."""
+        if deadlines is None:
+            deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
+            deadlines = [deadline] * len(prompts)
         with self._forward:
-            return self._generate_locked(prompts, tools_per_row, options, streamer, budgets)
+            results = self._generate_locked(prompts, tools_per_row, options, streamer, budgets, deadlines)
+        if not per_row_errors:
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+        return results
 
     def _generate_locked(self, prompts: list[str], tools_per_row: Sequence[Sequence[ToolLike] | None],
-                         options: GenerationOptions, streamer: Any, budgets: list[int] | None) -> list[Generation]:
+                         options: GenerationOptions, streamer: Any, budgets: list[int] | None,
+                         deadlines: list[float | None]) -> list[Generation | Exception]:
         import torch
         from transformers import GenerationConfig, StoppingCriteriaList
 
         started = time.perf_counter()
         if options.max_new_tokens < 1:
             raise InvalidInputError("max_new_tokens must be at least 1")
+        timed_out = BackendTimeoutError(f"{self.name} did not answer within the request's time limit")
+        if all(deadline is not None and deadline <= time.monotonic() for deadline in deadlines):
+            return [timed_out] * len(prompts)  # waited past its time: no work for nothing
         # left padding: batched generation appends right after each prompt
         inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
                                 add_special_tokens=False)
@@ -245,17 +270,21 @@ class TransformersChatModel(ChatModel):
             output_logits=options.logprobs,
             stop_strings=stops or None,
         )
-        deadline = _deadline_criterion(options.timeout_s)
-        with torch.inference_mode(), _seeded(options.seed, self.model.device):
-            output = self.model.generate(
-                **inputs,
-                generation_config=generation_config,
-                stopping_criteria=StoppingCriteriaList([deadline]),
-                streamer=streamer,
-                tokenizer=self.tokenizer if stops else None,
-            )
-        if deadline.expired:
-            raise BackendTimeoutError(f"{self.name} did not answer within {options.timeout_s:g}s")
+        deadline = _deadline_criterion(deadlines)
+        try:
+            # the hooks end the forward pass itself (prefill included) once every row is past its deadline
+            with torch.inference_mode(), _seeded(options.seed, self.model.device), self._cancel.until(deadlines):
+                output = self.model.generate(
+                    **inputs,
+                    generation_config=generation_config,
+                    stopping_criteria=StoppingCriteriaList([deadline]),
+                    streamer=streamer,
+                    tokenizer=self.tokenizer if stops else None,
+                )
+        except PastDeadline:
+            if streamer is not None:
+                streamer.end()
+            return [timed_out] * len(prompts)
         latency = time.perf_counter() - started
 
         prompt_width = inputs["input_ids"].shape[1]
@@ -268,8 +297,11 @@ class TransformersChatModel(ChatModel):
                 for index, step in enumerate(output.logits)
             ], dim=1)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-        generations = []
+        generations: list[Generation | Exception] = []
         for row, tools in enumerate(tools_per_row):
+            if row in deadline.expired:
+                generations.append(timed_out)
+                continue
             budget = budgets[row] if budgets else options.max_new_tokens
             ids = completions[row].tolist()[:budget]
             length = next((index + 1 for index, token in enumerate(ids) if token in self.stop_token_ids),
@@ -362,23 +394,70 @@ def _seeded(seed: int | None, device: Any) -> Iterator[None]:
         yield
 
 
-def _deadline_criterion(timeout_s: float | None) -> Any:
+def _deadline_criterion(deadlines: list[float | None]) -> Any:
     import torch
     from transformers import StoppingCriteria
 
     class Deadline(StoppingCriteria):
-        """Stops every row once the wall-clock budget is spent; ``expired`` tells the caller why."""
+        """Stops each row once its own deadline (a ``time.monotonic()`` instant, or None) has passed; ``expired``
+        holds the rows it stopped."""
 
         def __init__(self) -> None:
-            self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
-            self.expired = False
+            self.expired: set[int] = set()
 
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            if self.deadline is not None and time.monotonic() > self.deadline:
-                self.expired = True
-            return torch.full((input_ids.shape[0],), self.expired, dtype=torch.bool, device=input_ids.device)
+            now = time.monotonic()
+            self.expired.update(row for row, deadline in enumerate(deadlines)
+                                if deadline is not None and now > deadline)
+            return torch.tensor([row in self.expired for row in range(input_ids.shape[0])], dtype=torch.bool,
+                                device=input_ids.device)
 
     return Deadline()
+
+
+class PastDeadline(Exception):
+    """Raised between two decoder layers once every row of the running batch is past its deadline."""
+
+
+class _DeadlineHooks:
+    """Forward pre-hooks on a model's decoder layers that abort the forward pass once the running batch's
+    deadline has passed: a long prefill stops within one layer of its time limit instead of running to the end."""
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+        self.thread: int | None = None  # only the generating thread's passes (others may share the weights)
+
+    def __call__(self, module: Any, args: Any) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline and threading.get_ident() == self.thread:
+            raise PastDeadline
+
+    @contextlib.contextmanager
+    def until(self, deadlines: list[float | None]) -> Iterator[None]:
+        """Abort this thread's forward passes after the last of ``deadlines`` (never, when any of them is None)."""
+        self.thread = threading.get_ident()
+        self.deadline = None if None in deadlines else max(deadline for deadline in deadlines if deadline is not None)
+        try:
+            yield
+        finally:
+            self.deadline = self.thread = None
+
+
+def _install_deadline_hooks(model: Any) -> _DeadlineHooks:
+    import torch
+
+    hooks = _DeadlineHooks()
+    stacks = [module for module in model.modules() if isinstance(module, torch.nn.ModuleList) and len(module)]
+    for layer in max(stacks, key=len, default=[model]):  # the decoder layers; the whole model when none is found
+        layer.register_forward_pre_hook(hooks)
+    return hooks
+
+
+def context_length(model: Any, tokenizer: Any) -> int | None:
+    """The model's context window in tokens: its config's position limit, or the tokenizer's, or None."""
+    for value in (getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)):
+        if isinstance(value, int) and 0 < value < 10_000_000:  # tokenizers without a limit say 1e30
+            return value
+    return None
 
 
 def _make_streamer(tokenizer: Any, stop_token_ids: set[int]) -> Any:

@@ -11,7 +11,8 @@ The location is the engine's base URL (``http://127.0.0.1:8100/v1``). Config key
 - ``model`` (required): the name the engine serves the model under.
 - ``tokenizer`` (required): the model's Hugging Face directory (tokenizer and chat template).
 - ``name``: the name the model reports (default: ``model``).
-- ``timeout_s`` (default 600): per request; ``GenerationOptions.timeout_s`` overrides it for one call.
+- ``timeout_s`` (default 600): per request; ``GenerationOptions.timeout_s`` overrides it for one call. A request
+  that runs out closes its connection, and the engine aborts it (its prefill and decoding stop).
 - ``max_concurrency`` (default 64): requests kept in flight by ``generate_batch`` and worth sending at once.
 - ``api_key_env``: the variable holding the engine's API key, if it was started with one.
 """
@@ -25,7 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from supertiny.errors import BackendTimeoutError, EngineUnavailableError, InvalidInputError, ModelError
+from supertiny.errors import (
+    BackendTimeoutError,
+    ContextLengthError,
+    EngineUnavailableError,
+    InvalidInputError,
+    ModelError,
+)
 from supertiny.models.backend import (
     Capabilities,
     ChatModel,
@@ -248,6 +255,9 @@ class VLLMChatModel(ChatModel):
             detail = _message(json.loads(text).get("error") or json.loads(text))
         except (ValueError, AttributeError):
             detail = text.strip()[:300]
+        if status == 400 and ("context length" in detail or "max_model_len" in detail):
+            raise ContextLengthError(f"{self.name} cannot take this request: {detail}",
+                                     hint="shorten the messages or lower max_tokens")
         if status == 400:
             raise InvalidInputError(f"{self.name} cannot take this request: {detail}")
         if status == 404:

@@ -189,12 +189,14 @@ def _routes_hint(store: Store) -> str:
 class PolicyStore:
     """Reads active policies through a cache that lives ``ttl_s`` seconds.
 
-    When the database cannot be reached, the last known policy of a route keeps being served.
+    When the database cannot be reached, the last known policy of a route keeps being served for
+    ``outage_grace_s`` seconds past its expiry; after that the database error reaches the caller (503).
     """
 
-    def __init__(self, store: Store, ttl_s: float = 2.0):
+    def __init__(self, store: Store, ttl_s: float = 2.0, outage_grace_s: float = 300.0):
         self.store = store
         self.ttl_s = ttl_s
+        self.outage_grace_s = outage_grace_s
         self._cache: dict[str, tuple[float, ActivePolicy | Exception | None]] = {}
         self._routes: tuple[float, list[ActivePolicy]] | None = None
         self._lock = threading.Lock()
@@ -215,8 +217,8 @@ class PolicyStore:
         try:
             row = active_row(self.store, route)
         except SupertinyError:
-            if cached is not None and not isinstance(cached[1], Exception):
-                return cached[1]  # stale beats down while the database is unreachable
+            if cached is not None and not isinstance(cached[1], Exception) and now < cached[0] + self.outage_grace_s:
+                return cached[1]  # stale beats down while the database is unreachable, for a bounded time
             raise
         value: ActivePolicy | Exception | None
         try:
@@ -235,7 +237,7 @@ class PolicyStore:
         try:
             rows = active_rows(self.store)
         except SupertinyError:
-            if self._routes is not None:
+            if self._routes is not None and now < self._routes[0] + self.outage_grace_s:
                 return self._routes[1]
             raise
         routes = []

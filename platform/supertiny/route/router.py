@@ -3,6 +3,10 @@
 When the model a policy chose raises or times out, the policy's other tier answers and the outcome
 says so (``fallback``); only when every tier failed does the request fail (502, or 504 on a timeout).
 Shadow runs happen on a small bounded background pool and never delay the answer.
+
+A request that requires a call (``tool_choice`` "required" or a named tool) is never answered in text: an
+answer without a valid call is asked again once, on the model that wrote it, with an instruction to call a
+tool; when that answer has no valid call either, the request fails with 502 ``tool_call_required``.
 """
 
 import concurrent.futures
@@ -14,7 +18,7 @@ from typing import Any
 
 from supertiny.errors import BackendTimeoutError, EngineUnavailableError, InvalidInputError, ModelError
 from supertiny.models.backend import ChatModel, Generation, GenerationOptions
-from supertiny.route.kinds import answer_summary, calls_agree
+from supertiny.route.kinds import answer_problem, answer_summary, calls_agree
 from supertiny.route.policy import Decision, PolicyParams, TierError
 from supertiny.route.policy_store import ActivePolicy
 from supertiny.route.pool import ModelPool
@@ -30,6 +34,20 @@ class RouteRequest:
     tools: list[ToolSpec] | None = None
     options: GenerationOptions = dataclasses.field(default_factory=GenerationOptions)
     call_required: bool = False
+
+
+class ToolCallRequiredError(ModelError):
+    """A call was required and the model answered without a valid one, even when asked again."""
+
+    code = "tool_call_required"
+
+
+def call_instruction(tools: Sequence[ToolSpec] | None) -> Message:
+    """The turn that asks a model, once more, for the call it must make."""
+    names = ", ".join(tool.name for tool in tools or [])
+    only = f"the tool {names}" if tools and len(tools) == 1 else f"one of the tools ({names})"
+    return Message(role="user", content=f"Answer only with a call to {only}, with arguments that follow its "
+                                        "parameters schema. Do not answer in text.")
 
 
 @dataclasses.dataclass
@@ -100,12 +118,12 @@ class _Context:
         timeout = remaining if self.options.timeout_s is None else min(self.options.timeout_s, remaining)
         return dataclasses.replace(self.options, timeout_s=timeout)
 
-    def generate(self, role: str) -> Generation:
+    def generate(self, role: str, messages: list[Message] | None = None) -> Generation:
         model = self.model(role)
         started = time.monotonic()
         try:
             with self.hold(role):
-                generation = model.generate(self.messages, self.tools, self._options(started))
+                generation = model.generate(messages or self.messages, self.tools, self._options(started))
         except InvalidInputError:
             raise  # the request itself is unusable: no other tier would do better
         except Exception as exc:
@@ -156,6 +174,12 @@ class Router:
     def route(self, policy: ActivePolicy, request: RouteRequest) -> Outcome:
         """Answer ``request`` by ``policy``."""
         context = _Context(self.pool, policy, request)
+        outcome = self._route(policy, context)
+        if context.call_required and answer_problem(outcome.generation, context.tools, True) is not None:
+            return self._ask_for_call(context, outcome)
+        return outcome
+
+    def _route(self, policy: ActivePolicy, context: _Context) -> Outcome:
         decision, failure = self._decide(policy, context)
         if decision is not None and decision.generation is not None:
             return self._outcome(policy, context, decision, decision.generation, decision.role)
@@ -174,7 +198,7 @@ class Router:
         tools, an answer is a call or text only once complete); otherwise the outcome comes alone and
         ``outcome.streamed`` is False.
         """
-        if request.tools:
+        if request.tools:  # (a required call is checked there too)
             yield self.route(policy, request)
             return
         context = _Context(self.pool, policy, request)
@@ -202,6 +226,28 @@ class Router:
 
     def close(self) -> None:
         self._shadow_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _ask_for_call(self, context: _Context, outcome: Outcome) -> Outcome:
+        """The required call, asked for once more from the model that answered without one (the LLM where a
+        token-level policy mixed both)."""
+        roles = context.params.models()
+        role = outcome.role if outcome.role in roles else ("llm" if "llm" in roles else next(iter(roles)))
+        first = answer_problem(outcome.generation, context.tools, True)
+        try:
+            generation = context.generate(role, [*context.messages, call_instruction(context.tools)])
+        except TierError as exc:
+            raise ToolCallRequiredError(f"a tool call was required; {context.model_name(role)} answered without a "
+                                        f"valid one ({first}) and failed when asked again: {exc}") from exc
+        problem = answer_problem(generation, context.tools, True)
+        if problem is not None:
+            raise ToolCallRequiredError(f"a tool call was required; {context.model_name(role)} answered without a "
+                                        f"valid one twice ({first}, then {problem}, after being asked to call)")
+        outcome.detail["call_required"] = {"asked_again": True, "first_answer": first,
+                                           "first": answer_summary(outcome.generation, context.tools, True)}
+        outcome.generation, outcome.role, outcome.model = generation, role, context.model_name(role)
+        outcome.confidence = generation.confidence
+        outcome.model_s = context.model_s
+        return outcome
 
     # --- internals ------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from supertiny.serve.auth import AuthenticationError, KeyChecker
 from supertiny.serve.chat import chat_completions
 from supertiny.serve.errors import RouteNotFoundError, error_response, install_error_handlers
 from supertiny.serve.metrics import Metrics
+from supertiny.serve.openapi import install_openapi
 from supertiny.serve.request_log import RequestLogWriter
 from supertiny.store.engine import Store
 
@@ -42,6 +43,9 @@ class ServeOptions:
     policy_ttl_s: float = 2.0  # a changed policy applies within this time, without a restart
     key_ttl_s: float = 2.0  # a revoked key stops working within this time
     auth: str = "auto"  # required | open | auto: required once the first API key was created
+    # while the database is unreachable, cached policies and keys keep serving this long (requests are logged
+    # once it is back); after that requests get 503
+    outage_grace_s: float = 300.0
     local_model_concurrency: int | None = None  # requests one in-process model takes at once (None: its batch size)
     remote_model_concurrency: int = 64  # requests in flight to one endpoint model
     max_concurrent_requests: int = 256  # worker threads routing requests
@@ -109,11 +113,12 @@ def create_app(settings: Settings | None = None, options: ServeOptions | None = 
     app.state.options = options
     app.state.store = store
     app.state.models = pool
-    app.state.policies = PolicyStore(store, ttl_s=options.policy_ttl_s)
+    app.state.policies = PolicyStore(store, ttl_s=options.policy_ttl_s, outage_grace_s=options.outage_grace_s)
     app.state.router = Router(pool, shadow_workers=options.shadow_workers, shadow_backlog=options.shadow_backlog)
     app.state.log_writer = writer
     app.state.metrics = metrics
-    app.state.keys = KeyChecker(store, ttl_s=options.key_ttl_s, mode=options.auth)
+    app.state.keys = KeyChecker(store, ttl_s=options.key_ttl_s, mode=options.auth,
+                                outage_grace_s=options.outage_grace_s)
     app.state.limiter = anyio.CapacityLimiter(options.max_concurrent_requests)
     app.state.started = time.time()
     install_error_handlers(app)
@@ -122,6 +127,7 @@ def create_app(settings: Settings | None = None, options: ServeOptions | None = 
     app.add_api_route("/v1/models/{model:path}", get_model, methods=["GET"])
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"])
+    install_openapi(app)
     return app
 
 

@@ -9,6 +9,7 @@ or ``auto`` (the default): required from the moment the first key is created, fo
 opens the server; with every key revoked it refuses every request until a new key exists.
 """
 
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -83,18 +84,6 @@ def list_keys(store: Store) -> list[dict[str, Any]]:
              "revoked": row.revoked_at, "active": row.revoked_at is None} for row in rows]
 
 
-def verify_key(store: Store, secret: str) -> int | None:
-    """The id of the active key ``secret`` is, or None."""
-    if not secret.startswith(KEY_PREFIX) or len(secret) < PREFIX_LENGTH:
-        return None
-    with store.session() as session:
-        row = session.scalar(sa.select(ApiKey).where(ApiKey.prefix == secret[:PREFIX_LENGTH],
-                                                     ApiKey.revoked_at.is_(None)))
-    if row is None or not hmac.compare_digest(row.key_hash, _hash(row.salt, secret)):
-        return None
-    return row.id
-
-
 AUTH_MODES = ("auto", "required", "open")
 
 
@@ -103,51 +92,87 @@ def any_active_key(store: Store) -> bool:
         return session.scalar(sa.select(ApiKey.id).where(ApiKey.revoked_at.is_(None)).limit(1)) is not None
 
 
-def any_key_created(store: Store) -> bool:
-    """Whether a key was ever created (revoked ones count: revoking never turns authentication off)."""
-    with store.session() as session:
-        return session.scalar(sa.select(ApiKey.id).limit(1)) is not None
+@dataclasses.dataclass(frozen=True)
+class KeySnapshot:
+    """What verifying keys needs, read in one query: whether any key was ever created, and each active key's
+    prefix, id, salt and hash."""
+
+    any_created: bool
+    active: dict[str, tuple[int, str, str]]
+
+    @classmethod
+    def read(cls, store: Store) -> "KeySnapshot":
+        with store.session() as session:
+            any_created = session.scalar(sa.select(ApiKey.id).limit(1)) is not None
+            rows = session.execute(sa.select(ApiKey.prefix, ApiKey.id, ApiKey.salt, ApiKey.key_hash)
+                                   .where(ApiKey.revoked_at.is_(None))).all()
+        return cls(any_created, {row.prefix: (row.id, row.salt, row.key_hash) for row in rows})
+
+    def key_id(self, secret: str) -> int | None:
+        """The id of the active key ``secret`` is, or None."""
+        entry = self.active.get(secret[:PREFIX_LENGTH]) if secret.startswith(KEY_PREFIX) else None
+        if entry is None or not hmac.compare_digest(entry[2], _hash(entry[1], secret)):
+            return None
+        return entry[0]
 
 
 class KeyChecker:
-    """Checks ``Authorization`` headers, caching answers ``ttl_s`` seconds (a revoked key stops working
-    within that time; in ``auto`` mode a first key turns authentication on within that time)."""
+    """Checks ``Authorization`` headers against a snapshot of the active keys (salted hashes) re-read every
+    ``ttl_s`` seconds: a revoked key stops working, and in ``auto`` mode a first key turns authentication on,
+    within that time. While the database is unreachable the last snapshot keeps serving for
+    ``outage_grace_s`` more seconds; after that requests get 503."""
 
-    def __init__(self, store: Store, ttl_s: float = 2.0, mode: str = "auto"):
+    def __init__(self, store: Store, ttl_s: float = 2.0, mode: str = "auto", outage_grace_s: float = 300.0):
         if mode not in AUTH_MODES:
             raise InvalidInputError(f"unknown auth mode {mode!r}", hint=f"one of {', '.join(AUTH_MODES)}")
         self.store = store
         self.ttl_s = ttl_s
         self.mode = mode
-        self._required: tuple[float, bool] | None = None
-        self._verified: dict[str, tuple[float, int | None]] = {}
+        self.outage_grace_s = outage_grace_s
+        self._snapshot: tuple[float, KeySnapshot] | None = None  # (read at, snapshot)
         self._lock = threading.Lock()
 
-    def required(self) -> bool:
-        if self.mode != "auto":
-            return self.mode == "required"
+    def _current(self) -> KeySnapshot:
         now = time.monotonic()
-        if self._required is None or self._required[0] <= now:
-            self._required = (now + self.ttl_s, any_key_created(self.store))
-        return self._required[1]
+        taken = self._snapshot
+        if taken is not None and now - taken[0] < self.ttl_s:
+            return taken[1]
+        with self._lock:
+            if self._snapshot is not taken and self._snapshot is not None:  # another thread just re-read it
+                return self._snapshot[1]
+            try:
+                snapshot = KeySnapshot.read(self.store)
+            except SupertinyError:
+                if taken is not None and now - taken[0] < self.ttl_s + self.outage_grace_s:
+                    return taken[1]  # the database is away: the last known keys, for a bounded time
+                raise
+            self._snapshot = (time.monotonic(), snapshot)
+            return snapshot
 
     def peek(self, authorization: str | None) -> tuple[bool, int | None]:
-        """``(True, key id)`` when the cache alone answers (no database, no thread hop); ``(False, None)``
-        when ``check`` must ask the database. Raises AuthenticationError when the cache knows it is bad."""
-        now = time.monotonic()
+        """``(True, key id)`` when the snapshot answers without a database read (no thread hop); ``(False,
+        None)`` when ``check`` must re-read it. Raises AuthenticationError when the snapshot knows it is bad."""
         if self.mode == "open":
             return True, None
-        if self.mode == "auto" and (self._required is None or self._required[0] <= now):
+        taken = self._snapshot
+        if taken is None or time.monotonic() - taken[0] >= self.ttl_s:
             return False, None
-        if self.mode == "auto" and not self._required[1]:  # type: ignore[index]
-            return True, None
+        return True, self._verify(taken[1], authorization)
+
+    def check(self, authorization: str | None) -> int | None:
+        """The key id of the request (None when no key is required); AuthenticationError otherwise."""
+        if self.mode == "open":
+            return None
+        return self._verify(self._current(), authorization)
+
+    def _verify(self, snapshot: KeySnapshot, authorization: str | None) -> int | None:
+        if self.mode == "auto" and not snapshot.any_created:
+            return None
         secret = self._secret(authorization)
-        cached = self._verified.get(hashlib.sha256(secret.encode()).hexdigest())
-        if cached is None or cached[0] <= now:
-            return False, None
-        if cached[1] is None:
+        key_id = snapshot.key_id(secret)
+        if key_id is None:
             raise AuthenticationError(f"incorrect API key provided: {secret[:PREFIX_LENGTH]}...")
-        return True, cached[1]
+        return key_id
 
     @staticmethod
     def _secret(authorization: str | None) -> str:
@@ -155,23 +180,3 @@ class KeyChecker:
         if scheme.lower() != "bearer" or not secret.strip():
             raise AuthenticationError("missing API key: send the header 'Authorization: Bearer sk-st-...'")
         return secret.strip()
-
-    def check(self, authorization: str | None) -> int | None:
-        """The key id of the request (None when no key is required); AuthenticationError otherwise."""
-        if not self.required():
-            return None
-        secret = self._secret(authorization)
-        digest = hashlib.sha256(secret.encode()).hexdigest()
-        now = time.monotonic()
-        cached = self._verified.get(digest)
-        if cached is not None and cached[0] > now:
-            key_id = cached[1]
-        else:
-            key_id = verify_key(self.store, secret)
-            with self._lock:
-                if len(self._verified) > 10_000:
-                    self._verified.clear()
-                self._verified[digest] = (now + self.ttl_s, key_id)
-        if key_id is None:
-            raise AuthenticationError(f"incorrect API key provided: {secret[:PREFIX_LENGTH]}...")
-        return key_id

@@ -240,13 +240,13 @@ async def chat_completions(http_request: Request) -> Response:
     request = _Request(state=state, request_id=f"chatcmpl-{uuid.uuid4().hex}", started=time.perf_counter())
     authorization = http_request.headers.get("authorization")
     try:
-        known, request.api_key_id = state.keys.peek(authorization)  # the cache answers without a thread hop
-        if not known:
-            request.api_key_id = await run_in_threadpool(state.keys.check, authorization)
-    except AuthenticationError as exc:
-        state.metrics.observe(UNKNOWN_ROUTE, exc.http_status, time.perf_counter() - request.started)
-        return error_response(exc, headers={"www-authenticate": "Bearer"})
-    try:
+        try:
+            known, request.api_key_id = state.keys.peek(authorization)  # the cache answers without a thread hop
+            if not known:
+                request.api_key_id = await run_in_threadpool(state.keys.check, authorization)
+        except AuthenticationError as exc:  # counted, not logged: unauthenticated clients cannot fill the log
+            state.metrics.observe(UNKNOWN_ROUTE, exc.http_status, time.perf_counter() - request.started)
+            return error_response(exc, headers={"www-authenticate": "Bearer"})
         body = await http_request.body()
         try:
             request.payload = _parse_body(body, state.options.max_body_bytes, state.options.max_json_depth)

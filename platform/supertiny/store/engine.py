@@ -58,7 +58,12 @@ def get_engine(url: str) -> Engine:
             if parsed.database and parsed.database != ":memory:":
                 from pathlib import Path
 
-                Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                folder = Path(parsed.database).expanduser().parent
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise DatabaseError(f"cannot create the SQLite database's folder {folder}: "
+                                        f"{exc.strerror or exc}", hint="choose a writable path with --db") from exc
             engine_kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30}}
         else:
             engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}}
