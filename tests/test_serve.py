@@ -364,3 +364,20 @@ def test_64_concurrent_clients_get_answers_and_every_request_is_logged_once(serv
     rows = logs(server)
     assert sorted(row.request_id for row in rows) == sorted(ids)
     assert {row.status for row in rows} == {200}
+
+
+def test_a_route_caps_prompt_length_before_any_model_work(server):
+    set_policy(server.store, "short", "tiny", {"tiny": "student", "max_prompt_tokens": 64})
+    api = client(server)
+    assert api.chat.completions.create(model="short", messages=QUESTION, max_tokens=2).choices
+    with pytest.raises(openai.BadRequestError) as refused:
+        api.chat.completions.create(model="short", messages=[{"role": "user", "content": "weather " * 200}],
+                                    max_tokens=2)
+    assert refused.value.code == "context_length_exceeded" and "at most 64 tokens" in refused.value.message
+    set_policy(server.store, "uncapped", "tiny", {"tiny": "student"})
+    with pytest.raises(openai.BadRequestError) as too_long:  # the model's own context (2048) without a cap
+        api.chat.completions.create(model="uncapped", messages=[{"role": "user", "content": "x " * 3000}],
+                                    max_tokens=2)
+    assert too_long.value.code == "context_length_exceeded" and "maximum context length is 2048" in \
+        too_long.value.message
+    assert [row.status for row in logs(server)[-3:]] == [200, 400, 400]

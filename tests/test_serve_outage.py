@@ -8,7 +8,6 @@ import openai
 import pytest
 import sqlalchemy as sa
 from helpers.chat_models import GOOD_CALL, WEATHER_TOOL, ScriptedModel
-from helpers.tcp_proxy import TcpProxy
 from supertiny.config import Settings
 from supertiny.route.policy_store import set_policy
 from supertiny.route.pool import ModelPool
@@ -18,6 +17,8 @@ from supertiny.serve.background import BackgroundServer
 from supertiny.store import migrate
 from supertiny.store.engine import Store
 from supertiny.store.tables import RequestLog
+
+from bench.tcp_proxy import TcpProxy
 
 QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
 POSTGRES_ONLY = pytest.mark.parametrize("blank_database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)],

@@ -55,6 +55,7 @@ class GenerationOptions:
     logprobs: bool = True
     stop: Sequence[str] = ()
     timeout_s: float | None = None
+    max_prompt_tokens: int | None = None  # a caller's cap below the model's context (a route's policy)
 
 
 @dataclasses.dataclass
@@ -225,9 +226,14 @@ def parse_answer(text: str, tools: Sequence[ToolLike] | None) -> tuple[ParseResu
     return parse, Message(role="assistant", content=text)
 
 
-def check_context_length(name: str, context_length: int | None, prompt_tokens: int, max_new_tokens: int) -> None:
+def check_context_length(name: str, context_length: int | None, prompt_tokens: int, max_new_tokens: int,
+                         max_prompt_tokens: int | None = None) -> None:
     """ContextLengthError (400 ``context_length_exceeded``) when the prompt and the tokens asked for do not fit
-    the model's context: refused before any work, as OpenAI does, instead of holding the model for nothing."""
+    the model's context, or the prompt is longer than the caller's ``max_prompt_tokens``: refused before any
+    work, as OpenAI does, instead of holding the model for nothing."""
+    if max_prompt_tokens and prompt_tokens > max_prompt_tokens:
+        raise ContextLengthError(f"this route takes prompts of at most {max_prompt_tokens} tokens; this one has "
+                                 f"{prompt_tokens} (messages and tools)", hint="shorten the messages")
     if context_length and prompt_tokens + max_new_tokens > context_length:
         raise ContextLengthError(
             f"{name}'s maximum context length is {context_length} tokens; this request asks for "

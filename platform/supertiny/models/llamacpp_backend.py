@@ -184,7 +184,8 @@ class LlamaCppChatModel(ChatModel):
         a stop string, the token budget or the end of the context."""
         import numpy as np
 
-        check_context_length(self.name, self.llama.n_ctx(), len(prompt_ids), options.max_new_tokens)
+        check_context_length(self.name, self.llama.n_ctx(), len(prompt_ids), options.max_new_tokens,
+                             options.max_prompt_tokens)
         budget = options.max_new_tokens
         deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
         rng = np.random.default_rng(options.seed)

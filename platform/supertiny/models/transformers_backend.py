@@ -160,9 +160,10 @@ class TransformersChatModel(ChatModel):
                         options: GenerationOptions) -> str:
         """The rendered prompt, refused (400 context_length_exceeded) when it and the answer's budget do not fit."""
         prompt = self.render_prompt(messages, tools)
-        if self.context_length:
+        if self.context_length or options.max_prompt_tokens:
             tokens = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-            check_context_length(self.name, self.context_length, tokens, options.max_new_tokens)
+            check_context_length(self.name, self.context_length, tokens, options.max_new_tokens,
+                                 options.max_prompt_tokens)
         return prompt
 
     def generate_samples(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None,

@@ -41,6 +41,7 @@ from supertiny.models.backend import (
     MessageLike,
     ToolLike,
     backend_config,
+    check_context_length,
     finish_reason,
     parse_answer,
 )
@@ -107,6 +108,16 @@ class VLLMChatModel(ChatModel):
 
         return render_chat_prompt(self.tokenizer, self.name, messages, tools)
 
+    def _checked_prompt(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None,
+                        options: GenerationOptions) -> str:
+        """The rendered prompt; with ``options.max_prompt_tokens``, counted here and refused when longer (the
+        engine itself refuses prompts beyond its context)."""
+        prompt = self.render_prompt(messages, tools)
+        if options.max_prompt_tokens:
+            tokens = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            check_context_length(self.name, None, tokens, options.max_new_tokens, options.max_prompt_tokens)
+        return prompt
+
     # --- generation -----------------------------------------------------------------------------
 
     def generate(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None,
@@ -119,7 +130,7 @@ class VLLMChatModel(ChatModel):
         options = options or GenerationOptions()
         if n < 1:
             raise InvalidInputError("n must be at least 1")
-        prompt = self.render_prompt(messages, tools)
+        prompt = self._checked_prompt(messages, tools, options)
         started = time.perf_counter()
         answer = self._post(self._body(prompt, options, n), options)
         latency = time.perf_counter() - started
@@ -139,7 +150,7 @@ class VLLMChatModel(ChatModel):
                options: GenerationOptions | None = None) -> Iterator[str | Generation]:
         """Text deltas as the engine writes them, then the Generation."""
         options = options or GenerationOptions()
-        prompt = self.render_prompt(messages, tools)
+        prompt = self._checked_prompt(messages, tools, options)
         body = {**self._body(prompt, options, 1), "stream": True, "stream_options": {"include_usage": True}}
         started = time.perf_counter()
         merged: dict[str, Any] = {"text": "", "logprobs": {"tokens": [], "token_logprobs": []}, "finish_reason": None}

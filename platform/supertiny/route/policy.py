@@ -24,6 +24,9 @@ class PolicyParams(BaseModel):
 
     timeout_s: float = Field(default=120.0, gt=0, description="Seconds a tier may take before the other answers.")
     fallback: bool = Field(default=True, description="When a tier fails or times out, let the other tier answer.")
+    max_prompt_tokens: int | None = Field(
+        default=None, ge=1, description="Longest prompt (messages and tools, in tokens) the route takes; longer "
+        "ones get 400 context_length_exceeded before any model work. Default: each model's own context.")
 
     def models(self) -> dict[str, str]:
         """Role -> model name of every model the policy uses (the fields named after roles)."""

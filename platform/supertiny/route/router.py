@@ -88,6 +88,8 @@ class _Context:
         self.messages = request.messages
         self.tools = request.tools
         self.options = request.options
+        if policy.params.max_prompt_tokens:
+            self.options = dataclasses.replace(request.options, max_prompt_tokens=policy.params.max_prompt_tokens)
         self.call_required = request.call_required
         self.model_s = 0.0
         self._roles = policy.params.models()
