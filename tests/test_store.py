@@ -26,6 +26,22 @@ def test_json_columns_round_trip(store):
         assert loaded.created_at is not None
 
 
+def test_json_keeps_key_order_so_a_task_renders_the_same_prompt_on_every_database(store):
+    # PostgreSQL's jsonb would return {"unit", "city"} as {"city", "unit"} (shorter keys first): another prompt
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"unit": {"type": "string"}, "city": {"type": "string"}},
+        "required": ["city"]}}}
+    messages = [{"role": "user", "content": "hi", "name": "zed"}]
+    with store.session() as session:
+        session.add(Task(domain="d", split="train", category="c", messages=messages, tools=[tool],
+                         content_hash="ordered"))
+    with store.session() as session:
+        loaded = session.scalars(sa.select(Task).where(Task.content_hash == "ordered")).one()
+        assert list(loaded.tools[0]["function"]["parameters"]["properties"]) == ["unit", "city"]
+        assert list(loaded.tools[0]["function"]) == ["name", "parameters"]
+        assert list(loaded.messages[0]) == ["role", "content", "name"]
+
+
 def test_task_content_hash_is_unique_per_domain(store):
     with store.session() as session:
         session.add_all([_task("a", "h"), _task("b", "h")])

@@ -5,7 +5,6 @@ import datetime as dt
 from typing import Any, ClassVar
 
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, func
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -16,8 +15,10 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-# JSONB on PostgreSQL (indexable, compact), plain JSON text on SQLite.
-JSONType = JSON().with_variant(postgresql.JSONB(), "postgresql")
+# JSON text on both: PostgreSQL's json keeps objects' key order as written (JSONB would sort the keys), and that
+# order reaches prompts and training targets (a tool's parameters, a call's arguments), so the same task renders
+# the same prompt, and greedy decoding gives the same answer, on SQLite and PostgreSQL.
+JSONType = JSON()
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit key.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
