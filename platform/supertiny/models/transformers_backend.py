@@ -48,6 +48,7 @@ from supertiny.models.backend import (
     truncate_at_stops,
 )
 from supertiny.models.batching import BatchRequest, DynamicBatcher
+from supertiny.models.deadlines import PastDeadline, deadline_criterion, install_deadline_hooks
 from supertiny.models.hardware import fast_dtype
 
 CONFIG_KEYS = ("dtype", "threads", "gguf_file", "device", "name", "max_batch_size", "dynamic_batching",
@@ -84,7 +85,7 @@ class TransformersChatModel(ChatModel):
             tokenizer.pad_token = tokenizer.convert_ids_to_tokens(min(self.stop_token_ids))
         self._forward = threading.Lock()  # one forward pass at a time: batches and streams take turns
         self.context_length = context_length(model, tokenizer)
-        self._cancel = _install_deadline_hooks(model)
+        self._cancel = install_deadline_hooks(model)
         self.batcher = DynamicBatcher(self._run_batch, self.max_batch_size, batch_window_ms / 1000, name) \
             if dynamic_batching else None
 
@@ -271,7 +272,7 @@ class TransformersChatModel(ChatModel):
             output_logits=options.logprobs,
             stop_strings=stops or None,
         )
-        deadline = _deadline_criterion(deadlines)
+        deadline = deadline_criterion(deadlines)
         try:
             # the hooks end the forward pass itself (prefill included) once every row is past its deadline
             with torch.inference_mode(), _seeded(options.seed, self.model.device), self._cancel.until(deadlines):
@@ -393,64 +394,6 @@ def _seeded(seed: int | None, device: Any) -> Iterator[None]:
     with torch.random.fork_rng(devices=[device] if getattr(device, "type", "cpu") == "cuda" else []):
         torch.manual_seed(seed)
         yield
-
-
-def _deadline_criterion(deadlines: list[float | None]) -> Any:
-    import torch
-    from transformers import StoppingCriteria
-
-    class Deadline(StoppingCriteria):
-        """Stops each row once its own deadline (a ``time.monotonic()`` instant, or None) has passed; ``expired``
-        holds the rows it stopped."""
-
-        def __init__(self) -> None:
-            self.expired: set[int] = set()
-
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            now = time.monotonic()
-            self.expired.update(row for row, deadline in enumerate(deadlines)
-                                if deadline is not None and now > deadline)
-            return torch.tensor([row in self.expired for row in range(input_ids.shape[0])], dtype=torch.bool,
-                                device=input_ids.device)
-
-    return Deadline()
-
-
-class PastDeadline(Exception):
-    """Raised between two decoder layers once every row of the running batch is past its deadline."""
-
-
-class _DeadlineHooks:
-    """Forward pre-hooks on a model's decoder layers that abort the forward pass once the running batch's
-    deadline has passed: a long prefill stops within one layer of its time limit instead of running to the end."""
-
-    def __init__(self) -> None:
-        self.deadline: float | None = None
-        self.thread: int | None = None  # only the generating thread's passes (others may share the weights)
-
-    def __call__(self, module: Any, args: Any) -> None:
-        if self.deadline is not None and time.monotonic() > self.deadline and threading.get_ident() == self.thread:
-            raise PastDeadline
-
-    @contextlib.contextmanager
-    def until(self, deadlines: list[float | None]) -> Iterator[None]:
-        """Abort this thread's forward passes after the last of ``deadlines`` (never, when any of them is None)."""
-        self.thread = threading.get_ident()
-        self.deadline = None if None in deadlines else max(deadline for deadline in deadlines if deadline is not None)
-        try:
-            yield
-        finally:
-            self.deadline = self.thread = None
-
-
-def _install_deadline_hooks(model: Any) -> _DeadlineHooks:
-    import torch
-
-    hooks = _DeadlineHooks()
-    stacks = [module for module in model.modules() if isinstance(module, torch.nn.ModuleList) and len(module)]
-    for layer in max(stacks, key=len, default=[model]):  # the decoder layers; the whole model when none is found
-        layer.register_forward_pre_hook(hooks)
-    return hooks
 
 
 def context_length(model: Any, tokenizer: Any) -> int | None:
