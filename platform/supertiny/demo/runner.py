@@ -34,6 +34,10 @@ Echo = Callable[[str], None]
 COMPRESSED_TOLERANCE = 0.03
 
 
+# steps that need the machine's memory to themselves: the engines started before them are stopped first (and
+# started again by a later step that needs one)
+MEMORY_BOUND_STEPS = frozenset({"train-sft", "train-kd", "prune", "quantize"})
+
 class Demo:
     """One run of a plan against one store."""
 
@@ -100,6 +104,8 @@ class Demo:
                     continue
                 self.echo(prefix)
                 started = time.perf_counter()
+                if name in MEMORY_BOUND_STEPS:
+                    self.engines.stop_all()  # training holds the student, its gradients and often the teacher
                 try:
                     result = action()
                 finally:
