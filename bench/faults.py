@@ -175,7 +175,7 @@ def llm_killed_part(args: argparse.Namespace, settings: Any, store: Any, tiny: s
     set_policy(store, route, "cascade", {"tiny": tiny, "llm": llm, "threshold": 1.01, "fallback": True,
                                          "timeout_s": args.timeout_s}, note="bench.faults: every request escalates")
     pid = next(status.engine.pid for status in engine_statuses(store) if status.model == llm)
-    kill_at = min(10.0, args.load_s / 4)
+    kill_at = args.load_s / 2
     with BenchServer(settings, store) as server:
         _warm(server, route, args.max_tokens)
         load = _Load(server.base_url, route, 16, args.max_tokens, duration_s=args.load_s)

@@ -1,13 +1,6 @@
-"""What the demo runs: the models, the sizes of each step, and the presets that fit a time budget.
-
-Measured on an idle 2-core AVX2 CPU (fp32 compute, see models/hardware.py), sessions 4 and 5: the 1.5B
-teacher took ~46-53 s a harvested BFCL sample (a ~1000-token prompt, up to 256 new tokens) and ~8-23 s a
-test task (batches of 4); the 0.5B student ~4-15 s a test task; a LoRA sft step ~7 s; a kd step ~12 s (the
-teacher reads the domain prompt too). The defaults (20 harvested tasks, 3 test tasks per category) ran in
-27-39 minutes. Until RECIPE 7, sft trained the chat template's ``<tool_call>`` token, which the student gives
-p = 0, and on 9-14 records it sometimes taught the student to refuse everything (20%); the call tags are
-now trained as text (``TrainConfig.spell_markup``) and the same 9 records gave 53.3% (base and teacher 40%).
-A second job on the machine doubles all of it.
+"""What the demo runs: the models, the sizes of each step, and the presets that fit a time budget (45 minutes on a
+2-core CPU for the default run, install included; 10 for ``--quick``). The teacher runs on a vLLM engine where
+one can run (``engine``), every other model in-process unless a step is large enough to pay for an engine.
 """
 
 import dataclasses

@@ -150,8 +150,9 @@ def write_report(demo: Any) -> Path:
     if rows:
         lines += [f"## Models on BFCL test ({rows[0]['n']} tasks, {plan.eval_per_category} per category)", "",
                   *_models_table(rows), "",
-                  "Latency is per request on this CPU, evaluated in batches of 4; the teacher is evaluated on the "
-                  "raw requests (as it is served), without the domain prompt that steered it during the harvest.",
+                  "Latency is per request on this CPU with every test task in flight at once (it includes the "
+                  "wait for the model); the teacher is evaluated on the raw requests (as it is served), without "
+                  "the domain prompt that steered it during the harvest.",
                   ""]
     if policy:
         lines += ["## Routing", "",
