@@ -297,3 +297,38 @@ def test_without_dynamic_batching_the_model_says_one_request_at_a_time(tiny_mode
     chat = get_backends()["transformers"].open(str(tiny_model_dir), {"dynamic_batching": False})
     assert not chat.capabilities.batching and chat.capabilities.max_concurrency == 1 and chat.batcher is None
     assert chat.generate(QUESTION, None, GenerationOptions(max_new_tokens=3)).completion_tokens <= 3
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_other_requests(tiny_model_dir, monkeypatch):
+    import concurrent.futures
+    import time
+
+    long_question = [{"role": "user", "content": "weather in Paris " * 350}]  # ~1,400 tokens: three chunks
+    options = GenerationOptions(max_new_tokens=8)
+    plain = get_backends()["transformers"].open(str(tiny_model_dir), {"threads": 1, "dynamic_batching": False})
+    expected = plain.generate(long_question, None, options)
+    chat = get_backends()["transformers"].open(str(tiny_model_dir), {"threads": 1, "long_prompt_tokens": 600})
+    assert chat.generate(long_question, None, options).token_ids == expected.token_ids  # the same greedy answer
+
+    layer = chat.model.model.layers[0]
+    forward = layer.forward
+
+    def slow(*args, **kwargs):
+        time.sleep(0.05)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(layer, "forward", slow)
+    finished = {}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        def ask(name, messages, budget):
+            chat.generate(messages, None, GenerationOptions(max_new_tokens=budget))
+            finished[name] = time.monotonic()
+
+        long = pool.submit(ask, "long", long_question, 24)
+        time.sleep(0.02)
+        short = pool.submit(ask, "short", QUESTION, 2)
+        long.result(), short.result()
+    assert finished["short"] < finished["long"]  # answered between the long prompt's chunks, not after them
+    with pytest.raises(BackendTimeoutError, match="time limit"):
+        chat.generate(long_question, None, GenerationOptions(max_new_tokens=4, timeout_s=0.01))
+    chat.close()

@@ -14,7 +14,8 @@ from supertiny.errors import ModelError
 from supertiny.models.backend import backend_config
 from supertiny.models.transformers_backend import TransformersBackend, TransformersChatModel, batching_config
 
-CONFIG_KEYS = ("threads", "name", "max_batch_size", "dynamic_batching", "batch_window_ms", "model_type")
+CONFIG_KEYS = ("threads", "name", "max_batch_size", "dynamic_batching", "batch_window_ms", "long_prompt_tokens",
+               "model_type")
 
 
 class QuantizedBackend(TransformersBackend):

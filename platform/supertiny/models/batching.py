@@ -6,6 +6,10 @@ its own answer. Requests are compatible when they sample the same way (temperatu
 log-probabilities, and the seed when sampling) and their prompts are of a similar length (a long prompt would
 pad every row of its batch to its length); each keeps its own token budget and deadline. Decoding reads every
 weight once per step whatever the batch, so a batch of 8 costs far less than 8 single requests.
+
+Work that would hold the model for long (a very long prompt's prefill) is submitted as steps instead
+(``submit_steps``): the worker runs one step of it, then one batch of the other requests, and so on, so the
+other requests keep their latency while the long one advances.
 """
 
 import collections
@@ -13,7 +17,7 @@ import concurrent.futures
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from supertiny.errors import BackendTimeoutError
@@ -62,6 +66,8 @@ class DynamicBatcher:
         self.max_batch_size = max(1, max_batch_size)
         self.window_s = max(0.0, window_s)
         self._waiting: collections.deque[BatchRequest] = collections.deque()
+        self._stepwise: collections.deque[tuple[Generator[None, None, Any], concurrent.futures.Future]] = \
+            collections.deque()
         self._ready = threading.Condition()
         self._closed = False
         self.batches = 0  # batches run so far (with ``rows``, the mean batch size)
@@ -79,6 +85,17 @@ class DynamicBatcher:
             self._ready.notify()
         return request.future.result()
 
+    def submit_steps(self, steps: Generator[None, None, Generation]) -> Generation:
+        """Answer a request that runs as ``steps`` (each ``next`` does one bounded piece of model work; the
+        generator's return value is the answer), one step between two batches of the other requests."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("the model was closed")
+            self._stepwise.append((steps, future))
+            self._ready.notify()
+        return future.result()
+
     def close(self) -> None:
         with self._ready:
             self._closed = True
@@ -86,34 +103,55 @@ class DynamicBatcher:
         self._worker.join(timeout=5)
         while self._waiting:
             self._waiting.popleft().future.set_exception(RuntimeError("the model was closed"))
+        while self._stepwise:
+            steps, future = self._stepwise.popleft()
+            steps.close()
+            future.set_exception(RuntimeError("the model was closed"))
 
     def _loop(self) -> None:
         while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            if not batch:
-                continue
-            self.batches += 1
-            self.rows += len(batch)
-            try:
-                generations = self._run(batch)
-            except BaseException as exc:  # every caller of the batch gets the error
-                for request in batch:
-                    request.future.set_exception(exc)
-                continue
-            for request, generation in zip(batch, generations, strict=True):
-                if isinstance(generation, BaseException):
-                    request.future.set_exception(generation)
-                else:
-                    request.future.set_result(generation)
+            with self._ready:
+                while not self._waiting and not self._stepwise and not self._closed:
+                    self._ready.wait()
+                if self._closed:
+                    return
+                stepwise = self._stepwise.popleft() if self._stepwise else None
+            if stepwise is not None:
+                self._advance(*stepwise)
+            if self._waiting:
+                self._run_batch(self._next_batch())
 
-    def _next_batch(self) -> list[BatchRequest] | None:
+    def _advance(self, steps: Generator[None, None, Any], future: concurrent.futures.Future) -> None:
+        try:
+            next(steps)
+        except StopIteration as finished:
+            future.set_result(finished.value)
+            return
+        except BaseException as exc:
+            future.set_exception(exc)
+            return
         with self._ready:
-            while not self._waiting and not self._closed:
-                self._ready.wait()
-            if self._closed:
-                return None
+            self._stepwise.append((steps, future))
+
+    def _run_batch(self, batch: list[BatchRequest]) -> None:
+        if not batch:
+            return
+        self.batches += 1
+        self.rows += len(batch)
+        try:
+            generations = self._run(batch)
+        except BaseException as exc:  # every caller of the batch gets the error
+            for request in batch:
+                request.future.set_exception(exc)
+            return
+        for request, generation in zip(batch, generations, strict=True):
+            if isinstance(generation, BaseException):
+                request.future.set_exception(generation)
+            else:
+                request.future.set_result(generation)
+
+    def _next_batch(self) -> list[BatchRequest]:
+        """The oldest waiting request and those compatible with it (after a short window for more)."""
         if self.window_s and len(self._waiting) < self.max_batch_size:
             time.sleep(self.window_s)  # requests sent together arrive within a few ms of each other
         with self._ready:

@@ -16,6 +16,9 @@ Config keys:
 - ``dynamic_batching`` (default true): concurrent ``generate`` calls (a server's requests, an evaluator's
   or a harvest's workers) are gathered into one batched forward pass (:mod:`supertiny.models.batching`).
 - ``batch_window_ms`` (default 10): how long a batch waits for requests sent at the same moment.
+- ``long_prompt_tokens`` (default 4096): with dynamic batching, a longer prompt is prefilled in chunks of
+  ``PREFILL_CHUNK_TOKENS``, one chunk between two batches of the other requests, so it never holds the model
+  for its whole prefill (a request's time limit is checked between chunks).
 
 Sampling follows :class:`GenerationOptions` only: the model's own generation_config contributes its
 eos/pad ids, never its sampling defaults (Qwen ships top_k=20 and repetition_penalty=1.05), so greedy
@@ -26,7 +29,7 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +54,14 @@ from supertiny.models.batching import BatchRequest, DynamicBatcher
 from supertiny.models.deadlines import PastDeadline, deadline_criterion, install_deadline_hooks
 from supertiny.models.hardware import fast_dtype
 
+# model_type: informational, written by the model registry
 CONFIG_KEYS = ("dtype", "threads", "gguf_file", "device", "name", "max_batch_size", "dynamic_batching",
-               "batch_window_ms", "model_type")  # model_type: informational, written by the model registry
+               "batch_window_ms", "long_prompt_tokens", "model_type")
 DTYPES = ("auto", "bfloat16", "float32", "float16")
 # chat-turn terminators of common templates; used as stop ids when the vocabulary has them
 TURN_END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>")
 DECODE_KWARGS = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+PREFILL_CHUNK_TOKENS = 512
 
 
 class TransformersBackend:
@@ -75,11 +80,12 @@ class TransformersChatModel(ChatModel):
     backend = "transformers"
 
     def __init__(self, model: Any, tokenizer: Any, name: str, max_batch_size: int = 8, dynamic_batching: bool = True,
-                 batch_window_ms: float = 10.0):
+                 batch_window_ms: float = 10.0, long_prompt_tokens: int = 4096):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch_size = max(1, max_batch_size)
+        self.long_prompt_tokens = max(PREFILL_CHUNK_TOKENS, long_prompt_tokens)
         self.stop_token_ids = stop_token_ids(tokenizer, getattr(model.generation_config, "eos_token_id", None))
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.convert_ids_to_tokens(min(self.stop_token_ids))
@@ -152,20 +158,47 @@ class TransformersChatModel(ChatModel):
         options = options or GenerationOptions()
         if options.max_new_tokens < 1:
             raise InvalidInputError("max_new_tokens must be at least 1")
-        prompt = self._checked_prompt(messages, tools, options)
+        prompt, tokens = self._counted_prompt(messages, tools, options)
+        if self.batcher is not None and tokens > self.long_prompt_tokens:
+            return self.batcher.submit_steps(self._long_prompt_steps(prompt, tools, options))
         if self.batcher is not None:
             return self.batcher.submit(prompt, tools, options)
         return self._generate([prompt], [tools], options)[0]
 
     def _checked_prompt(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None,
                         options: GenerationOptions) -> str:
-        """The rendered prompt, refused (400 context_length_exceeded) when it and the answer's budget do not fit."""
+        return self._counted_prompt(messages, tools, options)[0]
+
+    def _counted_prompt(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None,
+                        options: GenerationOptions) -> tuple[str, int]:
+        """The rendered prompt and its length in tokens, refused (400 context_length_exceeded) when it and the
+        answer's budget do not fit."""
         prompt = self.render_prompt(messages, tools)
-        if self.context_length or options.max_prompt_tokens:
-            tokens = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-            check_context_length(self.name, self.context_length, tokens, options.max_new_tokens,
-                                 options.max_prompt_tokens)
-        return prompt
+        tokens = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        check_context_length(self.name, self.context_length, tokens, options.max_new_tokens, options.max_prompt_tokens)
+        return prompt, tokens
+
+    def _long_prompt_steps(self, prompt: str, tools: Sequence[ToolLike] | None,
+                           options: GenerationOptions) -> Generator[None, None, Generation]:
+        """A long prompt as steps: its KV cache filled one chunk a step, then the answer generated from it."""
+        import torch
+        from transformers import DynamicCache
+
+        deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
+        ids = self.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)["input_ids"]
+        ids = ids.to(self.model.device)
+        cache = DynamicCache(config=self.model.config)
+        cached = ids.shape[1] - 1  # generate() computes the last prompt token itself
+        for start in range(0, cached, PREFILL_CHUNK_TOKENS):
+            try:
+                with self._forward, torch.inference_mode(), self._cancel.until([deadline]):
+                    self.model(input_ids=ids[:, start:min(cached, start + PREFILL_CHUNK_TOKENS)], cache=cache,
+                               use_cache=True, logits_to_keep=1)
+            except PastDeadline:
+                raise BackendTimeoutError(f"{self.name} did not answer within the request's time limit (still "
+                                          f"reading a {ids.shape[1]}-token prompt)") from None
+            yield
+        return self._generate([prompt], [tools], options, deadlines=[deadline], cache=cache)[0]
 
     def generate_samples(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None,
                          options: GenerationOptions | None = None, n: int = 1) -> list[Generation]:
@@ -226,7 +259,8 @@ class TransformersChatModel(ChatModel):
 
     def _generate(self, prompts: list[str], tools_per_row: Sequence[Sequence[ToolLike] | None],
                   options: GenerationOptions, streamer: Any = None, budgets: list[int] | None = None,
-                  deadlines: list[float | None] | None = None, per_row_errors: bool = False) -> list[Any]:
+                  deadlines: list[float | None] | None = None, per_row_errors: bool = False,
+                  cache: Any = None) -> list[Any]:
         """Answers to ``prompts`` in one batch. Each row stops at its deadline (by default ``options.timeout_s``
         from now); a row that ran out is a BackendTimeoutError, returned in its place with ``per_row_errors``,
         else raised."""
@@ -234,7 +268,7 @@ class TransformersChatModel(ChatModel):
             deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
             deadlines = [deadline] * len(prompts)
         with self._forward:
-            results = self._generate_locked(prompts, tools_per_row, options, streamer, budgets, deadlines)
+            results = self._generate_locked(prompts, tools_per_row, options, streamer, budgets, deadlines, cache)
         if not per_row_errors:
             for result in results:
                 if isinstance(result, Exception):
@@ -243,7 +277,7 @@ class TransformersChatModel(ChatModel):
 
     def _generate_locked(self, prompts: list[str], tools_per_row: Sequence[Sequence[ToolLike] | None],
                          options: GenerationOptions, streamer: Any, budgets: list[int] | None,
-                         deadlines: list[float | None]) -> list[Generation | Exception]:
+                         deadlines: list[float | None], cache: Any = None) -> list[Generation | Exception]:
         import torch
         from transformers import GenerationConfig, StoppingCriteriaList
 
@@ -282,6 +316,7 @@ class TransformersChatModel(ChatModel):
                     stopping_criteria=StoppingCriteriaList([deadline]),
                     streamer=streamer,
                     tokenizer=self.tokenizer if stops else None,
+                    **({"cache": cache} if cache is not None else {}),  # a long prompt's prefilled KV cache
                 )
         except PastDeadline:
             if streamer is not None:
@@ -334,7 +369,8 @@ def batching_config(config: dict[str, Any]) -> dict[str, Any]:
     if isinstance(enabled, str):
         enabled = enabled.strip().lower() not in ("0", "false", "no", "off")
     return {"max_batch_size": int(config.get("max_batch_size", 8)), "dynamic_batching": bool(enabled),
-            "batch_window_ms": float(config.get("batch_window_ms", 10.0))}
+            "batch_window_ms": float(config.get("batch_window_ms", 10.0)),
+            "long_prompt_tokens": int(config.get("long_prompt_tokens", 4096))}
 
 
 def render_chat_prompt(tokenizer: Any, name: str, messages: Sequence[MessageLike],
