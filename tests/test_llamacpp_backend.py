@@ -13,7 +13,7 @@ import pytest
 from helpers.chat_inputs import GREEDY, QUESTION, WEATHER_TOOL
 from supertiny.compress.gguf_export import copy_companion_files, export_gguf
 from supertiny.config import Settings
-from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError
+from supertiny.errors import BackendTimeoutError, ContextLengthError, InvalidInputError, ModelError
 from supertiny.models.backend import Generation, GenerationOptions
 from supertiny.models.llamacpp_backend import LlamaCppChatModel
 from supertiny.models.loading import close_models, open_model
@@ -178,7 +178,8 @@ def test_timeouts_and_overlong_prompts_are_clear_errors(chat, exports):
         chat.generate(QUESTION, None, GenerationOptions(max_new_tokens=16, timeout_s=0.0))
     small = get_backends()["llama-cpp"].open(str(exports["f32"]), {"threads": 1, "n_ctx": 32})
     try:
-        with pytest.raises(InvalidInputError, match=r"the prompt has \d+ tokens; tiny-f32.s context holds \d+"):
+        with pytest.raises(ContextLengthError, match=r"tiny-f32's maximum context length is \d+ tokens; this request "
+                                                     r"asks for \d+"):
             small.generate(QUESTION, [WEATHER_TOOL], GREEDY)
     finally:
         small.close()
