@@ -160,7 +160,8 @@ class TransformersChatModel(ChatModel):
             raise InvalidInputError("max_new_tokens must be at least 1")
         prompt, tokens = self._counted_prompt(messages, tools, options)
         if self.batcher is not None and tokens > self.long_prompt_tokens:
-            return self.batcher.submit_steps(self._long_prompt_steps(prompt, tools, options))
+            deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
+            return self.batcher.submit_steps(self._long_prompt_steps(prompt, tools, options, deadline))
         if self.batcher is not None:
             return self.batcher.submit(prompt, tools, options)
         return self._generate([prompt], [tools], options)[0]
@@ -178,13 +179,12 @@ class TransformersChatModel(ChatModel):
         check_context_length(self.name, self.context_length, tokens, options.max_new_tokens, options.max_prompt_tokens)
         return prompt, tokens
 
-    def _long_prompt_steps(self, prompt: str, tools: Sequence[ToolLike] | None,
-                           options: GenerationOptions) -> Generator[None, None, Generation]:
+    def _long_prompt_steps(self, prompt: str, tools: Sequence[ToolLike] | None, options: GenerationOptions,
+                           deadline: float | None) -> Generator[None, None, Generation]:
         """A long prompt as steps: its KV cache filled one chunk a step, then the answer generated from it."""
         import torch
         from transformers import DynamicCache
 
-        deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
         ids = self.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)["input_ids"]
         ids = ids.to(self.model.device)
         cache = DynamicCache(config=self.model.config)
