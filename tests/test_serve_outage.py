@@ -2,7 +2,9 @@
 policies and keys for the grace period set in its options, logs every request once the database is back,
 and answers 503 once the grace period is spent."""
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import openai
 import pytest
@@ -25,25 +27,27 @@ POSTGRES_ONLY = pytest.mark.parametrize("blank_database_url", [pytest.param("pos
                                         indirect=True)
 
 
-def _serve(url: str, home, grace_s: float) -> tuple[BackgroundServer, Store]:
-    store = Store(url)
-    pool = ModelPool(lambda name: (_ for _ in ()).throw(FileNotFoundError(name)))
-    pool.add("caller", ScriptedModel("caller", GOOD_CALL), concurrency=64)
-    options = ServeOptions(policy_ttl_s=0.2, key_ttl_s=0.2, log_flush_interval_s=0.02, outage_grace_s=grace_s)
-    app = create_app(Settings(home=home, database_url=url), options, store=store, pool=pool)
-    server = BackgroundServer(app)
-    server.app = app
-    return server, store
+@contextlib.contextmanager
+def _proxied_server(database_url: str, home, grace_s: float) -> Iterator[tuple[TcpProxy, BackgroundServer, Store]]:
+    """A server whose store (with the route "weather" on a scripted model) is reached through a TcpProxy."""
+    migrate.upgrade(database_url)
+    target = sa.engine.make_url(database_url)
+    with TcpProxy(target.host, target.port or 5432) as proxy:
+        url = target.set(port=proxy.port).render_as_string(hide_password=False)
+        store = Store(url)
+        pool = ModelPool(lambda name: (_ for _ in ()).throw(FileNotFoundError(name)))
+        pool.add("caller", ScriptedModel("caller", GOOD_CALL), concurrency=64)
+        options = ServeOptions(policy_ttl_s=0.2, key_ttl_s=0.2, log_flush_interval_s=0.02, outage_grace_s=grace_s)
+        app = create_app(Settings(home=home, database_url=url), options, store=store, pool=pool)
+        set_policy(store, "weather", "tiny", {"tiny": "caller"})
+        server = BackgroundServer(app)
+        server.app = app
+        yield proxy, server, store
 
 
 @POSTGRES_ONLY
 def test_serving_goes_on_through_an_outage_and_every_request_is_logged_once(blank_database_url, tmp_path):
-    migrate.upgrade(blank_database_url)
-    target = sa.engine.make_url(blank_database_url)
-    with TcpProxy(target.host, target.port or 5432) as proxy:
-        url = target.set(port=proxy.port).render_as_string(hide_password=False)
-        server, store = _serve(url, tmp_path, grace_s=60)
-        set_policy(store, "weather", "tiny", {"tiny": "caller"})
+    with _proxied_server(blank_database_url, tmp_path, grace_s=60) as (proxy, server, store):
         _, secret = create_key(store, "ci")
         with server as live:
             api = openai.OpenAI(base_url=live.base_url, api_key=secret, max_retries=0, timeout=30)
@@ -68,12 +72,7 @@ def test_serving_goes_on_through_an_outage_and_every_request_is_logged_once(blan
 
 @POSTGRES_ONLY
 def test_past_the_grace_period_requests_get_503_and_are_logged_later(blank_database_url, tmp_path):
-    migrate.upgrade(blank_database_url)
-    target = sa.engine.make_url(blank_database_url)
-    with TcpProxy(target.host, target.port or 5432) as proxy:
-        url = target.set(port=proxy.port).render_as_string(hide_password=False)
-        server, store = _serve(url, tmp_path, grace_s=0.5)
-        set_policy(store, "weather", "tiny", {"tiny": "caller"})
+    with _proxied_server(blank_database_url, tmp_path, grace_s=0.5) as (proxy, server, store):
         with server as live:
             api = openai.OpenAI(base_url=live.base_url, api_key="unused", max_retries=0, timeout=30)
             api.chat.completions.create(model="weather", messages=QUESTION)
