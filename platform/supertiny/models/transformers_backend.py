@@ -158,10 +158,10 @@ class TransformersChatModel(ChatModel):
         options = options or GenerationOptions()
         if options.max_new_tokens < 1:
             raise InvalidInputError("max_new_tokens must be at least 1")
-        prompt, tokens = self._counted_prompt(messages, tools, options)
-        if self.batcher is not None and tokens > self.long_prompt_tokens:
+        prompt, ids = self._counted_prompt(messages, tools, options)
+        if self.batcher is not None and len(ids) > self.long_prompt_tokens:
             deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
-            return self.batcher.submit_steps(self._long_prompt_steps(prompt, tools, options, deadline))
+            return self.batcher.submit_steps(self._long_prompt_steps(prompt, ids, tools, options, deadline))
         if self.batcher is not None:
             return self.batcher.submit(prompt, tools, options)
         return self._generate([prompt], [tools], options)[0]
@@ -171,22 +171,22 @@ class TransformersChatModel(ChatModel):
         return self._counted_prompt(messages, tools, options)[0]
 
     def _counted_prompt(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None,
-                        options: GenerationOptions) -> tuple[str, int]:
-        """The rendered prompt and its length in tokens, refused (400 context_length_exceeded) when it and the
-        answer's budget do not fit."""
+                        options: GenerationOptions) -> tuple[str, list[int]]:
+        """The rendered prompt and its token ids, refused (400 context_length_exceeded) when they and the answer's
+        budget do not fit."""
         prompt = self.render_prompt(messages, tools)
-        tokens = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        check_context_length(self.name, self.context_length, tokens, options.max_new_tokens, options.max_prompt_tokens)
-        return prompt, tokens
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        check_context_length(self.name, self.context_length, len(ids), options.max_new_tokens,
+                             options.max_prompt_tokens)
+        return prompt, ids
 
-    def _long_prompt_steps(self, prompt: str, tools: Sequence[ToolLike] | None, options: GenerationOptions,
-                           deadline: float | None) -> Generator[None, None, Generation]:
+    def _long_prompt_steps(self, prompt: str, prompt_ids: list[int], tools: Sequence[ToolLike] | None,
+                           options: GenerationOptions, deadline: float | None) -> Generator[None, None, Generation]:
         """A long prompt as steps: its KV cache filled one chunk a step, then the answer generated from it."""
         import torch
         from transformers import DynamicCache
 
-        ids = self.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)["input_ids"]
-        ids = ids.to(self.model.device)
+        ids = torch.tensor([prompt_ids], device=self.model.device)
         cache = DynamicCache(config=self.model.config)
         cached = ids.shape[1] - 1  # generate() computes the last prompt token itself
         for start in range(0, cached, PREFILL_CHUNK_TOKENS):
@@ -284,9 +284,11 @@ class TransformersChatModel(ChatModel):
         started = time.perf_counter()
         if options.max_new_tokens < 1:
             raise InvalidInputError("max_new_tokens must be at least 1")
-        timed_out = BackendTimeoutError(f"{self.name} did not answer within the request's time limit")
+        def timed_out() -> BackendTimeoutError:  # one per row: each caller raises its own
+            return BackendTimeoutError(f"{self.name} did not answer within the request's time limit")
+
         if all(deadline is not None and deadline <= time.monotonic() for deadline in deadlines):
-            return [timed_out] * len(prompts)  # waited past its time: no work for nothing
+            return [timed_out() for _ in prompts]  # waited past its time: no work for nothing
         # left padding: batched generation appends right after each prompt
         inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
                                 add_special_tokens=False)
@@ -321,7 +323,7 @@ class TransformersChatModel(ChatModel):
         except PastDeadline:
             if streamer is not None:
                 streamer.end()
-            return [timed_out] * len(prompts)
+            return [timed_out() for _ in prompts]
         latency = time.perf_counter() - started
 
         prompt_width = inputs["input_ids"].shape[1]
@@ -337,7 +339,7 @@ class TransformersChatModel(ChatModel):
         generations: list[Generation | Exception] = []
         for row, tools in enumerate(tools_per_row):
             if row in deadline.expired:
-                generations.append(timed_out)
+                generations.append(timed_out())
                 continue
             budget = budgets[row] if budgets else options.max_new_tokens
             ids = completions[row].tolist()[:budget]
