@@ -51,6 +51,12 @@ def test_evaluate_the_tiny_model_and_compare(store, toy, tiny_model_dir, tiny_te
         assert all(record["completion_tokens"] > 0 for record in records)
     compared = queries.compare(store, ["tiny", "tiny-teacher"], "toy-weather", "test")
     assert [row["category"] for row in compared["rows"]] == ["celsius", "fahrenheit", "overall"]
+    overall = compared["rows"][-1]
+    low, high = overall["interval:tiny"]
+    assert 0.0 <= low <= overall["tiny"] <= high <= 1.0 and overall["n:tiny"] == 4
+    (paired,) = compared["paired"]
+    assert (paired["model"], paired["baseline"], paired["shared_tasks"]) == ("tiny-teacher", "tiny", 4)
+    assert "records" not in compared["evaluations"][0]
     assert queries.latest_evaluation(store, "tiny", with_records=True)["records"]
     with pytest.raises(NotFoundError, match="no evaluation of 'tiny' on other"):
         queries.latest_evaluation(store, "tiny", "other")
@@ -72,3 +78,15 @@ def test_eval_cli(toy, tiny_model_dir, tmp_path):
     assert compared.exit_code == 0 and "overall" in compared.output
     unknown = run("eval", "run", "--model", "nope", "--domain", "toy-weather")
     assert unknown.exit_code == 1 and "nope" in unknown.output
+
+
+def test_the_paired_test_counts_only_the_tasks_both_judged_and_where_they_disagree():
+    def evaluation(model, outcomes):
+        return {"model": model, "records": [{"task_hash": task, "correct": right} for task, right in outcomes.items()]}
+
+    baseline = evaluation("teacher", {f"t{i}": i < 10 for i in range(40)} | {"only-here": True})
+    student = evaluation("student", {f"t{i}": i < 10 or 20 <= i < 32 for i in range(40)} | {"only-there": False})
+    test = queries.paired_test(baseline, student)
+    assert (test["shared_tasks"], test["only_model"], test["only_baseline"]) == (40, 12, 0)
+    assert test["difference"] == 0.3 and test["p_value"] == round(2 / 2**12, 6)
+    assert queries.paired_test(baseline, evaluation("x", {"other": True}))["shared_tasks"] == 0

@@ -409,3 +409,65 @@ def test_train_runs_leave_the_snapshots_they_sampled(env):
     with store.session() as session:
         names = set(session.scalars(sa.select(Dataset.name)))
     assert names == {"weather", "one-round1"}
+
+
+def test_grpo_scores_each_answer_with_the_domains_verifier(env):
+    from supertiny.registry import lookup
+    from supertiny.transfer.grpo_trainer import RewardTask, VerifierReward
+
+    domain = lookup("domain", "toy-weather")
+    task = next(domain.tasks("train"))
+    reward = VerifierReward(domain, {7: RewardTask(task, task.tools)}, invalid_reward=-0.5)
+    right = f'<tool_call>\n{{"name": "get_weather", "arguments": {json.dumps(task.ground_truth)}}}\n</tool_call>'
+    wrong = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Atlantis"}}\n</tool_call>'
+    broken = '<tool_call>\n{"name": "get_weather", "arguments": {"city": \n</tool_call>'
+    assert reward(["p"] * 4, [right, wrong, "It is sunny.", broken], [7] * 4) == [1.0, 0.0, 0.0, -0.5]
+    # conversational completions are judged on their text
+    assert reward(["p"], [[{"role": "assistant", "content": right}]], [7]) == [1.0]
+
+
+def test_grpo_runs_the_calls_in_an_executable_domains_environment(env):
+    from supertiny.domain import Verdict
+    from supertiny.registry import lookup
+    from supertiny.transfer.grpo_trainer import RewardTask, VerifierReward
+
+    domain = lookup("domain", "toy-alerts")
+    task = next(domain.tasks("train"))
+    seen = []
+    domain_verify = domain.verify
+    try:
+        domain.verify = lambda task, calls, trajectory, environment=None: (
+            seen.append(environment.alerts) or Verdict.passed())
+        answer = '<tool_call>\n{"name": "set_alert", "arguments": {"city": "Oslo", "above": 3}}\n</tool_call>'
+        assert VerifierReward(domain, {1: RewardTask(task, task.tools)})(["p"], [answer], [1]) == [1.0]
+    finally:
+        domain.verify = domain_verify
+    assert seen == [[("Oslo", 3.0)]]
+
+
+def test_grpo_trains_on_the_snapshots_tasks_and_records_its_reward_curve(env):
+    from supertiny.transfer.grpo_config import GRPOConfig
+
+    store, settings = env
+    snapshot = harvest_snapshot(store, "mixed", respond=alternating(), samples_per_task=2, verdict=None, limit=4)
+    config = GRPOConfig(**{**FAST, "batch_size": 1}, group_size=2, max_new_tokens=8, max_steps=2,
+                        learning_rate=1e-3)
+    trained = train_model(store, settings, "grpo", student="student", data="mixed", config=config, name="g1")
+    metrics = trained.metrics
+    assert metrics["steps"] == 2 and metrics["data_tasks"] == 4
+    assert [point[0] for point in metrics["reward_curve"]] == [1, 2]
+    assert all(0.0 <= reward <= 1.0 for _, reward in metrics["reward_curve"])
+    row = get_model_version(store, "g1")
+    assert (row.stage, row.algorithm, row.dataset_id) == ("grpo", "grpo", snapshot.id)
+    _reload_and_generate(row.path)
+
+
+def test_grpo_bad_options_are_refused():
+    from supertiny.transfer.grpo_config import GRPOConfig
+
+    with pytest.raises(InvalidInputError, match="--group-size must be at least 2"):
+        GRPOConfig(group_size=1).validate()
+    with pytest.raises(InvalidInputError, match="--temperature must be above 0"):
+        GRPOConfig(temperature=0).validate()
+    with pytest.raises(InvalidInputError, match="--invalid-reward must be at most 0"):
+        GRPOConfig(invalid_reward=0.5).validate()

@@ -1,7 +1,8 @@
-"""Built-in stage-2 trainers: sft, rft, dpo and kd."""
+"""Built-in stage-2 trainers: sft, rft, dpo, grpo and kd."""
 
 import supertiny
 from supertiny.transfer.dpo_trainer import DPOTrainer
+from supertiny.transfer.grpo_trainer import GRPOTrainer
 from supertiny.transfer.kd_trainer import KDTrainer
 from supertiny.transfer.rft_trainer import RFTTrainer
 from supertiny.transfer.sft_trainer import SFTTrainer
@@ -12,4 +13,5 @@ def register_trainers(register):
     register(SFTTrainer())
     register(RFTTrainer())
     register(DPOTrainer())
+    register(GRPOTrainer())
     register(KDTrainer())

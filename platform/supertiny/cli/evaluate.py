@@ -99,4 +99,25 @@ def compare_command(settings: Settings, models: tuple[str, ...], domain: str | N
         print_json(result)
         return
     names = result["models"]
-    print_table(result["rows"], ["category", *names], formatters={name: _percent for name in names})
+    cells = [{"category": row["category"], **{name: _with_interval(row, name) for name in names}}
+             for row in result["rows"]]
+    print_table(cells, ["category", *names])
+    for test in result["paired"]:
+        click.echo(_paired_line(test))
+
+
+def _with_interval(row: dict, name: str) -> str:
+    """``62.0% [55.8, 67.8] n=250``."""
+    if row.get(name) is None:
+        return "-"
+    low, high = row[f"interval:{name}"]
+    return f"{row[name]:.1%} [{low * 100:.1f}, {high * 100:.1f}] n={row[f'n:{name}']}"
+
+
+def _paired_line(test: dict) -> str:
+    if not test["shared_tasks"]:
+        return f"{test['model']} vs {test['baseline']}: no task judged by both, no paired test"
+    verdict = "a real difference" if test["p_value"] < 0.05 else "not a significant difference"
+    return (f"{test['model']} vs {test['baseline']}: {test['difference'] * 100:+.1f} points on "
+            f"{test['shared_tasks']} shared tasks ({test['only_model']} right only for {test['model']}, "
+            f"{test['only_baseline']} only for {test['baseline']}), McNemar p = {test['p_value']:.3g}: {verdict}")

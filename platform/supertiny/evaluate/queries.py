@@ -49,8 +49,11 @@ def latest_evaluation(store: Store, model: str, domain: str | None = None, split
 
 
 def compare(store: Store, models: list[str], domain: str | None = None, split: str | None = None) -> dict[str, Any]:
-    """Per-category accuracy of each model's latest evaluation, side by side."""
-    evaluations = [latest_evaluation(store, model, domain, split) for model in models]
+    """Per-category accuracy of each model's latest evaluation side by side, each with its 95% Wilson interval,
+    and each model after the first tested against the first on the tasks both answered (exact McNemar)."""
+    from supertiny.evaluate.stats import wilson_interval
+
+    evaluations = [latest_evaluation(store, model, domain, split, with_records=True) for model in models]
     categories = sorted({category for evaluation in evaluations for category in evaluation["per_category"]})
     rows = []
     for category in [*categories, "overall"]:
@@ -58,7 +61,31 @@ def compare(store: Store, models: list[str], domain: str | None = None, split: s
         for evaluation in evaluations:
             stats = ({"accuracy": evaluation["accuracy"], "n": evaluation["n_tasks"]} if category == "overall"
                      else evaluation["per_category"].get(category))
-            row[evaluation["model"]] = stats["accuracy"] if stats else None
-            row[f"n:{evaluation['model']}"] = stats["n"] if stats else 0
+            name = evaluation["model"]
+            row[name] = stats["accuracy"] if stats else None
+            row[f"n:{name}"] = stats["n"] if stats else 0
+            if stats:
+                low, high = wilson_interval(round(stats["accuracy"] * stats["n"]), stats["n"])
+                row[f"interval:{name}"] = [round(low, 4), round(high, 4)]
         rows.append(row)
-    return {"models": [e["model"] for e in evaluations], "rows": rows, "evaluations": evaluations}
+    paired = [paired_test(evaluations[0], evaluation) for evaluation in evaluations[1:]]
+    for evaluation in evaluations:
+        evaluation.pop("records", None)
+    return {"models": [e["model"] for e in evaluations], "rows": rows, "paired": paired, "evaluations": evaluations}
+
+
+def paired_test(baseline: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """``other`` against ``baseline`` on the tasks both evaluations judged (matched by content): the accuracy
+    difference there and the exact McNemar p-value of the tasks only one of them got right."""
+    from supertiny.evaluate.stats import mcnemar_p
+
+    first = {record["task_hash"]: bool(record["correct"]) for record in baseline.get("records", [])}
+    second = {record["task_hash"]: bool(record["correct"]) for record in other.get("records", [])}
+    shared = sorted(set(first) & set(second))
+    only_other = sum(second[task] and not first[task] for task in shared)
+    only_baseline = sum(first[task] and not second[task] for task in shared)
+    difference = (only_other - only_baseline) / len(shared) if shared else None
+    return {"model": other["model"], "baseline": baseline["model"], "shared_tasks": len(shared),
+            "only_model": only_other, "only_baseline": only_baseline,
+            "difference": None if difference is None else round(difference, 4),
+            "p_value": round(mcnemar_p(only_other, only_baseline), 6)}

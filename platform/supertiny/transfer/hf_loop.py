@@ -10,6 +10,7 @@ from supertiny.transfer.base import Progress
 from supertiny.transfer.train_config import TrainConfig
 
 CURVE_POINTS = 50
+SHOWN_LOGS = ("loss", "reward")  # logged values shown beside the progress bar
 
 
 def training_arguments(config: TrainConfig, output_dir: Path, mixed_bf16: bool) -> dict[str, Any]:
@@ -60,20 +61,23 @@ def progress_callback(progress: Progress, description: str) -> Any:
 
     class ReportProgress(TrainerCallback):
         def __init__(self) -> None:
-            self.loss: float | None = None
+            self.shown: dict[str, float] = {}
 
         def on_train_begin(self, args, state, control, **kwargs):
             progress.phase(description, state.max_steps)
             progress.update(state.global_step)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                self.loss = float(logs["loss"])
-                progress.update(state.global_step, loss=f"{self.loss:.4f}")
+            shown = {key: float(logs[key]) for key in SHOWN_LOGS if key in (logs or {})}
+            if shown:
+                self.shown.update(shown)
+                progress.update(state.global_step, **self.info())
 
         def on_step_end(self, args, state, control, **kwargs):
-            info = {"loss": f"{self.loss:.4f}"} if self.loss is not None else {}
-            progress.update(state.global_step, **info)
+            progress.update(state.global_step, **self.info())
+
+        def info(self) -> dict[str, str]:
+            return {key: f"{value:.4f}" for key, value in self.shown.items()}
 
     return ReportProgress()
 
@@ -100,18 +104,24 @@ def run_trainer(trainer: Any, output_dir: Path, progress: Progress, description:
     return metrics
 
 
-def summarize_log(log_history: list[dict[str, Any]]) -> dict[str, Any]:
-    """First, last and lowest loss and a curve of at most ``CURVE_POINTS`` (step, loss) points."""
-    points = [(int(entry["step"]), float(entry["loss"])) for entry in log_history if "loss" in entry]
+def summarize_curve(log_history: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """First, last and lowest value of a logged ``key`` and a curve of at most ``CURVE_POINTS`` (step, value)
+    points."""
+    points = [(int(entry["step"]), float(entry[key])) for entry in log_history if key in entry]
     if not points:
-        return {"loss_first": None, "loss_last": None, "loss_min": None, "loss_curve": []}
+        return {"first": None, "last": None, "min": None, "curve": []}
     stride = max(1, -(-len(points) // CURVE_POINTS))
     curve = points[::stride]
     if curve[-1] != points[-1]:
         curve.append(points[-1])
-    return {"loss_first": round(points[0][1], 5), "loss_last": round(points[-1][1], 5),
-            "loss_min": round(min(loss for _, loss in points), 5),
-            "loss_curve": [[step, round(loss, 5)] for step, loss in curve]}
+    return {"first": round(points[0][1], 5), "last": round(points[-1][1], 5),
+            "min": round(min(value for _, value in points), 5),
+            "curve": [[step, round(value, 5)] for step, value in curve]}
+
+
+def summarize_log(log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The loss's first, last and lowest value and its curve (see :func:`summarize_curve`)."""
+    return {f"loss_{name}": value for name, value in summarize_curve(log_history, "loss").items()}
 
 
 def remove_checkpoints(run_dir: Path) -> None:
