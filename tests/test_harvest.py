@@ -246,3 +246,17 @@ def test_a_teacher_outage_ends_the_run_without_recording_it_as_answers_and_the_r
     assert all(sample.verdict == "pass" for sample in _samples(store, run.id))  # no outage became a failed answer
     result = run_harvest(store, config, lambda: ScriptedChatModel(respond=weather_oracle))
     assert result.run_id == run.id and result.newly_done == 4 and result.done == 8
+
+
+def test_status_reports_pass_at_1_pass_at_n_and_the_kept_records_per_category(store, toy):
+    from helpers.training import alternating
+
+    config = HarvestConfig(domain="toy-weather", teacher="half-right", limit=4, samples_per_task=2, temperature=0.7)
+    run_harvest(store, config, lambda: ScriptedChatModel(respond=alternating()))
+    status = run_status(store, 1)
+    assert (status["tasks"], status["tasks_passed"], status["kept"]) == (4, 4, 4)
+    assert status["pass_rate"] == 0.5 and status["pass_at_n"] == 1.0
+    low, high = status["pass_at_n_interval"]
+    assert 0.4 < low < 1.0 == high
+    assert sum(row["tasks"] for row in status["categories"]) == 4
+    assert all(row["pass_at_n"] == 1.0 and row["kept"] == row["tasks"] for row in status["categories"])

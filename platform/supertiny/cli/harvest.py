@@ -81,13 +81,25 @@ def status_command(settings: Settings, run_id: int, as_json: bool) -> None:
     click.echo(f"run {status['id']}  domain {status['domain']}  teacher {status['teacher']}  "
                f"split {status['split']}  status {status['status']}  {status['done']}/{status['planned']} samples  "
                f"{status['elapsed_s']:.0f}s")
+    samples_per_task = status["params"].get("samples_per_task", 1)
     total = {"category": "TOTAL", "samples": status["done"], "passed": status["passed"],
-             "pass_rate": status["pass_rate"], "mean_latency_s": status["s_per_sample"]}
-    print_table([*status["categories"], total],
-                ["category", "samples", "passed", "pass_rate", "mean_latency_s", "mean_completion_tokens"],
-                formatters={"pass_rate": lambda v: "-" if v is None else f"{v:.1%}",
+             "pass_rate": status["pass_rate"], "mean_latency_s": status["s_per_sample"], "tasks": status["tasks"],
+             "pass_at_n": status["pass_at_n"], "pass_at_n_interval": status["pass_at_n_interval"],
+             "kept": status["kept"]}
+    rows = [{**row, "pass@1": row["pass_rate"], f"pass@{samples_per_task}": _with_interval(row)}
+            for row in [*status["categories"], total]]
+    print_table(rows, ["category", "tasks", "samples", "pass@1", f"pass@{samples_per_task}", "kept",
+                       "mean_latency_s", "mean_completion_tokens"],
+                formatters={"pass@1": lambda v: "-" if v is None else f"{v:.1%}",
                             "mean_latency_s": lambda v: "-" if v is None else f"{v:.2f}",
                             "mean_completion_tokens": lambda v: "-" if v is None else f"{v:.0f}"})
+
+
+def _with_interval(row: dict) -> str:
+    if row.get("pass_at_n") is None:
+        return "-"
+    low, high = row["pass_at_n_interval"]
+    return f"{row['pass_at_n']:.1%} [{low * 100:.1f}, {high * 100:.1f}]"
 
 
 @harvest.command("list")

@@ -43,7 +43,9 @@ def get_run(store: Store, run_id: int) -> HarvestRun:
 
 
 def run_status(store: Store, run_id: int) -> dict[str, Any]:
-    """The run with pass rate, tokens and latency per category (from the samples themselves)."""
+    """The run with pass rate, tokens and latency per category (from the samples themselves), and per category
+    the best-of-N view: tasks, pass@1 (the share of samples that pass), pass@N (the share of tasks with at least
+    one passing sample, with its 95% Wilson interval) and the passing samples a pass-only snapshot keeps."""
     run = get_run(store, run_id)
     query = (
         sa.select(Task.category, sa.func.count(Sample.id), _PASSED, sa.func.avg(Sample.latency_s),
@@ -53,13 +55,28 @@ def run_status(store: Store, run_id: int) -> dict[str, Any]:
         .group_by(Task.category)
         .order_by(Task.category)
     )
+    per_task = (sa.select(Task.category, Sample.task_id, _PASSED).join(Task, Task.id == Sample.task_id)
+                .where(Sample.run_id == run_id).group_by(Task.category, Sample.task_id))
     with store.session() as session:
         rows = session.execute(query).all()
+        tasks = session.execute(per_task).all()
         counts = _sample_counts(session, [run_id]).get(run_id, (0, 0, 0.0))
     categories = [
         {"category": category, "samples": count, "passed": int(n_passed or 0),
          "pass_rate": (n_passed or 0) / count if count else None, "mean_latency_s": float(latency or 0),
-         "mean_completion_tokens": float(completion or 0), "mean_prompt_tokens": float(prompt or 0)}
+         "mean_completion_tokens": float(completion or 0), "mean_prompt_tokens": float(prompt or 0),
+         **_best_of_n([int(passed or 0) for task_category, _, passed in tasks if task_category == category])}
         for category, count, n_passed, latency, completion, prompt in rows
     ]
-    return {**run_as_dict(run, *counts), "categories": categories}
+    overall = _best_of_n([int(passed or 0) for _, _, passed in tasks])
+    return {**run_as_dict(run, *counts), "categories": categories, **overall}
+
+
+def _best_of_n(passed_per_task: list[int]) -> dict[str, Any]:
+    from supertiny.evaluate.stats import wilson_interval
+
+    tasks = len(passed_per_task)
+    solved = sum(passed > 0 for passed in passed_per_task)
+    low, high = wilson_interval(solved, tasks)
+    return {"tasks": tasks, "tasks_passed": solved, "pass_at_n": solved / tasks if tasks else None,
+            "pass_at_n_interval": [round(low, 4), round(high, 4)], "kept": sum(passed_per_task)}
