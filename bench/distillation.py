@@ -1,0 +1,208 @@
+"""Distillation report: the prototype teacher's harvest, and every model evaluated on one domain split, side by
+side with 95% intervals, each tested against the raw teacher on the tasks both answered.
+
+    python -m bench.distillation --domain bfcl --split test --harvest-run 1 \\
+        --teacher qwen2.5-coder-1.5b-instruct --models qwen2.5-coder-0.5b-instruct,student-sft,student-grpo
+
+It runs no model: it reads the user's store (``supertiny harvest status``, ``supertiny eval compare`` and the
+trainers' metrics hold the same figures), so each row comes from the CLI commands that made it. Rows:
+
+- the prototype teacher on the harvested train tasks: pass@1 (the share of samples that pass) and pass@N (the
+  share of tasks with at least one passing sample), per category, with the records kept;
+- the raw teacher and each model on the evaluation split, per category and overall, with Wilson intervals;
+- each model against the raw teacher: the accuracy difference on the shared tasks and its exact McNemar p;
+- on BFCL, the published per-category figures of Qwen2.5-0.5B-Instruct (the floor) and Hammer2.1-0.5b (the
+  stretch), and whether each model reaches them;
+- the reward curve of every model trained by grpo.
+
+Writes ``bench/results/distillation-<timestamp>.json``, ``.png`` and ``.md``.
+"""
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.engines import machine
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# published BFCL accuracies (%) of two 0.5B models, per category
+PUBLISHED = {
+    "Qwen2.5-0.5B-Instruct (floor)": {"simple": 61.2, "multiple": 78.0, "parallel": 60.0, "parallel_multiple": 50.0,
+                                      "irrelevance": 46.2},
+    "Hammer2.1-0.5b (stretch)": {"simple": 68.0, "multiple": 83.0, "parallel": 71.5, "parallel_multiple": 54.0,
+                                 "irrelevance": 73.9},
+}
+
+
+def harvest_rows(store: Any, run_id: int) -> dict[str, Any]:
+    from supertiny.harvest.queries import run_status
+
+    status = run_status(store, run_id)
+    rows = [{"category": row["category"], "tasks": row["tasks"], "pass_at_1": row["pass_rate"],
+             "pass_at_n": row["pass_at_n"], "pass_at_n_interval": row["pass_at_n_interval"], "kept": row["kept"]}
+            for row in status["categories"]]
+    rows.append({"category": "overall", "tasks": status["tasks"], "pass_at_1": status["pass_rate"],
+                 "pass_at_n": status["pass_at_n"], "pass_at_n_interval": status["pass_at_n_interval"],
+                 "kept": status["kept"]})
+    return {"run": run_id, "teacher": status["teacher"], "samples_per_task": status["params"]["samples_per_task"],
+            "temperature": status["params"]["temperature"], "use_prompt": status["params"]["use_prompt"],
+            "elapsed_s": status["elapsed_s"], "rows": rows}
+
+
+def reward_curves(store: Any, models: list[str]) -> dict[str, list[list[float]]]:
+    from supertiny.models.registry import get_model_version
+
+    curves = {}
+    for name in models:
+        metrics = get_model_version(store, name).metrics or {}
+        if metrics.get("reward_curve"):
+            curves[name] = metrics["reward_curve"]
+    return curves
+
+
+def published_check(compared: dict[str, Any]) -> dict[str, dict[str, dict[str, bool]]]:
+    """For each model and each published reference: whether it reaches the reference in every category."""
+    by_category = {row["category"]: row for row in compared["rows"]}
+    checks: dict[str, dict[str, dict[str, bool]]] = {}
+    for model in compared["models"]:
+        checks[model] = {}
+        for reference, figures in PUBLISHED.items():
+            checks[model][reference] = {
+                category: by_category.get(category, {}).get(model) is not None
+                and by_category[category][model] * 100 >= figure
+                for category, figure in figures.items()}
+    return checks
+
+
+def cell(row: dict[str, Any], model: str) -> str:
+    if row.get(model) is None:
+        return "-"
+    low, high = row[f"interval:{model}"]
+    return f"{row[model]:.1%} [{low * 100:.1f}, {high * 100:.1f}]"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"# Distillation report ({result['created']})", "", f"{result['machine']}", ""]
+    harvest = result.get("harvest")
+    if harvest:
+        lines += [f"## Prototype teacher: harvest run {harvest['run']} ({harvest['teacher']}, "
+                  f"{harvest['samples_per_task']} samples a task at temperature {harvest['temperature']}, "
+                  f"domain prompt {'on' if harvest['use_prompt'] else 'off'}, {harvest['elapsed_s'] or 0:.0f} s)", "",
+                  f"| category | tasks | pass@1 | pass@{harvest['samples_per_task']} [95% CI] | records kept |",
+                  "|---|---|---|---|---|"]
+        for row in harvest["rows"]:
+            low, high = row["pass_at_n_interval"]
+            lines.append(f"| {row['category']} | {row['tasks']} | {row['pass_at_1']:.1%} | {row['pass_at_n']:.1%} "
+                         f"[{low * 100:.1f}, {high * 100:.1f}] | {row['kept']} |")
+        lines.append("")
+    compared = result["compared"]
+    models = compared["models"]
+    n = next(row[f"n:{models[0]}"] for row in compared["rows"] if row["category"] == "overall")
+    lines += [f"## `{result['domain']}` {result['split']} split: accuracy [95% Wilson interval] ({n} tasks)", "",
+              "| category | " + " | ".join(f"`{model}`" for model in models) + " |",
+              "|---|" + "---|" * len(models)]
+    for row in compared["rows"]:
+        lines.append(f"| {row['category']} | " + " | ".join(cell(row, model) for model in models) + " |")
+    lines += ["", f"## Against the raw teacher `{models[0]}` (exact McNemar on the tasks both answered)", "",
+              "| model | difference | right only for the model | right only for the teacher | p |",
+              "|---|---|---|---|---|"]
+    for test in compared["paired"]:
+        difference = "-" if test["difference"] is None else f"{test['difference'] * 100:+.1f} points"
+        lines.append(f"| `{test['model']}` | {difference} | {test['only_model']} | {test['only_baseline']} "
+                     f"| {test['p_value']:.3g} |")
+    if result.get("published"):
+        lines += ["", "## Published 0.5B figures reached in every category", "",
+                  "| model | " + " | ".join(PUBLISHED) + " |", "|---|" + "---|" * len(PUBLISHED)]
+        for model, checks in result["published"].items():
+            cells = []
+            for reference in PUBLISHED:
+                missed = [category for category, reached in checks[reference].items() if not reached]
+                cells.append("yes" if not missed else f"no ({', '.join(missed)})")
+            lines.append(f"| `{model}` | " + " | ".join(cells) + " |")
+    for model, curve in result.get("reward_curves", {}).items():
+        lines += ["", f"## grpo reward of `{model}` (mean verifier reward per logged step)", "",
+                  ", ".join(f"{step}: {reward:.2f}" for step, reward in curve)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    compared = result["compared"]
+    models = compared["models"]
+    curves = result.get("reward_curves", {})
+    figure, axes = plt.subplots(1, 2 if curves else 1, figsize=(13 if curves else 9, 4.5), squeeze=False)
+    left = axes[0][0]
+    rows = compared["rows"]
+    width = 0.8 / len(models)
+    for index, model in enumerate(models):
+        xs, heights, errors = [], [], [[], []]
+        for position, row in enumerate(rows):
+            if row.get(model) is None:
+                continue
+            low, high = row[f"interval:{model}"]
+            xs.append(position + index * width)
+            heights.append(row[model] * 100)
+            errors[0].append(row[model] * 100 - low * 100)
+            errors[1].append(high * 100 - row[model] * 100)
+        left.bar(xs, heights, width, yerr=errors, capsize=2, label=model)
+    left.set_xticks([position + 0.4 - width / 2 for position in range(len(rows))],
+                    [row["category"] for row in rows], rotation=20)
+    left.set(ylabel="accuracy % (95% Wilson interval)", ylim=(0, 100),
+             title=f"{result['domain']} {result['split']}")
+    left.legend(fontsize=7)
+    if curves:
+        right = axes[0][1]
+        for model, curve in curves.items():
+            right.plot([step for step, _ in curve], [reward for _, reward in curve], marker="o", label=model)
+        right.set(xlabel="optimizer step", ylabel="mean verifier reward", ylim=(0, 1), title="grpo reward")
+        right.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--domain", default="bfcl")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--teacher", required=True, help="The raw teacher: every model is tested against it.")
+    parser.add_argument("--models", required=True, help="Comma-separated registered models, each evaluated on the "
+                        "split (`supertiny eval run`).")
+    parser.add_argument("--harvest-run", type=int, help="The prototype teacher's harvest run.")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    from supertiny.config import get_settings
+    from supertiny.evaluate.queries import compare
+    from supertiny.plugins import load_plugins
+    from supertiny.store.session import open_store
+
+    load_plugins()
+    store = open_store(get_settings())
+    models = [name.strip() for name in args.models.split(",") if name.strip()]
+    compared = compare(store, [args.teacher, *models], args.domain, args.split)
+    result: dict[str, Any] = {"created": dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
+                              "domain": args.domain, "split": args.split, "compared": compared,
+                              "reward_curves": reward_curves(store, models)}
+    if args.harvest_run is not None:
+        result["harvest"] = harvest_rows(store, args.harvest_run)
+    if args.domain == "bfcl":
+        result["published"] = published_check(compared)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"distillation-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
+    stem.with_suffix(".md").write_text(markdown(result))
+    plot(result, stem.with_suffix(".png"))
+    print(markdown(result))
+    print(f"wrote {stem}.json, .md and .png")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The distillation report: the harvest's best-of-N rows, the evaluations with intervals, the paired tests against
+the raw teacher, the published figures and the grpo reward curve, read from a store."""
+
+import json
+
+import pytest
+from conftest import REPO_ROOT
+from helpers import toy_domain
+from helpers.scripted_chat import ScriptedChatModel
+from helpers.training import alternating
+from supertiny.harvest.runner import HarvestConfig, run_harvest
+from supertiny.models.registry import register_model_version
+from supertiny.store import Evaluation
+
+
+def _evaluated(store, model, outcomes, metrics=None):
+    row = register_model_version(store, name=model, stage="external", format="hf", backend="transformers",
+                                 path=f"/nowhere/{model}", metrics=metrics or {})
+    records = [{"task_hash": f"t{index}", "category": "simple" if index % 2 else "irrelevance", "correct": right}
+               for index, right in enumerate(outcomes)]
+    per_category = {}
+    for category in ("simple", "irrelevance"):
+        mine = [record["correct"] for record in records if record["category"] == category]
+        per_category[category] = {"accuracy": sum(mine) / len(mine), "n": len(mine), "invalid_rate": 0.0}
+    with store.session() as session:
+        session.add(Evaluation(model_version_id=row.id, domain="toy-weather", split="test",
+                               accuracy=sum(outcomes) / len(outcomes), n_tasks=len(outcomes),
+                               per_category=per_category, invalid_rate=0.0, mean_latency_s=0.1,
+                               details={"records": records}))
+
+
+@pytest.fixture
+def bench_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    import bench.distillation
+
+    return bench.distillation
+
+
+def test_the_report_reads_the_store_and_tests_each_model_against_the_teacher(sqlite_store, register_plugin,
+                                                                            bench_module, tmp_path, monkeypatch):
+    register_plugin(toy_domain, name="toy-domains")
+    run_harvest(sqlite_store, HarvestConfig(domain="toy-weather", teacher="half-right", limit=4, samples_per_task=2,
+                                            temperature=0.7), lambda: ScriptedChatModel(respond=alternating()))
+    _evaluated(sqlite_store, "teacher", [index < 20 for index in range(60)])
+    _evaluated(sqlite_store, "student", [index < 20 or index >= 45 for index in range(60)],
+               metrics={"reward_curve": [[1, 0.25], [2, 0.5]]})
+    monkeypatch.setenv("SUPERTINY_DATABASE_URL", sqlite_store.url)
+    monkeypatch.setenv("SUPERTINY_HOME", str(tmp_path))
+    result = bench_module.main(["--domain", "toy-weather", "--teacher", "teacher", "--models", "student",
+                                "--harvest-run", "1", "--out", str(tmp_path / "out")])
+    (test,) = result["compared"]["paired"]
+    assert (test["only_model"], test["only_baseline"], test["shared_tasks"]) == (15, 0, 60)
+    assert test["p_value"] < 0.001
+    overall = result["harvest"]["rows"][-1]
+    assert (overall["tasks"], overall["pass_at_1"], overall["pass_at_n"], overall["kept"]) == (4, 0.5, 1.0, 4)
+    assert result["reward_curves"] == {"student": [[1, 0.25], [2, 0.5]]}
+    (markdown,) = (tmp_path / "out").glob("distillation-*.md")
+    text = markdown.read_text()
+    assert "| overall | 33.3% [22.7, 45.9] | 58.3% [45.7, 69.9] |" in text
+    assert "| `student` | +25.0 points | 15 | 0 |" in text
+    assert "| overall | 4 | 50.0% | 100.0% [51.0, 100.0] | 4 |" in text
+    assert markdown.with_suffix(".png").stat().st_size > 0
+    assert json.loads(markdown.with_suffix(".json").read_text())["split"] == "test"
+
+
+def test_published_figures_are_checked_per_category(bench_module):
+    compared = {"models": ["m"], "rows": [{"category": category, "m": 0.9} for category in
+                                          ("simple", "multiple", "parallel", "parallel_multiple")]
+                + [{"category": "irrelevance", "m": 0.5}]}
+    checks = bench_module.published_check(compared)["m"]
+    assert all(checks["Qwen2.5-0.5B-Instruct (floor)"].values())
+    assert not checks["Hammer2.1-0.5b (stretch)"]["irrelevance"]
