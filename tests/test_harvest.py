@@ -1,6 +1,7 @@
 """Stage 1 harvesting: verified samples in the store, resume without loss or duplicates, dedup,
 failures recorded as failed samples, multi-step trajectories."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -260,3 +261,43 @@ def test_status_reports_pass_at_1_pass_at_n_and_the_kept_records_per_category(st
     assert 0.4 < low < 1.0 == high
     assert sum(row["tasks"] for row in status["categories"]) == 4
     assert all(row["pass_at_n"] == 1.0 and row["kept"] == row["tasks"] for row in status["categories"])
+
+
+def test_examples_from_an_earlier_runs_verified_answers_steer_the_teacher(store, toy):
+    from helpers.training import alternating
+
+    first = run_harvest(store, HarvestConfig(domain="toy-weather", teacher="half-right", limit=6, samples_per_task=2,
+                                             temperature=0.7), lambda: ScriptedChatModel(respond=alternating()))
+    prompts = []
+
+    def recording(messages, kwargs):
+        prompts.append(messages)
+        return weather_oracle(messages, kwargs)
+
+    config = HarvestConfig(domain="toy-weather", teacher="oracle", limit=6, examples_from=first.run_id, examples=2)
+    second = run_harvest(store, config, lambda: ScriptedChatModel(respond=recording))
+    assert second.passed == 6 and len(prompts) == 6
+    for messages in prompts:
+        question = messages[-1].content
+        example_questions = [m.content for m in messages[:-1] if m.type == "human"]
+        assert len(example_questions) == 2 and all(q.startswith("(Example. Functions: get_weather(city, unit))\n")
+                                                   for q in example_questions)
+        assert all(not q.endswith(question) for q in example_questions)  # never the task's own answer
+        assert [m.type for m in messages[1:-1]] == ["human", "ai", "tool"] * 2
+        assert messages[0].type == "system"
+    # the examples are part of the run's identity: the same command resumes, other examples are another run
+    assert run_harvest(store, config, lambda: ScriptedChatModel(respond=recording)).run_id == second.run_id
+    other = dataclasses.replace(config, examples=1)
+    assert run_harvest(store, other, lambda: ScriptedChatModel(respond=recording)).run_id != second.run_id
+
+
+def test_examples_from_a_run_without_a_passing_answer_are_refused(store, toy):
+    from helpers.training import wrong_answer
+
+    first = run_harvest(store, HarvestConfig(domain="toy-weather", teacher="wrong", limit=2),
+                        lambda: ScriptedChatModel(respond=wrong_answer))
+    with pytest.raises(InvalidInputError, match=f"harvest run {first.run_id} has no passing sample"):
+        run_harvest(store, HarvestConfig(domain="toy-weather", teacher="x", limit=2, examples_from=first.run_id),
+                    lambda: ScriptedChatModel(respond=weather_oracle))
+    with pytest.raises(InvalidInputError, match="cannot go with --no-prompt"):
+        HarvestConfig(domain="toy-weather", teacher="x", examples_from=1, use_prompt=False).validate()

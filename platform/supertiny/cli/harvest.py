@@ -26,10 +26,14 @@ def harvest() -> None:
 @click.option("--max-new-tokens", default=512, show_default=True, type=int)
 @click.option("--no-prompt", is_flag=True, help="Do not steer the teacher with the domain's system prompt "
               "and few-shot examples (measure the raw model).")
+@click.option("--examples-from", type=int, metavar="RUN", help="Show the teacher verified answers from harvest run "
+              "RUN as few-shot examples, instead of the domain's own (never the task's own answer).")
+@click.option("--examples", default=3, show_default=True, type=int, help="How many examples with --examples-from "
+              "(round-robin over the categories, shortest answers first).")
 @pass_settings
 def run_command(settings: Settings, domain: str, teacher: str, split: str, samples_per_task: int,
                 temperature: float, limit: int | None, concurrency: int | None, max_new_tokens: int,
-                no_prompt: bool) -> None:
+                no_prompt: bool, examples_from: int | None, examples: int) -> None:
     """Harvest a domain with a teacher. Re-running the same command resumes the same run."""
     from tqdm import tqdm
 
@@ -38,7 +42,8 @@ def run_command(settings: Settings, domain: str, teacher: str, split: str, sampl
     store = open_store(settings)
     config = HarvestConfig(domain=domain, teacher=teacher, split=split, samples_per_task=samples_per_task,
                            temperature=temperature, limit=limit, max_new_tokens=max_new_tokens,
-                           use_prompt=not no_prompt, concurrency=concurrency)
+                           use_prompt=not no_prompt, concurrency=concurrency, examples_from=examples_from,
+                           examples=examples)
     bars: list[tqdm] = []  # created on the first progress report, after the inputs are checked
 
     def progress(done: int, passed: int, planned: int) -> None:

@@ -25,6 +25,7 @@ from supertiny.errors import EngineUnavailableError, InvalidInputError
 from supertiny.harvest.tasks import domain_task, sync_tasks
 from supertiny.models.backend import ChatModel
 from supertiny.prototype.agent import run_agent_samples
+from supertiny.prototype.examples import Example, examples_digest, examples_for, verified_examples
 from supertiny.store import HarvestRun, Sample, Store, Task
 
 
@@ -45,6 +46,9 @@ class HarvestConfig:
     prompt_digest: str = ""
     # how --limit picks tasks; part of the fingerprint so a run never mixes two selections
     task_order: str = "round-robin-categories"
+    # few-shot examples from the passing samples of this earlier run, instead of the domain's own
+    examples_from: int | None = None
+    examples: int = 3
 
     def validate(self) -> None:
         if self.samples_per_task < 1:
@@ -55,6 +59,10 @@ class HarvestConfig:
             raise InvalidInputError("--limit must be at least 1")
         if self.concurrency is not None and self.concurrency < 1:
             raise InvalidInputError("--concurrency must be at least 1")
+        if self.examples_from is not None and not self.use_prompt:
+            raise InvalidInputError("--examples-from replaces the prompt's examples: it cannot go with --no-prompt")
+        if self.examples < 1:
+            raise InvalidInputError("--examples must be at least 1")
 
     def fingerprint(self) -> str:
         """Identity of the run: every parameter that changes which samples it holds (not concurrency)."""
@@ -131,16 +139,18 @@ def is_outage(exc: BaseException) -> bool:
 
 
 def harvest_task(chat_model: Any, domain: Domain, task_row: Task, run_id: int, sample_indices: list[int],
-                 config: HarvestConfig) -> list[Sample]:
+                 config: HarvestConfig, examples: list[Example] | None = None) -> list[Sample]:
     """Run the agent for the missing samples of one task (their first answers in one request) and verify
-    each; a failure of the teacher becomes failed samples with its reason, except an outage, which raises."""
+    each; a failure of the teacher becomes failed samples with its reason, except an outage, which raises.
+    ``examples`` (verified answers to other tasks) replace the domain's few-shot turns."""
     task = domain_task(task_row)
     generation = {"temperature": config.temperature, "max_tokens": config.max_new_tokens,
                   "seed": _sample_seed(task_row.id, sample_indices[0])}
+    few_shot = examples_for(examples, task_row.id, config.examples) if examples is not None else None
     started = time.perf_counter()
     try:
         runs = run_agent_samples(chat_model, domain, task, len(sample_indices), use_prompt=config.use_prompt,
-                                 **generation)
+                                 few_shot=few_shot, **generation)
     except Exception as exc:
         if is_outage(exc):
             raise
@@ -201,8 +211,10 @@ def run_harvest(store: Store, config: HarvestConfig, open_teacher: Callable[[], 
 
     config.validate()
     domain: Domain = lookup("domain", config.domain)
+    examples = verified_examples(store, config.examples_from, config.examples) if config.examples_from else None
     if config.use_prompt and not config.prompt_digest:
-        config = dataclasses.replace(config, prompt_digest=_prompt_digest(domain))
+        digest = _prompt_digest(domain) + (examples_digest(examples) if examples else "")
+        config = dataclasses.replace(config, prompt_digest=digest)
     task_ids = sync_tasks(store, domain, config.split, config.limit)
     planned = len(task_ids) * config.samples_per_task
     run = _get_or_create_run(store, config, planned)
@@ -223,7 +235,7 @@ def run_harvest(store: Store, config: HarvestConfig, open_teacher: Callable[[], 
 
             def work(unit: tuple[int, list[int]]) -> None:
                 task_id, indices = unit
-                for sample in harvest_task(chat_model, domain, rows[task_id], run.id, indices, config):
+                for sample in harvest_task(chat_model, domain, rows[task_id], run.id, indices, config, examples):
                     written = _write_sample(store, sample)
                     with lock:
                         if written:

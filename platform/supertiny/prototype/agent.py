@@ -36,19 +36,22 @@ def task_tools(domain: Domain, task: DomainTask) -> list[dict[str, Any]]:
     return task.tools or [tool.openai() for tool in domain.tools()]
 
 
-def prompt_messages(domain: Domain, task: DomainTask) -> list[dict[str, Any]]:
-    """What the teacher sees before the task: the domain's system prompt and few-shot turns."""
-    return context_messages(domain, task.messages)
+def prompt_messages(domain: Domain, task: DomainTask,
+                    few_shot: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """What the teacher sees before the task: the domain's system prompt and few-shot turns (``few_shot``
+    instead of the domain's own when given)."""
+    return context_messages(domain, task.messages, few_shot)
 
 
-def context_messages(domain: Domain, conversation: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The domain's system prompt (unless ``conversation`` brings its own) and few-shot turns, to put
-    before ``conversation``."""
+def context_messages(domain: Domain, conversation: Sequence[dict[str, Any]],
+                     few_shot: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The domain's system prompt (unless ``conversation`` brings its own) and few-shot turns (``few_shot``
+    instead of the domain's own when given), to put before ``conversation``."""
     messages: list[dict[str, Any]] = []
     has_system = bool(conversation) and conversation[0].get("role") == "system"
     if domain.system_prompt and not has_system:
         messages.append({"role": "system", "content": domain.system_prompt})
-    messages.extend(dict(message) for message in domain.few_shot)
+    messages.extend(dict(message) for message in (domain.few_shot if few_shot is None else few_shot))
     return messages
 
 
@@ -63,15 +66,15 @@ def run_agent(chat_model: Any, domain: Domain, task: DomainTask, *, use_prompt: 
 
 
 def run_agent_samples(chat_model: Any, domain: Domain, task: DomainTask, n: int, *, use_prompt: bool = True,
-                      **generation_kwargs: Any) -> list[AgentRun]:
+                      few_shot: Sequence[dict[str, Any]] | None = None, **generation_kwargs: Any) -> list[AgentRun]:
     """``n`` independent runs of ``chat_model`` on one task whose first answers come from one request
     (``n`` samples of the same prompt: an engine computes the prompt once); each run then goes on alone,
-    with its own tool environment."""
+    with its own tool environment. ``few_shot`` replaces the domain's few-shot turns."""
     from langchain_core.messages import convert_to_messages
     from langchain_core.utils.function_calling import convert_to_openai_tool
 
     tools = [convert_to_openai_tool(tool) for tool in task_tools(domain, task)]
-    prefix = prompt_messages(domain, task) if use_prompt else []
+    prefix = prompt_messages(domain, task, few_shot) if use_prompt else []
     conversation = convert_to_messages(prefix + list(task.messages))
     started = time.perf_counter()
     first = _first_answers(chat_model, conversation, tools, n, generation_kwargs)
