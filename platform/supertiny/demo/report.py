@@ -20,6 +20,16 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
+def _with_interval(accuracy: float | None, n: int | None) -> str:
+    """``53.3% [30.1, 75.2]``: the accuracy and its 95% Wilson interval (the accuracy alone when n is unknown)."""
+    from supertiny.evaluate.stats import wilson_interval
+
+    if accuracy is None or not n:
+        return _percent(accuracy)
+    low, high = wilson_interval(round(accuracy * n), n)
+    return f"{accuracy:.1%} [{low * 100:.1f}, {high * 100:.1f}]"
+
+
 def _megabytes(value: int | None) -> str:
     return "-" if not value else f"{value / 1e6:,.0f} MB"
 
@@ -41,11 +51,38 @@ def _models_table(rows: list[dict[str, Any]]) -> list[str]:
     header = ["model", "name", "accuracy", *categories, "invalid calls", "latency / request", "params", "size"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["label"], f"`{row['model']}`", f"**{_percent(row['accuracy'])}**",
-                 *(_percent(row["per_category"].get(category)) for category in categories),
+        counts = row.get("per_category_n") or {}
+        cells = [row["label"], f"`{row['model']}`", f"**{_with_interval(row['accuracy'], row['n'])}**",
+                 *(_with_interval(row["per_category"].get(category), counts.get(category)) for category in categories),
                  _percent(row["invalid_rate"]), f"{row['mean_latency_s']:.1f} s", _params(row["params"]),
                  _megabytes(row["size_bytes"])]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _paired_lines(store: Any, rows: list[dict[str, Any]]) -> list[str]:
+    """Each student against the teacher on the tasks both answered (exact McNemar)."""
+    from supertiny.errors import NotFoundError
+    from supertiny.evaluate.queries import evaluation_by_id, paired_test
+
+    teacher = next((row for row in rows if row["label"] == EVAL_STEPS[0][1]), None)
+    if teacher is None or "evaluation_id" not in teacher:
+        return []
+    try:
+        baseline = evaluation_by_id(store, teacher["evaluation_id"], with_records=True)
+        lines = []
+        for row in rows:
+            if row is teacher or "evaluation_id" not in row:
+                continue
+            test = paired_test(baseline, evaluation_by_id(store, row["evaluation_id"], with_records=True))
+            if test["shared_tasks"]:
+                verdict = "a real difference" if test["p_value"] < 0.05 else "not a significant difference"
+                lines.append(f"- {row['label']} vs the teacher: {test['difference'] * 100:+.1f} points on "
+                             f"{test['shared_tasks']} shared tasks ({test['only_model']} right only for the student, "
+                             f"{test['only_baseline']} only for the teacher), McNemar p = {test['p_value']:.3g}: "
+                             f"{verdict}")
+    except NotFoundError:  # evaluations deleted since the demo ran: the table still stands
+        return []
     return lines
 
 
@@ -149,7 +186,7 @@ def write_report(demo: Any) -> Path:
                   f"snapshot `{state.result('snapshot')['ref']}`.", ""]
     if rows:
         lines += [f"## Models on BFCL test ({rows[0]['n']} tasks, {plan.eval_per_category} per category)", "",
-                  *_models_table(rows), "",
+                  *_models_table(rows), "", *_paired_lines(demo.store, rows), "",
                   "Latency is per request on this CPU with every test task in flight at once (it includes the "
                   "wait for the model); the teacher is evaluated on the raw requests (as it is served), without "
                   "the domain prompt that steered it during the harvest.",

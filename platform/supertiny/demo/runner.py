@@ -219,6 +219,7 @@ class Demo:
                 "invalid_rate": evaluation.invalid_rate, "mean_latency_s": evaluation.mean_latency_s,
                 "tokens_per_request": evaluation.tokens_per_request, "n": evaluation.n_tasks,
                 "per_category": {category: stats["accuracy"] for category, stats in evaluation.per_category.items()},
+                "per_category_n": {category: stats["n"] for category, stats in evaluation.per_category.items()},
                 "params": version.param_count, "size_bytes": version.size_bytes, "stage": version.stage}
 
     def train_sft(self) -> dict[str, Any]:

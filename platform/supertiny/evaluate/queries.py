@@ -30,6 +30,16 @@ def list_evaluations(store: Store, model: str | None = None, domain: str | None 
         return [evaluation_as_dict(evaluation, name) for evaluation, name in session.execute(query).all()]
 
 
+def evaluation_by_id(store: Store, evaluation_id: int, with_records: bool = False) -> dict[str, Any]:
+    with store.session() as session:
+        row = session.execute(sa.select(Evaluation, ModelVersion.name)
+                              .join(ModelVersion, ModelVersion.id == Evaluation.model_version_id)
+                              .where(Evaluation.id == evaluation_id)).first()
+    if row is None:
+        raise NotFoundError(f"no evaluation {evaluation_id}")
+    return evaluation_as_dict(row[0], row[1], with_records)
+
+
 def latest_evaluation(store: Store, model: str, domain: str | None = None, split: str | None = None,
                       with_records: bool = False) -> dict[str, Any]:
     """The newest evaluation of ``model`` (optionally on one domain and split)."""
