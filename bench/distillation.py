@@ -13,7 +13,10 @@ trainers' metrics hold the same figures), so each row comes from the CLI command
 - each model against the raw teacher: the accuracy difference on the shared tasks and its exact McNemar p;
 - on BFCL, the published per-category figures of Qwen2.5-0.5B-Instruct (the floor) and Hammer2.1-0.5b (the
   stretch), and whether each model reaches them;
-- the reward curve of every model trained by grpo.
+- the reward curve of every model trained by grpo;
+- with ``--cascade TINY``: the cascade TINY -> raw teacher on the same tasks, its accuracy (with intervals) at every
+  confidence threshold against the LLM share, beside random routing at the same share (what a gate that knows
+  nothing gets), and the smallest share at which it reaches the teacher's accuracy.
 
 Writes ``bench/results/distillation-<timestamp>.json``, ``.png`` and ``.md``.
 """
@@ -29,10 +32,10 @@ from bench.engines import machine
 RESULTS = Path(__file__).resolve().parent / "results"
 # published BFCL accuracies (%) of two 0.5B models, per category
 PUBLISHED = {
-    "Qwen2.5-0.5B-Instruct (floor)": {"simple": 61.2, "multiple": 78.0, "parallel": 60.0, "parallel_multiple": 50.0,
-                                      "irrelevance": 46.2},
-    "Hammer2.1-0.5b (stretch)": {"simple": 68.0, "multiple": 83.0, "parallel": 71.5, "parallel_multiple": 54.0,
-                                 "irrelevance": 73.9},
+    "Qwen2.5-0.5B-Instruct (floor)": {"simple_python": 61.2, "multiple": 78.0, "parallel": 60.0,
+                                      "parallel_multiple": 50.0, "irrelevance": 46.2},
+    "Hammer2.1-0.5b (stretch)": {"simple_python": 68.0, "multiple": 83.0, "parallel": 71.5,
+                                 "parallel_multiple": 54.0, "irrelevance": 73.9},
 }
 
 
@@ -60,6 +63,30 @@ def reward_curves(store: Any, models: list[str]) -> dict[str, list[list[float]]]
         if metrics.get("reward_curve"):
             curves[name] = metrics["reward_curve"]
     return curves
+
+
+def cascade_rows(store: Any, tiny: str, llm: str, domain: str, split: str) -> dict[str, Any]:
+    """The cascade's accuracy / LLM-share curve from the two evaluations, against random routing."""
+    from supertiny.evaluate.stats import wilson_interval
+    from supertiny.route.calibrate import cascade_curve, records_from_evaluations
+
+    records, source = records_from_evaluations(store, tiny, llm, domain, split)
+    n = len(records)
+    tiny_accuracy = sum(bool(record.tiny_correct) for record in records) / n
+    llm_accuracy = sum(bool(record.llm_correct) for record in records) / n
+    points = []
+    for point in cascade_curve(records):
+        low, high = wilson_interval(round((point.accuracy or 0) * n), n)
+        random_accuracy = (1 - point.llm_share) * tiny_accuracy + point.llm_share * llm_accuracy
+        points.append({"threshold": point.threshold, "llm_share": point.llm_share, "accuracy": point.accuracy,
+                       "interval": [round(low, 4), round(high, 4)], "random": round(random_accuracy, 4),
+                       "gain": round((point.accuracy or 0) - random_accuracy, 4)})
+    reaching = [point for point in points if (point["accuracy"] or 0) >= llm_accuracy]
+    inside = [point for point in points if 0 < point["llm_share"] < 1]
+    return {"tiny": tiny, "llm": llm, "source": source, "tasks": n, "tiny_accuracy": tiny_accuracy,
+            "llm_accuracy": llm_accuracy, "points": points,
+            "share_reaching_llm": min((point["llm_share"] for point in reaching), default=None),
+            "best_gain": max(inside, key=lambda point: point["gain"]) if inside else None}
 
 
 def published_check(compared: dict[str, Any]) -> dict[str, dict[str, dict[str, bool]]]:
@@ -121,6 +148,25 @@ def markdown(result: dict[str, Any]) -> str:
                 missed = [category for category, reached in checks[reference].items() if not reached]
                 cells.append("yes" if not missed else f"no ({', '.join(missed)})")
             lines.append(f"| `{model}` | " + " | ".join(cells) + " |")
+    cascade = result.get("cascade")
+    if cascade:
+        reach = cascade["share_reaching_llm"]
+        best = cascade["best_gain"]
+        lines += ["", f"## Cascade `{cascade['tiny']}` -> `{cascade['llm']}` on the same {cascade['tasks']} tasks", "",
+                  f"tiny alone {cascade['tiny_accuracy']:.1%}, LLM alone {cascade['llm_accuracy']:.1%}; reaches the "
+                  f"LLM's accuracy at " + (f"{reach:.0%} escalated" if reach is not None else "no share below 100%")
+                  + (f"; largest gain over random routing: {best['gain'] * 100:+.1f} points at {best['llm_share']:.0%}"
+                     f" escalated" if best else ""), "",
+                  "| threshold | escalated | cascade [95% CI] | random routing at that share | gain |",
+                  "|---|---|---|---|---|"]
+        stride = max(1, len(cascade["points"]) // 20)
+        shown = cascade["points"][::stride]
+        if shown[-1] is not cascade["points"][-1]:
+            shown.append(cascade["points"][-1])
+        for point in shown:
+            low, high = point["interval"]
+            lines.append(f"| {point['threshold']:.4g} | {point['llm_share']:.0%} | {point['accuracy']:.1%} "
+                         f"[{low * 100:.1f}, {high * 100:.1f}] | {point['random']:.1%} | {point['gain'] * 100:+.1f} |")
     for model, curve in result.get("reward_curves", {}).items():
         lines += ["", f"## grpo reward of `{model}` (mean verifier reward per logged step)", "",
                   ", ".join(f"{step}: {reward:.2f}" for step, reward in curve)]
@@ -136,7 +182,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     compared = result["compared"]
     models = compared["models"]
     curves = result.get("reward_curves", {})
-    figure, axes = plt.subplots(1, 2 if curves else 1, figsize=(13 if curves else 9, 4.5), squeeze=False)
+    cascade = result.get("cascade")
+    panels = 1 + bool(curves) + bool(cascade)
+    figure, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.5), squeeze=False)
     left = axes[0][0]
     rows = compared["rows"]
     width = 0.8 / len(models)
@@ -156,8 +204,19 @@ def plot(result: dict[str, Any], path: Path) -> None:
     left.set(ylabel="accuracy % (95% Wilson interval)", ylim=(0, 100),
              title=f"{result['domain']} {result['split']}")
     left.legend(fontsize=7)
+    if cascade:
+        axis = axes[0][1]
+        points = cascade["points"]
+        shares = [point["llm_share"] * 100 for point in points]
+        axis.plot(shares, [point["accuracy"] * 100 for point in points], marker=".", label="cascade")
+        axis.fill_between(shares, [point["interval"][0] * 100 for point in points],
+                          [point["interval"][1] * 100 for point in points], alpha=0.2)
+        axis.plot(shares, [point["random"] * 100 for point in points], linestyle="--", label="random routing")
+        axis.set(xlabel="requests escalated to the LLM (%)", ylabel="accuracy % (95% interval)", ylim=(0, 100),
+                 title=f"cascade {cascade['tiny']} -> {cascade['llm']}")
+        axis.legend(fontsize=7)
     if curves:
-        right = axes[0][1]
+        right = axes[0][-1]
         for model, curve in curves.items():
             right.plot([step for step, _ in curve], [reward for _, reward in curve], marker="o", label=model)
         right.set(xlabel="optimizer step", ylabel="mean verifier reward", ylim=(0, 1), title="grpo reward")
@@ -175,6 +234,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--models", required=True, help="Comma-separated registered models, each evaluated on the "
                         "split (`supertiny eval run`).")
     parser.add_argument("--harvest-run", type=int, help="The prototype teacher's harvest run.")
+    parser.add_argument("--cascade", metavar="TINY", help="Draw the cascade TINY -> the teacher on the same tasks.")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -192,6 +252,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "reward_curves": reward_curves(store, models)}
     if args.harvest_run is not None:
         result["harvest"] = harvest_rows(store, args.harvest_run)
+    if args.cascade:
+        result["cascade"] = cascade_rows(store, args.cascade, args.teacher, args.domain, args.split)
     if args.domain == "bfcl":
         result["published"] = published_check(compared)
     args.out.mkdir(parents=True, exist_ok=True)

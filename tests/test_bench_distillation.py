@@ -13,11 +13,13 @@ from supertiny.models.registry import register_model_version
 from supertiny.store import Evaluation
 
 
-def _evaluated(store, model, outcomes, metrics=None):
+def _evaluated(store, model, outcomes, metrics=None, confidences=None):
     row = register_model_version(store, name=model, stage="external", format="hf", backend="transformers",
                                  path=f"/nowhere/{model}", metrics=metrics or {})
-    records = [{"task_hash": f"t{index}", "category": "simple" if index % 2 else "irrelevance", "correct": right}
-               for index, right in enumerate(outcomes)]
+    records = [{"task_hash": f"t{index}", "category": "simple" if index % 2 else "irrelevance", "correct": right,
+                "valid": True, "confidence": confidence}
+               for index, (right, confidence) in enumerate(zip(outcomes, confidences or [0.5] * len(outcomes),
+                                                               strict=True))]
     per_category = {}
     for category in ("simple", "irrelevance"):
         mine = [record["correct"] for record in records if record["category"] == category]
@@ -43,30 +45,39 @@ def test_the_report_reads_the_store_and_tests_each_model_against_the_teacher(sql
     run_harvest(sqlite_store, HarvestConfig(domain="toy-weather", teacher="half-right", limit=4, samples_per_task=2,
                                             temperature=0.7), lambda: ScriptedChatModel(respond=alternating()))
     _evaluated(sqlite_store, "teacher", [index < 20 for index in range(60)])
-    _evaluated(sqlite_store, "student", [index < 20 or index >= 45 for index in range(60)],
-               metrics={"reward_curve": [[1, 0.25], [2, 0.5]]})
+    # the student is sure where it is right: escalating its 25 unsure tasks, all wrong, gains all the teacher gets
+    student = [index < 20 or index >= 45 for index in range(60)]
+    _evaluated(sqlite_store, "student", student, metrics={"reward_curve": [[1, 0.25], [2, 0.5]]},
+               confidences=[0.9 if right else 0.3 for right in student])
     monkeypatch.setenv("SUPERTINY_DATABASE_URL", sqlite_store.url)
     monkeypatch.setenv("SUPERTINY_HOME", str(tmp_path))
     result = bench_module.main(["--domain", "toy-weather", "--teacher", "teacher", "--models", "student",
-                                "--harvest-run", "1", "--out", str(tmp_path / "out")])
+                                "--harvest-run", "1", "--cascade", "student", "--out", str(tmp_path / "out")])
     (test,) = result["compared"]["paired"]
     assert (test["only_model"], test["only_baseline"], test["shared_tasks"]) == (15, 0, 60)
     assert test["p_value"] < 0.001
     overall = result["harvest"]["rows"][-1]
     assert (overall["tasks"], overall["pass_at_1"], overall["pass_at_n"], overall["kept"]) == (4, 0.5, 1.0, 4)
     assert result["reward_curves"] == {"student": [[1, 0.25], [2, 0.5]]}
+    cascade = result["cascade"]
+    assert cascade["tasks"] == 60 and cascade["llm_accuracy"] == 20 / 60
+    point = next(point for point in cascade["points"] if point["threshold"] == 0.9)  # the unsure 25 escalated
+    assert point["llm_share"] == 25 / 60 and point["accuracy"] == 35 / 60 + 0  # the teacher gets none of them
+    assert point["random"] == round((35 / 60) * (35 / 60) + (25 / 60) * (20 / 60), 4)
+    assert cascade["share_reaching_llm"] == 0.0
     (markdown,) = (tmp_path / "out").glob("distillation-*.md")
     text = markdown.read_text()
     assert "| overall | 33.3% [22.7, 45.9] | 58.3% [45.7, 69.9] |" in text
     assert "| `student` | +25.0 points | 15 | 0 |" in text
     assert "| overall | 4 | 50.0% | 100.0% [51.0, 100.0] | 4 |" in text
+    assert "## Cascade `student` -> `teacher` on the same 60 tasks" in text
     assert markdown.with_suffix(".png").stat().st_size > 0
     assert json.loads(markdown.with_suffix(".json").read_text())["split"] == "test"
 
 
 def test_published_figures_are_checked_per_category(bench_module):
     compared = {"models": ["m"], "rows": [{"category": category, "m": 0.9} for category in
-                                          ("simple", "multiple", "parallel", "parallel_multiple")]
+                                          ("simple_python", "multiple", "parallel", "parallel_multiple")]
                 + [{"category": "irrelevance", "m": 0.5}]}
     checks = bench_module.published_check(compared)["m"]
     assert all(checks["Qwen2.5-0.5B-Instruct (floor)"].values())
