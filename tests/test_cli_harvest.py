@@ -57,5 +57,9 @@ def test_bad_input_is_one_line(invoke):
     unknown_teacher = invoke("harvest", "run", "--domain", "toy-weather", "--teacher", "no-such-model", "--limit", "1")
     assert unknown_teacher.exit_code == 1 and "no-such-model" in unknown_teacher.output
     assert invoke("harvest", "status", "42").output.startswith("error: no harvest run 42")
+    both = invoke("harvest", "run", "--domain", "toy-weather", "--logs", "prod", "--teacher", "x")
+    assert both.exit_code == 1 and both.output.startswith("error: give either --domain or --logs ROUTE")
+    no_traffic = invoke("harvest", "run", "--logs", "prod", "--teacher", "x")
+    assert no_traffic.exit_code == 1 and "route 'prod' has no logged request with tools" in no_traffic.output
     assert invoke("data", "show", "nope").output.startswith("error: no dataset 'nope'")
     assert invoke("domains", "show", "nope").exit_code == 1

@@ -301,3 +301,59 @@ def test_examples_from_a_run_without_a_passing_answer_are_refused(store, toy):
                     lambda: ScriptedChatModel(respond=weather_oracle))
     with pytest.raises(InvalidInputError, match="cannot go with --no-prompt"):
         HarvestConfig(domain="toy-weather", teacher="x", examples_from=1, use_prompt=False).validate()
+
+
+def _log_requests(store, route, questions):
+    import datetime as dt
+
+    from supertiny.store import RequestLog
+
+    with store.session() as session:
+        for index, question in enumerate(questions):
+            request = {"model": route, "messages": [{"role": "user", "content": question}],
+                       "tools": [toy_domain.WEATHER_TOOL]}
+            session.add(RequestLog(request_id=f"{route}-{index}", created_at=dt.datetime.now(dt.UTC), route=route,
+                                   request=request, response={"choices": []}, status=200))
+        session.add(RequestLog(request_id=f"{route}-failed", created_at=dt.datetime.now(dt.UTC), route=route,
+                               request={"messages": [{"role": "user", "content": "x"}]}, status=400))
+
+
+def test_logged_traffic_is_harvested_and_judged_by_agreement_between_samples(store, toy):
+    import collections
+
+    _log_requests(store, "prod", ["Weather in Oslo in celsius?", "Weather in Lima in celsius?",
+                                  "Weather in Paris in celsius?"])
+    asked = collections.Counter()
+    scripts = {"Oslo": [True] * 4, "Lima": [True, False, True, False], "Paris": [True, True, False, True]}
+
+    def teacher(messages, kwargs):
+        city = messages[-1].content.split(" in ")[1]
+        right = scripts[city][asked[city] % 4]
+        asked[city] += 1
+        return call("get_weather", city=city if right else "Atlantis", unit="celsius")
+
+    config = HarvestConfig(domain="logs:prod", teacher="t", samples_per_task=4, temperature=0.7, agreement=0.75,
+                           concurrency=1)
+    result = run_harvest(store, config, lambda: ScriptedChatModel(respond=teacher))
+    assert (result.done, result.passed) == (12, 7)
+    with store.session() as session:
+        rows = session.execute(sa.select(Task.external_id, Sample.verdict, Sample.verdict_detail)
+                               .join(Task, Task.id == Sample.task_id).order_by(Task.id, Sample.sample_index)).all()
+    verdicts = collections.defaultdict(list)
+    for request_id, verdict, _ in rows:
+        verdicts[request_id].append(verdict)
+    assert verdicts["prod-0"] == ["pass"] * 4
+    assert verdicts["prod-1"] == ["unknown"] * 4  # 2 against 2: no answer reaches 75%
+    assert verdicts["prod-2"] == ["pass", "pass", "fail", "pass"]
+    assert any("agreed by 3 of 4 samples" in detail for *_, detail in rows)
+    assert "prod-failed" not in verdicts
+
+
+def test_agreement_and_logs_bad_input(store, toy):
+    with pytest.raises(InvalidInputError, match="--agreement needs --samples-per-task of at least 2"):
+        HarvestConfig(domain="logs:prod", teacher="t", agreement=0.75).validate()
+    with pytest.raises(InvalidInputError, match="above 0, at most 1"):
+        HarvestConfig(domain="logs:prod", teacher="t", agreement=1.5, samples_per_task=2, temperature=0.5).validate()
+    with pytest.raises(InvalidInputError, match="route 'empty' has no logged request with tools"):
+        run_harvest(store, HarvestConfig(domain="logs:empty", teacher="t"),
+                    lambda: ScriptedChatModel(respond=weather_oracle))

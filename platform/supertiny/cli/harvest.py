@@ -4,7 +4,9 @@ import click
 
 from supertiny.cli.app import json_option, pass_settings, print_json, print_table, serving_line
 from supertiny.config import Settings
+from supertiny.errors import InvalidInputError
 from supertiny.harvest import queries
+from supertiny.harvest.agreement import LOGS_PREFIX
 from supertiny.harvest.runner import HarvestConfig, run_harvest
 from supertiny.store.session import open_store
 
@@ -15,7 +17,9 @@ def harvest() -> None:
 
 
 @harvest.command("run")
-@click.option("--domain", required=True, help="Domain name (see `supertiny domains list`).")
+@click.option("--domain", help="Domain name (see `supertiny domains list`).")
+@click.option("--logs", "logs_route", metavar="ROUTE", help="Harvest the requests ROUTE answered instead of a "
+              "domain's tasks (no verifier: judge them with --agreement).")
 @click.option("--teacher", required=True, help="Registered model name or HF directory of the teacher.")
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "dev", "test"]))
 @click.option("--samples-per-task", default=1, show_default=True, type=int, help="Samples per task (k).")
@@ -30,20 +34,26 @@ def harvest() -> None:
               "RUN as few-shot examples, instead of the domain's own (never the task's own answer).")
 @click.option("--examples", default=3, show_default=True, type=int, help="How many examples with --examples-from "
               "(round-robin over the categories, shortest answers first).")
+@click.option("--agreement", type=float, metavar="SHARE", help="Where the verifier has no verdict (logged "
+              "traffic), an answer given by at least SHARE of a task's samples passes, the others fail.")
 @pass_settings
-def run_command(settings: Settings, domain: str, teacher: str, split: str, samples_per_task: int,
-                temperature: float, limit: int | None, concurrency: int | None, max_new_tokens: int,
-                no_prompt: bool, examples_from: int | None, examples: int) -> None:
+def run_command(settings: Settings, domain: str | None, logs_route: str | None, teacher: str, split: str,
+                samples_per_task: int, temperature: float, limit: int | None, concurrency: int | None,
+                max_new_tokens: int, no_prompt: bool, examples_from: int | None, examples: int,
+                agreement: float | None) -> None:
     """Harvest a domain with a teacher. Re-running the same command resumes the same run."""
     from tqdm import tqdm
 
     from supertiny.prototype.teacher import open_chat_model
 
+    if bool(domain) == bool(logs_route):
+        raise InvalidInputError("give either --domain or --logs ROUTE")
     store = open_store(settings)
-    config = HarvestConfig(domain=domain, teacher=teacher, split=split, samples_per_task=samples_per_task,
+    config = HarvestConfig(domain=domain or f"{LOGS_PREFIX}{logs_route}", teacher=teacher, split=split,
+                           samples_per_task=samples_per_task,
                            temperature=temperature, limit=limit, max_new_tokens=max_new_tokens,
                            use_prompt=not no_prompt, concurrency=concurrency, examples_from=examples_from,
-                           examples=examples)
+                           examples=examples, agreement=agreement)
     bars: list[tqdm] = []  # created on the first progress report, after the inputs are checked
 
     def progress(done: int, passed: int, planned: int) -> None:

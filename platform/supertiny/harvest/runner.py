@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from supertiny.domain import Domain, Verdict
 from supertiny.errors import EngineUnavailableError, InvalidInputError
+from supertiny.harvest.agreement import LOGS_PREFIX, judge_by_agreement, traffic_domain
 from supertiny.harvest.tasks import domain_task, sync_tasks
 from supertiny.models.backend import ChatModel
 from supertiny.prototype.agent import run_agent_samples
@@ -49,6 +50,8 @@ class HarvestConfig:
     # few-shot examples from the passing samples of this earlier run, instead of the domain's own
     examples_from: int | None = None
     examples: int = 3
+    # where the verifier has no verdict: an answer given by at least this share of a task's samples passes
+    agreement: float | None = None
 
     def validate(self) -> None:
         if self.samples_per_task < 1:
@@ -63,6 +66,11 @@ class HarvestConfig:
             raise InvalidInputError("--examples-from replaces the prompt's examples: it cannot go with --no-prompt")
         if self.examples < 1:
             raise InvalidInputError("--examples must be at least 1")
+        if self.agreement is not None:
+            if not 0 < self.agreement <= 1:
+                raise InvalidInputError("--agreement is a share of the samples: above 0, at most 1")
+            if self.samples_per_task < 2:
+                raise InvalidInputError("--agreement needs --samples-per-task of at least 2")
 
     def fingerprint(self) -> str:
         """Identity of the run: every parameter that changes which samples it holds (not concurrency)."""
@@ -159,8 +167,11 @@ def harvest_task(chat_model: Any, domain: Domain, task_row: Task, run_id: int, s
                        verdict_detail=f"teacher failed: {type(exc).__name__}: {exc}"[:2000],
                        latency_s=time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}"[:2000])
                 for index in sample_indices]
-    return [_verified(domain, task, task_row, run_id, index, run, config)
-            for index, run in zip(sample_indices, runs, strict=True)]
+    samples = [_verified(domain, task, task_row, run_id, index, run, config)
+               for index, run in zip(sample_indices, runs, strict=True)]
+    if config.agreement is not None:
+        judge_by_agreement(samples, config.agreement)
+    return samples
 
 
 def _verified(domain: Domain, task: Any, task_row: Task, run_id: int, sample_index: int, run: Any,
@@ -210,7 +221,8 @@ def run_harvest(store: Store, config: HarvestConfig, open_teacher: Callable[[], 
     from supertiny.registry import lookup
 
     config.validate()
-    domain: Domain = lookup("domain", config.domain)
+    domain: Domain = (traffic_domain(store, config.domain.removeprefix(LOGS_PREFIX))
+                      if config.domain.startswith(LOGS_PREFIX) else lookup("domain", config.domain))
     examples = verified_examples(store, config.examples_from, config.examples) if config.examples_from else None
     if config.use_prompt and not config.prompt_digest:
         digest = _prompt_digest(domain) + (examples_digest(examples) if examples else "")
