@@ -98,3 +98,24 @@ def test_snapshot_from_request_logs(store):
     only_llm = snapshot.create_snapshot(store, "logs", snapshot.SnapshotSource(logs_route="tool-route",
                                                                                served_by="llm"))
     assert only_llm.n_items == 1
+
+
+def test_distinct_keeps_one_of_a_tasks_samples_that_give_the_same_answer(store, register_plugin):
+    import itertools
+
+    register_plugin(toy_domain, name="toy-domains")
+    # per task: right, right (the same answer again), wrong
+    turns = itertools.count()
+    teacher = ScriptedChatModel(respond=lambda m, k: weather_oracle(m, k) if next(turns) % 3 != 2
+                                else call("get_weather", city="Nowhere"))
+    config = HarvestConfig(domain="toy-weather", teacher="t", limit=3, samples_per_task=3, temperature=0.7,
+                           concurrency=1)
+    result = run_harvest(store, config, lambda: teacher)
+    every = snapshot.create_snapshot(store, "all", snapshot.SnapshotSource(runs=(result.run_id,)))
+    distinct = snapshot.create_snapshot(store, "distinct", snapshot.SnapshotSource(runs=(result.run_id,),
+                                                                                   distinct=True))
+    assert (every.n_items, distinct.n_items) == (9, 6)
+    items = snapshot.snapshot_items(store, distinct)
+    assert sorted(item.verdict for item in items) == ["fail"] * 3 + ["pass"] * 3
+    with pytest.raises(InvalidInputError, match="--distinct applies to the samples of harvest runs"):
+        snapshot.SnapshotSource(logs_route="r", distinct=True).validate()

@@ -23,16 +23,18 @@ def data() -> None:
 @click.option("--split", "splits", multiple=True, type=click.Choice(["train", "dev", "test"]),
               help="Keep tasks of this split (repeatable).")
 @click.option("--served-by", help="With --logs: keep answers served by this model.")
+@click.option("--distinct", is_flag=True, help="With --run: keep one of a task's samples that give the same answer "
+              "(several samples of a task often agree word for word).")
 @click.option("--note", help="Free text stored with the snapshot.")
 @json_option
 @pass_settings
 def snapshot_command(settings: Settings, name: str, runs: tuple[int, ...], logs_route: str | None,
-                     verdict: str | None, splits: tuple[str, ...], served_by: str | None, note: str | None,
-                     as_json: bool) -> None:
+                     verdict: str | None, splits: tuple[str, ...], served_by: str | None, distinct: bool,
+                     note: str | None, as_json: bool) -> None:
     """Create a new immutable version of dataset NAME."""
     store = open_store(settings)
     source = snapshot.SnapshotSource(runs=runs, logs_route=logs_route, verdict=verdict, splits=splits,
-                                     served_by=served_by)
+                                     served_by=served_by, distinct=distinct)
     dataset = snapshot.create_snapshot(store, name, source, note)
     if as_json:
         print_json(snapshot.snapshot_as_dict(dataset))

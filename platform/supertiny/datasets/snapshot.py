@@ -6,6 +6,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from supertiny.errors import InvalidInputError, NotFoundError
+from supertiny.harvest.agreement import answer_key
 from supertiny.store import Dataset, DatasetItem, HarvestRun, RequestLog, Sample, Store, Task
 
 
@@ -16,10 +17,13 @@ class SnapshotSource:
     verdict: str | None = None  # keep only samples with this verdict (usually "pass")
     splits: tuple[str, ...] = ()  # keep only tasks of these splits
     served_by: str | None = None  # for logs: keep only answers from this model
+    distinct: bool = False  # for runs: keep one of the samples of a task that give the same answer
 
     def validate(self) -> None:
         if bool(self.runs) == bool(self.logs_route):
             raise InvalidInputError("give either --run (one or more harvest runs) or --logs ROUTE")
+        if self.distinct and not self.runs:
+            raise InvalidInputError("--distinct applies to the samples of harvest runs (--run)")
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -44,11 +48,15 @@ def _records_from_runs(session, source: SnapshotSource) -> tuple[str | None, lis
         query = query.where(Sample.verdict == source.verdict)
     if source.splits:
         query = query.where(Task.split.in_(source.splits))
-    records = [
-        {"split": task.split, "category": task.category, "task_id": task.id, "sample_id": sample.id,
-         "messages": sample.trajectory, "tools": task.tools, "verdict": sample.verdict}
-        for sample, task in session.execute(query).all()
-    ]
+    records, seen = [], set()
+    for sample, task in session.execute(query).all():
+        if source.distinct:
+            key = (task.id, sample.verdict, answer_key(sample))
+            if key in seen:
+                continue
+            seen.add(key)
+        records.append({"split": task.split, "category": task.category, "task_id": task.id, "sample_id": sample.id,
+                        "messages": sample.trajectory, "tools": task.tools, "verdict": sample.verdict})
     return domains.pop(), records
 
 
