@@ -19,6 +19,7 @@ class GRPOConfig(TrainConfig):
     batch_size: int = option(1, "Tasks per forward pass (each with its --group-size answers).")
     group_size: int = option(4, "Answers sampled per task and compared with each other (GRPO's G; at least 2).")
     max_new_tokens: int = option(256, "Tokens per sampled answer.")
+    max_length: int = option(1024, "Prompt tokens at most: longer tasks are left out.")
     temperature: float = option(1.0, "Sampling temperature of the group's answers.")
     beta: float = option(0.0, "KL penalty towards the starting model (0: none, and no reference model is needed).")
     loss_type: str = option("dapo", "Policy loss (TRL's GRPO loss types).", choices=LOSS_TYPES)

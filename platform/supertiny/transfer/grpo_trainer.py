@@ -86,17 +86,22 @@ def reward_tasks(context: TrainContext, domain: Domain, items: Sequence[DatasetI
     return tasks
 
 
-def prompt_rows(tokenizer: Any, domain: Domain, tasks: dict[int, RewardTask], use_prompt: bool) -> list[dict[str, Any]]:
-    """TRL's dataset rows: the rendered prompt text and the task it asks."""
+def prompt_rows(tokenizer: Any, domain: Domain, tasks: dict[int, RewardTask], use_prompt: bool,
+                max_length: int) -> tuple[list[dict[str, Any]], int]:
+    """TRL's dataset rows (the rendered prompt text and the task it asks) and how many prompts were left out for
+    being longer than ``max_length`` tokens."""
     from supertiny.prototype.agent import prompt_messages
 
-    rows = []
+    rows, too_long = [], 0
     for identifier, entry in tasks.items():
         messages = (prompt_messages(domain, entry.task) if use_prompt else []) + list(entry.task.messages)
         text = tokenizer.apply_chat_template(messages, tools=entry.tools or None, add_generation_prompt=True,
                                              tokenize=False)
+        if len(tokenizer(text, add_special_tokens=False).input_ids) > max_length:
+            too_long += 1
+            continue
         rows.append({"prompt": text, "task_id": identifier})
-    return rows
+    return rows, too_long
 
 
 class GRPOTrainer(Trainer):
@@ -133,7 +138,9 @@ class GRPOTrainer(Trainer):
         tasks = reward_tasks(context, domain, context.items(), config.task_limit)
         if not tasks:
             raise InvalidInputError("none of the snapshot's tasks is in the store any more")
-        rows = prompt_rows(tokenizer, domain, tasks, config.use_prompt)
+        rows, too_long = prompt_rows(tokenizer, domain, tasks, config.use_prompt, config.max_length)
+        if not rows:
+            raise InvalidInputError(f"every prompt is longer than --max-length {config.max_length} tokens")
         dtype, mixed = training_dtype(config, model_facts(student))
         model = prepare_student(student, config, dtype)
         output_dir = context.run_dir / "checkpoints"
@@ -148,5 +155,6 @@ class GRPOTrainer(Trainer):
         metrics = run_trainer(trainer, output_dir, context.progress)
         rewards = summarize_curve(trainer.state.log_history, "reward")
         metrics.update({"reward_first": rewards["first"], "reward_last": rewards["last"],
-                        "reward_curve": rewards["curve"], "data_tasks": len(rows)})
+                        "reward_curve": rewards["curve"], "data_tasks": len(rows),
+                        "data_prompts_too_long": too_long})
         return TrainResult(model=trainer.model, tokenizer=tokenizer, metrics=metrics)
