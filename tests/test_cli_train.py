@@ -44,7 +44,7 @@ def test_every_config_field_is_an_option_with_its_help():
 def test_train_lists_the_registered_trainers(invoke):
     listed = invoke("train", "--help")
     assert listed.exit_code == 0
-    for name in ("sft", "rft", "dpo", "kd"):
+    for name in ("sft", "rft", "dpo", "grpo", "kd"):
         assert f"  {name} " in listed.output
     sft_help = invoke("train", "sft", "--help").output
     assert "--lora-r" in sft_help and "--teacher" not in sft_help

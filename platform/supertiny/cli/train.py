@@ -1,4 +1,4 @@
-"""``supertiny train``: stage 2. One subcommand per registered trainer (sft, rft, dpo, kd and any
+"""``supertiny train``: stage 2. One subcommand per registered trainer (sft, rft, dpo, grpo, kd and any
 plugin's); each command's options are generated from the trainer's config dataclass."""
 
 from typing import Any
@@ -31,7 +31,7 @@ class TrainGroup(click.Group):
 
 @click.group(cls=TrainGroup)
 def train() -> None:
-    """Stage 2: train a student on a snapshot (sft, rft, dpo, kd).
+    """Stage 2: train a student on a snapshot (sft, rft, dpo, grpo, kd).
 
     Every run becomes a new registered model (parent = the student, dataset = the snapshot); re-running
     an interrupted command resumes it from its last checkpoint.
