@@ -35,9 +35,7 @@ class DemoPlan:
     max_new_tokens: int = 256
     eval_per_category: int = 3  # test tasks per category for each evaluation
     sft_epochs: float = 3.0
-    # logit distillation after sft (0: skip). Off by default: measured on 50 BFCL test tasks, half an epoch of kd
-    # after sft took the student from 54% back to its base's 40% (it stopped making parallel calls); kd from the
-    # base student instead (`supertiny train kd`) reached 52%, on a par with sft
+    # logit distillation after sft (0: skip); off by default (see the measurements archive)
     kd_epochs: float = 0.0
     quantize: str = "int8"  # "" skips quantization
     prune_to: str = ""  # e.g. "0.4B": prune the trained student and heal it (not in the default budget)
@@ -46,8 +44,7 @@ class DemoPlan:
     route: str = "demo"
     # what runs the teacher where it answers (harvest, its evaluation, the cascade's LLM tier): torch, or llama.cpp
     # on a q8_0 GGUF export ("auto": when llama-cpp-python is installed); kd always reads the HF weights. torch by
-    # default: on the 2-core AVX2 CPU llama.cpp q8_0 decoded the 1.5B ~2x faster (4.2 tok/s) but prefilled
-    # ~3x slower (13 tok/s), and BFCL prompts are ~1000 tokens: 23 s a test task against ~20-28 s in torch
+    # default: llama.cpp decodes faster on a CPU but prefills slower, and BFCL prompts are long
     llm_runtime: str = "transformers"
     prefix: str = "demo"
     eval_each_step: bool = False  # also evaluate the sft model (before kd)
@@ -57,9 +54,8 @@ class DemoPlan:
 
     @classmethod
     def quick(cls, **overrides: Any) -> "DemoPlan":
-        """Under 10 minutes on the 2-core CPU: a first look, not a measurement. One harvested task per
-        category: the teacher's answers to the multi-call categories run to ~250 tokens at ~0.3 s a token, so
-        each task beyond the first five costs up to a minute."""
+        """A first look within 10 minutes on a 2-core CPU, not a measurement: one harvested task per category
+        (the teacher's answers to the multi-call categories are the longest to generate)."""
         # its own route too: a first look must not replace the route a full run stored
         sizes = {"harvest_tasks": 5, "eval_per_category": 1, "requests": 4, "prefix": "demo-quick",
                  "route": "demo-quick"}

@@ -319,8 +319,8 @@ def _verified_gguf(entry: CatalogModel, path: Path, progress: bool, report: Repo
 
 # -- 3. convert --------------------------------------------------------------------------------------------
 
-# Peak memory of a conversion over the GGUF's size, measured: 3.2 GiB for the 0.49 GB 0.5B file,
-# 6.4 GiB for the 1.12 GB 1.5B file (dequantized bf16 weights, plus the copies made while loading).
+# Peak memory of a conversion over the GGUF's size: the dequantized bf16 weights, plus the copies made while
+# loading.
 MEMORY_PER_GGUF_BYTE = 7
 
 

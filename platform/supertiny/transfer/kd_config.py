@@ -22,14 +22,14 @@ class KDConfig(TrainConfig):
                                    "context distillation. --no-teacher-context gives both the same tokens.")
     disagreement: str = option("label", "Trained positions where the teacher's most likely token is not the "
                                "verified answer's: label = learn the verified token there (cross-entropy), teacher = "
-                               "distil the teacher's distribution everywhere (plain kd; measured on BFCL: the teacher "
-                               "gives the chat template's <tool_call> token ~0 probability, and the student distilled "
-                               "there stopped calling tools).",
+                               "distil the teacher's distribution everywhere (plain kd: where the teacher gives "
+                               "the chat template's call markup almost no probability, the student learns not to "
+                               "call tools).",
                                choices=DISAGREEMENT)
     positions: str = option("answers", "Positions distilled: answers = the assistant tokens; all = every token of the "
                             "conversation, prompt included, with the teacher's distribution everywhere (healing: "
-                            "the pruned model relearns its parent on the domain's own text, ~20x the signal of "
-                            "the answers alone). all needs --no-teacher-context.", choices=POSITIONS)
+                            "the pruned model relearns its parent on the domain's own text, prompts included). "
+                            "all needs --no-teacher-context.", choices=POSITIONS)
     sft_weight: float = option(0.0, "Add this times the usual next-token loss on the same tokens.")
     on_policy: float = option(0.0, "Fraction of steps trained on completions the student samples itself (GKD's "
                               "lambda; 0 = off).")

@@ -13,12 +13,10 @@ Both distributions are softened by ``temperature`` and the divergence is multipl
 
 :func:`corrected_loss` distils only where the teacher's most likely token is the verified answer's
 token, and trains on the verified token where it is not: the snapshot holds answers that passed the
-verifier, while the teacher's distribution at a position it gets wrong carries its own habits. Measured on
-BFCL train tasks: the records, rendered by the chat template, open each call with the special
-``<tool_call>`` token, to which the 1.5B teacher gives probability ~0 (it spells the tag in pieces, or
-opens a ```json block, or a sentence); distilled there, the student learnt never to open a call and
-answered every test task in prose (20%, from 46.7%). Such structural tokens are most of the ~13% of
-positions where teacher and record disagree.
+verifier, while the teacher's distribution at a position it gets wrong carries its own habits. Chat markup
+is the typical case: a record rendered by the chat template opens each call with an added token (Qwen's
+``<tool_call>``) that a teacher which spells the tag in pieces gives almost no probability; distilled there,
+a student learns never to open a call.
 """
 
 import math

@@ -29,11 +29,9 @@ def training_records(items: Sequence[DatasetItem], verdict: str = "pass", call_p
 
 def balanced(items: Sequence[DatasetItem]) -> list[DatasetItem]:
     """``items`` with each category's records repeated (in order, cycling) up to the count of the largest
-    category, interleaved round-robin. A teacher passes some categories far more often than others (on BFCL
-    it declines irrelevant requests reliably and misses most parallel calls). Measured on 9 harvested
-    records, 4 of them refusals: 3 epochs of sft on them as they are taught the 0.5B to refuse every
-    request (40% -> 20% on 15 BFCL test tasks); balanced (16 records, one parallel answer 4 times), 2 epochs
-    made it loop on calls (13%). Neither fixes a dataset this small."""
+    category, interleaved round-robin: a teacher passes some categories far more often than others (on BFCL
+    it declines irrelevant requests reliably and misses most parallel calls), and the rare ones would
+    otherwise be drowned."""
     groups: dict[str | None, list[DatasetItem]] = {}
     for item in items:
         groups.setdefault(item.category, []).append(item)

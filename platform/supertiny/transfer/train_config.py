@@ -28,14 +28,14 @@ class TrainConfig:
     lora_alpha: int = option(32, "LoRA alpha (scale = alpha / r).")
     lora_dropout: float = option(0.05, "Dropout on the LoRA path.")
     adapter_fp32: bool = option(True, "Keep LoRA adapters in fp32 (stable updates); --no-adapter-fp32 keeps them in "
-                                "the weights' dtype: ~30% faster LoRA steps on a CPU in bf16.")
+                                "the weights' dtype: faster LoRA steps on a CPU in bf16.")
     train_added_tokens: bool = option(False, "With LoRA, also train the embedding rows of the tokenizer's added tokens "
                                       "that the assistant turns use (e.g. Qwen's <tool_call>): a base model that "
                                       "never wrote them cannot learn them through adapters alone; sft, rft and kd).")
     spell_markup: bool = option(True, "Train the chat template's non-special added tokens that open and close a call "
-                                "(Qwen's <tool_call>, </tool_call>) as the text pieces that spell them: the Qwen "
-                                "students give the token itself probability ~0, and sft on it taught them to stop "
-                                "calling tools. sft, rft, kd and heal.")
+                                "(Qwen's <tool_call>, </tool_call>) as the text pieces that spell them: a student that "
+                                "never writes the token itself learns the tag as text it already writes. sft, rft, "
+                                "kd and heal.")
     lora_targets: str = option("all-linear", "Modules that get adapters: all-linear or a comma-separated list "
                                "(e.g. q_proj,v_proj).")
     precision: str = option("auto", "Weights and compute: bf16, fp32, or mixed (fp32 weights, bf16 compute). auto: "
@@ -45,15 +45,15 @@ class TrainConfig:
                                choices=("cosine", "linear", "constant", "constant_with_warmup"))
     warmup: float = option(0.03, "Warm-up: a fraction of the steps (< 1) or a number of steps.")
     weight_decay: float = option(0.0, "AdamW weight decay.")
-    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass: less memory, ~30% "
-                                          "slower.")
+    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass: less memory, slower "
+                                          "steps.")
     call_prose: bool = option(False, "Also train on the text a teacher writes around its tool calls (by default an "
-                              "assistant turn that calls tools is trained on its calls alone: measured on BFCL, "
-                              "the teacher's narration taught the 0.5B to answer in prose).")
+                              "assistant turn that calls tools is trained on its calls alone, so a teacher's "
+                              "narration does not teach the student to answer in prose).")
     balance_categories: bool = option(False, "Repeat each category's records up to the count of the largest, so "
                                       "the categories a teacher passes most (on BFCL: declining irrelevant "
-                                      "requests) do not drown the rest. Off by default: on 9 BFCL records it "
-                                      "repeated one parallel answer 4 times and the student looped on calls.")
+                                      "requests) do not drown the rest. Off by default: on a small snapshot it "
+                                      "repeats the few answers of a rare category many times.")
     split: str = option("train", "Snapshot split to train on.")
     limit: int | None = option(None, "Train on the first N records of the split only.")
     seed: int = option(0, "Seed of data order, dropout and adapter initialisation.")

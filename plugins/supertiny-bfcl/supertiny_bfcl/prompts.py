@@ -1,6 +1,6 @@
 """The BFCL domain's system prompt and few-shot turns.
 
-They target the raw models' measured failures (DESIGN.md): one call where several are asked for,
+They target the raw models' failures (DESIGN.md): one call where several are asked for,
 a call where no function fits, dotted names shortened. The examples use their own functions, named
 at the start of each example's user turn, so a small model does not mistake them for the task's tools.
 """
@@ -55,9 +55,9 @@ def few_shot(dotted_names: bool = False) -> list[dict[str, Any]]:
         return f"(Example. Functions: {listed})\n"
 
     rent = _name("bike.rent", dotted_names)
-    # small models copy the examples closely (measured on BFCL dev tasks, see the README): with several
-    # calls last the 0.5B loops on calls, with the no-call example first it refuses more, and a closing
-    # "Done: ..." after the example results made the 1.5B claim work it never called
+    # small models copy the examples closely: the several-calls example is not last (a model then loops on
+    # calls), the no-call example not first (it then refuses more), and no example closes with a summary of
+    # work done (a model then claims work it never called)
     return [
         {"role": "user", "content": functions(("library.find_book", "title, author, year"),
                                               ("library.renew_loan", "loan_id"))
