@@ -34,13 +34,14 @@ class Verdict:
 
 @dataclasses.dataclass
 class DomainTask:
-    """One task: the conversation so far (OpenAI messages), the tools offered, the truth if known."""
+    """One task: the conversation so far (OpenAI messages), the tools offered (none: the domain's own
+    ``Domain.tools()``), the truth if known."""
 
     external_id: str
     split: str
     category: str
     messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]]
+    tools: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     ground_truth: Any = None
 
     def content_hash(self) -> str:
@@ -55,6 +56,34 @@ class ToolEnvironment:
     def execute(self, call: ParsedCall) -> Any:
         """Run one call and return its result (JSON-serialisable); raise to report an error to the model."""
         raise NotImplementedError
+
+
+class ToolCallError(Exception):
+    """A call the tools refuse (unknown tool, bad arguments); its message is written for the model."""
+
+
+class FunctionEnvironment(ToolEnvironment):
+    """A tool environment over plain Python: ``state``'s public methods are the tools (the same typed,
+    documented methods :func:`tool_schema` turns into the schemas). A call runs the method of its name with its
+    arguments checked and coerced against the signature; an unknown tool or bad arguments raise
+    :class:`ToolCallError` with a message the model reads."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        self.functions = {name: getattr(state, name) for name in dir(state)
+                          if not name.startswith("_") and callable(getattr(state, name))}
+
+    def execute(self, call: ParsedCall) -> Any:
+        import pydantic
+
+        function = self.functions.get(call.name)
+        if function is None:
+            raise ToolCallError(f"unknown tool {call.name!r}; the tools are {', '.join(sorted(self.functions))}")
+        try:
+            return pydantic.validate_call(function)(**call.arguments)
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors())
+            raise ToolCallError(f"invalid arguments for {call.name}: {problems}") from None
 
 
 class Domain:
