@@ -191,6 +191,34 @@ def test_harvest_and_eval_go_through_the_engine(engine):
     assert evaluation.n_tasks == 4 and evaluation.details["engine"].startswith("vllm engine at")
 
 
+def test_rft_rounds_sample_through_engines_and_stop_the_ones_they_started(engine, engine_home):
+    from helpers.training import FAST, harvest_snapshot
+    from supertiny.transfer.pipeline import train_model
+    from supertiny.transfer.rft_config import RFTConfig
+
+    store, row = engine
+    harvest_snapshot(store, "engine-weather", limit=4)
+    config = RFTConfig(**{**FAST, "max_length": 256}, max_steps=1, rounds=2, samples_per_task=2, temperature=1.0,
+                       max_new_tokens=8, task_limit=2, include_original=True, engine=True)
+    trained = train_model(store, engine_home, "rft", student=MODEL, data="engine-weather", config=config,
+                          name="rft-engine")
+    rounds = trained.metrics["rounds"]
+    assert [entry["samples"] for entry in rounds] == [4, 4]
+    assert rounds[0]["sampler"] == MODEL and rounds[1]["sampler"].endswith("round-1/checkpoints/model")
+    # round 1 used the student's running engine; round 2 started one for the round's model, and stopped it
+    logs = sorted((engine_home.engines_dir / "logs").glob("rft-engine-sampler-*.log"))
+    assert len(logs) == 1 and "--served-model-name rft-engine-sampler" in logs[0].read_text().splitlines()[0]
+    assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and _cmdline_has(pid, "rft-engine-sampler")]
+    assert healthy(row.url)  # the student's own engine is left running
+
+
+def _cmdline_has(pid: str, text: str) -> bool:
+    try:
+        return text in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+
+
 def test_an_engine_killed_mid_run_fails_over_or_503s_and_the_harvest_resumes(engine, engine_home, tiny_model_dir):
     import httpx
     from supertiny.harvest.runner import HarvestConfig, run_harvest

@@ -1,6 +1,7 @@
 """Engines as managed processes: start one for a registered model version, find the one serving a model,
-stop it, read its log. ``supertiny engine`` calls these; :func:`engine_location` is how every stage
-(harvest, eval, rft sampling, serve, bench) finds that a model has an engine and opens it there.
+stop it, read its log; or run a transient one for a model directory while a job needs it (rft's rounds).
+``supertiny engine`` calls these; :func:`engine_location` is how every stage (harvest, eval, rft sampling,
+serve, bench) finds that a model has an engine and opens it there.
 
 What an engine can serve: a Hugging Face directory (``hf`` format on the ``transformers`` backend): base
 models, trained students, pruned and healed models. Not: int8/int4 weights from ``compress quantize``
@@ -8,11 +9,12 @@ models, trained students, pruned and healed models. Not: int8/int4 weights from 
 models that already are an endpoint. Those keep their own backend and are refused here with one line.
 """
 
+import contextlib
 import dataclasses
 import datetime as dt
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +103,33 @@ def start_engine(store: Store, settings: Settings, model: str, options: EngineOp
         records.set_status(store, row.id, "failed", error="start-up was interrupted")
         raise
     return records.set_status(store, row.id, "running")
+
+
+@contextlib.contextmanager
+def transient_engine(settings: Settings, model_dir: str | Path, name: str, options: EngineOptions | None = None,
+                     say: Callable[[str], None] = lambda _: None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """An engine for a model directory that is not (yet) a registered version, such as a training round's
+    model, for the length of the ``with`` block: yields (URL, ``vllm`` backend config); stopped on exit,
+    errors and interruptions included. It leaves no record in the store."""
+    options = options or EngineOptions()
+    model_dir = str(Path(model_dir).resolve())
+    environment = ensure_environment(settings, say=say)
+    port = launch.choose_port(options.host, options.port)
+    url = f"http://{options.host}:{port}/v1"
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    log_path = settings.engines_dir / "logs" / f"{_file_name(name)}-{stamp}-{port}.log"
+    command = launch.server_command(environment, model_dir, name, port, options)
+    pid = launch.spawn(command, launch.server_env(environment, options), log_path)
+    say(f"starting {environment.label} for {name} on {url} (pid {pid}, log {log_path})")
+    try:
+        try:
+            launch.wait_healthy(url, pid, log_path, options.startup_timeout_s)
+        except EngineUnavailableError as exc:
+            raise EngineUnavailableError(f"the engine for {name} did not start: {exc.message}",
+                                         hint=exc.hint) from None
+        yield url, {"model": name, "tokenizer": model_dir, "name": name}
+    finally:
+        launch.terminate(pid)
 
 
 def stop_engine(store: Store, model: str) -> list[InferenceEngine]:

@@ -17,6 +17,8 @@ class RFTConfig(TrainConfig):
     max_new_tokens: int = option(256, "Tokens per sampled answer.")
     task_limit: int | None = option(None, "Sample only the first N tasks of the split (default: all).")
     include_original: bool = option(False, "Also train on the snapshot's own passing records every round.")
+    engine: bool = option(False, "Sample through a vLLM engine: the sampler's running one, else one started for "
+                          "each round's sampling and stopped after (default: in-process).")
     use_prompt: bool = option(True, "Steer the sampler with the domain's system prompt and few-shot examples (they "
                               "are not part of the training data).")
 

@@ -58,7 +58,8 @@ class RFTTrainer(Trainer):
                 context, tag=f"round{number}", sampler=sampler, label=sampler_label(context, f"round-{number}"),
                 samples_per_task=config.samples_per_task, temperature=config.temperature,
                 max_new_tokens=config.max_new_tokens, limit=config.task_limit, use_prompt=config.use_prompt,
-                verdict="pass", description=f"round {number}: sampling {config.samples_per_task} per task")
+                verdict="pass", description=f"round {number}: sampling {config.samples_per_task} per task",
+                engine=config.engine)
             sampled_items = snapshot_items(context.store, sampled.snapshot) if sampled.snapshot else []
             records = training_records(sampled_items, call_prose=config.call_prose)
             if not records and not training_records(original):

@@ -6,6 +6,7 @@ sampling resumes exactly; the snapshot made from it is remembered in the run dir
 training run reuses it instead of making another version.
 """
 
+import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -40,9 +41,11 @@ def sampler_label(context: TrainContext, tag: str) -> str:
 
 def sample_and_snapshot(context: TrainContext, *, tag: str, sampler: str, label: str, samples_per_task: int,
                         temperature: float, max_new_tokens: int, limit: int | None, use_prompt: bool,
-                        verdict: str | None, description: str) -> SamplingResult:
+                        verdict: str | None, description: str, engine: bool = False) -> SamplingResult:
     """Sample ``samples_per_task`` answers per task of the context's domain from ``sampler`` (a registered
-    model name or an HF directory), verify them, and snapshot those with ``verdict`` (None: all)."""
+    model name or an HF directory), verify them, and snapshot those with ``verdict`` (None: all). With
+    ``engine``, the sampler answers through a vLLM engine: its running one, else one started for the sampling
+    and stopped after."""
     from supertiny.datasets.snapshot import SnapshotSource, create_snapshot, get_snapshot
     from supertiny.harvest.runner import HarvestConfig, run_harvest
 
@@ -58,11 +61,12 @@ def sample_and_snapshot(context: TrainContext, *, tag: str, sampler: str, label:
                            max_new_tokens=max_new_tokens, use_prompt=use_prompt)
     opened: list[Any] = []
     shown = {"phase": False}
+    engines = contextlib.ExitStack()
 
     def open_sampler() -> Any:
-        context.progress.phase(f"loading {sampler}")
+        context.progress.phase(f"{'starting an engine for' if engine else 'loading'} {sampler}")
         shown["phase"] = False
-        chat_model = context.chat_model(sampler)
+        chat_model = _on_engine(context, sampler, engines) if engine else context.chat_model(sampler)
         opened.append(chat_model)
         return chat_model
 
@@ -78,6 +82,7 @@ def sample_and_snapshot(context: TrainContext, *, tag: str, sampler: str, label:
         for chat_model in opened:
             _close(chat_model)
         opened.clear()
+        engines.close()
         gc.collect()
     matching = result.passed if verdict == "pass" else result.done if verdict is None else None
     snapshot = None
@@ -88,6 +93,31 @@ def sample_and_snapshot(context: TrainContext, *, tag: str, sampler: str, label:
     save_json(state_file, {"done": True, "run_id": result.run_id, "samples": result.done, "passed": result.passed,
                            "snapshot": f"{snapshot.name}@{snapshot.version}" if snapshot else None})
     return SamplingResult(snapshot, result.run_id, result.done, result.passed)
+
+
+def _on_engine(context: TrainContext, sampler: str, engines: contextlib.ExitStack) -> Any:
+    """A LangChain chat model over ``sampler`` on a vLLM engine: the registered model's running engine, else a
+    transient engine for its directory, entered into ``engines`` (closing it stops the engine)."""
+    from supertiny.engine.launch import EngineOptions
+    from supertiny.engine.manager import engine_location, engines_enabled, servable_reason, transient_engine
+    from supertiny.models.langchain_adapter import SupertinyChatModel
+    from supertiny.models.registry import find_model_version
+    from supertiny.registry import lookup
+
+    if not engines_enabled():
+        raise InvalidInputError("sampling through an engine was asked for, but engines are off (SUPERTINY_ENGINE)")
+    row = find_model_version(context.store, sampler)
+    if row is not None:
+        reason = servable_reason(row)
+        if reason:
+            raise InvalidInputError(f"no engine can sample {reason}")
+        if engine_location(context.store, row) is not None:
+            return context.chat_model(sampler)
+    directory = row.path if row is not None else sampler
+    served = f"{context.name[:80]}-sampler"
+    url, config = engines.enter_context(transient_engine(context.settings, directory, served,
+                                                         EngineOptions(eager=True)))
+    return SupertinyChatModel(model=lookup("backend", "vllm").open(url, config))
 
 
 def _close(chat_model: Any) -> None:
