@@ -197,6 +197,7 @@ def test_rft_rounds_sample_through_engines_and_stop_the_ones_they_started(engine
     from supertiny.transfer.rft_config import RFTConfig
 
     store, row = engine
+    started = time.time()
     harvest_snapshot(store, "engine-weather", limit=4)
     config = RFTConfig(**{**FAST, "max_length": 256}, max_steps=1, rounds=2, samples_per_task=2, temperature=1.0,
                        max_new_tokens=8, task_limit=2, include_original=True, engine=True)
@@ -206,7 +207,8 @@ def test_rft_rounds_sample_through_engines_and_stop_the_ones_they_started(engine
     assert [entry["samples"] for entry in rounds] == [4, 4]
     assert rounds[0]["sampler"] == MODEL and rounds[1]["sampler"].endswith("round-1/checkpoints/model")
     # round 1 used the student's running engine; round 2 started one for the round's model, and stopped it
-    logs = sorted((engine_home.engines_dir / "logs").glob("rft-engine-sampler-*.log"))
+    logs = [path for path in (engine_home.engines_dir / "logs").glob("rft-engine-sampler-*.log")
+            if path.stat().st_mtime >= started]
     assert len(logs) == 1 and "--served-model-name rft-engine-sampler" in logs[0].read_text().splitlines()[0]
     assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and _cmdline_has(pid, "rft-engine-sampler")]
     assert healthy(row.url)  # the student's own engine is left running
