@@ -87,14 +87,14 @@ def compressor_command(compressor: Any) -> click.Command:
             eval_split: str, eval_per_category: int | None, eval_limit: int | None, speed: bool, as_json: bool,
             data: str | None = None, heal: bool = False, heal_name: str | None = None, heal_max_steps: int = -1,
             heal_epochs: float = 1.0, heal_learning_rate: float | None = None, **options: Any) -> None:
-        from supertiny.cli.train import BarProgress, _quiet_libraries
         from supertiny.compress.heal_config import HealConfig
         from supertiny.compress.pipeline import execute_compression, prepare_compression
         from supertiny.compress.report import ReportOptions
         from supertiny.errors import InvalidInputError
+        from supertiny.progress import BarProgress, quiet_libraries
         from supertiny.store.session import open_store
 
-        _quiet_libraries()
+        quiet_libraries()
         store = open_store(settings)
         heal_config = None
         if heal:

@@ -63,10 +63,11 @@ def trainer_command(trainer: Any) -> click.Command:
     def run(settings: Settings, student: str, data: str, name: str | None, domain: str | None,
             keep_checkpoints: bool, memory_check: bool, as_json: bool, teacher: str | None = None,
             **options: Any) -> None:
+        from supertiny.progress import BarProgress, quiet_libraries
         from supertiny.store.session import open_store
         from supertiny.transfer.pipeline import train_model
 
-        _quiet_libraries()
+        quiet_libraries()
         config = trainer.config_class(**options)
         store = open_store(settings)
         progress = BarProgress()
@@ -97,44 +98,3 @@ def summary(result: Any) -> str:
             f"  params {params}  size {size}  steps {metrics.get('steps')}  loss {loss}  "
             f"time {metrics.get('wall_time_s', 0):.1f}s\n"
             f"  saved to {result.path}")
-
-
-class BarProgress:
-    """A tqdm bar per phase (loading, sampling, training) with the loss or pass rate beside it."""
-
-    def __init__(self) -> None:
-        self.bar: Any = None
-
-    def phase(self, description: str, total: int | None = None) -> None:
-        from tqdm import tqdm
-
-        self.close()
-        unit = "step" if "train" in description else "sample"
-        bar_format = None if total else "{desc} [{elapsed}]"  # a phase without a count: just its time
-        self.bar = tqdm(desc=description, total=total, dynamic_ncols=True, unit=unit, bar_format=bar_format)
-
-    def update(self, done: int, **info: Any) -> None:
-        if self.bar is None:
-            self.phase("working")
-        if self.bar.total is None and done:
-            self.bar.bar_format = None
-        self.bar.n = done
-        if info:
-            self.bar.set_postfix(info, refresh=False)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _quiet_libraries() -> None:
-    """The command draws its own progress: silence the libraries' bars and info logs."""
-    import datasets
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    datasets.utils.logging.set_verbosity_error()

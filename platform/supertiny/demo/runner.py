@@ -150,10 +150,10 @@ class Demo:
     def _export_llm(self) -> dict[str, Any]:
         """The teacher as a q8_0 GGUF for llama.cpp (made once): on a CPU without native bf16 it answers
         several times faster than torch, which computes the bf16 teacher in fp32 there."""
-        from supertiny.cli.train import BarProgress
         from supertiny.compress.gguf_config import GGUFConfig
         from supertiny.compress.pipeline import compress_model
         from supertiny.models.registry import find_model_version
+        from supertiny.progress import BarProgress
 
         row = find_model_version(self.store, self.plan.llm)
         if row is not None and Path(row.path).exists():
@@ -236,8 +236,8 @@ class Demo:
                            self.plan.teacher, self.plan.model_name("train-kd"))
 
     def _train(self, algorithm: str, student: str, config: Any, teacher: str | None, name: str) -> dict[str, Any]:
-        from supertiny.cli.train import BarProgress
         from supertiny.models.registry import find_model_version
+        from supertiny.progress import BarProgress
         from supertiny.transfer.pipeline import train_model
 
         if find_model_version(self.store, name) is None:
@@ -250,11 +250,11 @@ class Demo:
         return _model_facts(self.store, name)
 
     def prune(self) -> dict[str, Any]:
-        from supertiny.cli.train import BarProgress
         from supertiny.compress.heal import heal_model
         from supertiny.compress.pipeline import compress_model
         from supertiny.compress.prune_config import PruneConfig
         from supertiny.models.registry import find_model_version
+        from supertiny.progress import BarProgress
 
         pruned, healed = self.plan.model_name("prune", "pruned"), self.plan.model_name("prune", "healed")
         progress = BarProgress()
@@ -272,10 +272,10 @@ class Demo:
         return _model_facts(self.store, healed)
 
     def quantize(self) -> dict[str, Any]:
-        from supertiny.cli.train import BarProgress
         from supertiny.compress.pipeline import compress_model
         from supertiny.compress.quantize_config import QuantizeConfig
         from supertiny.models.registry import find_model_version
+        from supertiny.progress import BarProgress
 
         source = self.model("prune") if self.plan.prune_to else self.trained()
         name = self.plan.model_name("quantize", self.plan.quantize)
