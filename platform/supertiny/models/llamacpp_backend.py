@@ -239,9 +239,9 @@ class LlamaCppChatModel(ChatModel):
     # --- speed ----------------------------------------------------------------------------------
 
     def measure_speed(self, prompt_tokens: int = 128, new_tokens: int = 32) -> Any:
-        """Prefill and decode tokens/s on the fixed prompt of :mod:`supertiny.compress.speed`, greedy, forced
+        """Prefill and decode tokens/s on the fixed prompt of :mod:`supertiny.models.speed`, greedy, forced
         to ``new_tokens`` (after one warm-up), so llama.cpp and torch models are timed on the same work."""
-        from supertiny.compress.speed import Speed, prompt_ids
+        from supertiny.models.speed import Speed, prompt_ids
 
         new_tokens = max(new_tokens, 2)
         ids = prompt_ids(self.tokenizer, prompt_tokens)[0].tolist()
