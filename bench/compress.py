@@ -175,7 +175,7 @@ def accuracy(store: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
     # a smaller stored evaluation (e.g. the demo's 3 a category) would mix sample sizes in one table
     if stored is None or (args.eval_run and stored["n_tasks"] < args.eval_run * len(stored["per_category"])):
         from supertiny.evaluate.runner import EvalConfig, evaluate
-        from supertiny.models.loading import close_models
+        from supertiny.runtime.loading import close_models
 
         try:
             evaluate(store, EvalConfig(model=name, domain=args.eval_domain, split=args.eval_split,

@@ -382,9 +382,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from supertiny.config import get_settings
     from supertiny.errors import InvalidInputError
     from supertiny.evaluate.selection import select_tasks
-    from supertiny.models.loading import close_models, open_model
     from supertiny.registry import lookup
     from supertiny.route.calibrate import cascade_curve
+    from supertiny.runtime.loading import close_models, open_model
     from supertiny.store.session import open_store
 
     if args.threads:

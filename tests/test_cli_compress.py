@@ -11,7 +11,7 @@ from helpers.training import harvest_snapshot
 from supertiny.cli import cli
 from supertiny.cli.compress import compressor_command
 from supertiny.compress.quantize_config import QuantizeConfig
-from supertiny.models.loading import close_models
+from supertiny.runtime.loading import close_models
 from supertiny.store.engine import Store
 
 EVAL = ["--eval-domain", "toy-weather", "--eval-split", "test", "--eval-per-category", "1"]

@@ -6,8 +6,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import REPO_ROOT
 from supertiny.cli import cli
-from supertiny.models.loading import close_models
 from supertiny.models.registry import register_model_version
+from supertiny.runtime.loading import close_models
 from supertiny.store.engine import Store
 
 WEATHER_TOOLS = REPO_ROOT / "examples" / "weather_tools.json"
@@ -135,7 +135,7 @@ def test_bad_tools_files_are_one_line(registered, tmp_path, content, message):
 
 
 def test_bare_function_schemas_are_accepted_as_tools(tmp_path):
-    from supertiny.models.chat import load_tools_file
+    from supertiny.runtime.chat import load_tools_file
 
     path = tmp_path / "tools.json"
     bare = {"name": "f", "parameters": {"type": "object", "properties": {}}}

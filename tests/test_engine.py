@@ -22,8 +22,8 @@ from supertiny.engine.launch import EngineOptions, healthy
 from supertiny.engine.manager import engine_statuses, start_engine, stop_engine
 from supertiny.errors import EngineUnavailableError, InvalidInputError
 from supertiny.models.backend import GenerationOptions
-from supertiny.models.loading import close_models, open_model
 from supertiny.models.registry import register_external
+from supertiny.runtime.loading import close_models, open_model
 from supertiny.store import HarvestRun, RequestLog, Sample
 from supertiny.store.session import open_store
 

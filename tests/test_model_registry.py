@@ -138,7 +138,7 @@ def test_a_directory_without_config_or_weights_is_refused(store, tmp_path, tiny_
 
 
 def test_open_model_resolves_names_and_paths_and_caches(sqlite_store, tiny_model_dir, tmp_path):
-    from supertiny.models.loading import close_models, open_model, resolve_model
+    from supertiny.runtime.loading import close_models, open_model, resolve_model
 
     register_external(sqlite_store, tiny_model_dir, "tiny")
     try:

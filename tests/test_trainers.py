@@ -63,7 +63,7 @@ def test_sft_lowers_the_loss_and_registers_a_reloadable_model_with_its_lineage(e
     assert row.path == str(settings.models_dir / "s1")
     _reload_and_generate(row.path)
     # the registered row opens through the backend too (evaluation and serving use this path)
-    from supertiny.models.loading import open_model
+    from supertiny.runtime.loading import open_model
 
     assert open_model(store, "s1").generate([{"role": "user", "content": "hi"}]).completion_tokens > 0
     # the checkpoints are gone once the model is registered

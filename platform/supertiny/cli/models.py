@@ -181,7 +181,7 @@ def chat(settings: Settings, model: str, message: str, tools_file: str | None, s
          max_tokens: int, temperature: float, as_json: bool) -> None:
     """Send MESSAGE to MODEL (a registered name or a path) and show the answer and its tool calls."""
     from supertiny.models.backend import GenerationOptions
-    from supertiny.models.chat import chat_once, load_tools_file
+    from supertiny.runtime.chat import chat_once, load_tools_file
     from supertiny.store.session import open_store
 
     tools = load_tools_file(tools_file) if tools_file else None

@@ -44,8 +44,8 @@ def model_report(store: Store, name: str, options: ReportOptions, progress: Eval
 
 
 def _speed(store: Store, name: str, options: ReportOptions) -> dict[str, Any]:
-    from supertiny.models.loading import open_model
     from supertiny.models.speed import measure_speed
+    from supertiny.runtime.loading import open_model
 
     chat = open_model(store, name, in_process=True)  # the weights' own speed, not an engine's
     if hasattr(chat, "measure_speed"):  # a backend that runs its own network (llama.cpp) times itself

@@ -92,7 +92,7 @@ class Demo:
     def run(self) -> Path:
         """Run every step not yet done; write and return the report."""
         from supertiny.demo.report import write_report
-        from supertiny.models.loading import close_models
+        from supertiny.runtime.loading import close_models
 
         steps = self.steps()
         self.echo(f"supertiny demo: {len(steps)} steps, state and report in {self.directory}")

@@ -133,9 +133,9 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def evaluate(store: Store, config: EvalConfig, progress: ProgressCallback | None = None) -> Evaluation:
     """Evaluate ``config.model`` on ``config.domain`` and store the result."""
-    from supertiny.models.loading import open_model
     from supertiny.models.registry import get_model_version
     from supertiny.registry import lookup
+    from supertiny.runtime.loading import open_model
 
     domain: Domain = lookup("domain", config.domain)
     version = get_model_version(store, config.model)

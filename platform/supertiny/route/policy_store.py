@@ -82,7 +82,7 @@ def _check_route(route: str) -> str:
 def check_models_exist(store: Store, kind: str, params: dict[str, Any]) -> None:
     """NotFoundError (naming the closest registered model) unless every model the params name is registered
     or is a model directory or .gguf file: a route must not be stored only to answer 502."""
-    from supertiny.models.loading import resolve_model
+    from supertiny.runtime.loading import resolve_model
 
     for model in validate_params(kind, params).models().values():
         resolve_model(store, model, in_process=True)

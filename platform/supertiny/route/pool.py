@@ -35,7 +35,7 @@ class ModelPool:
     def for_store(cls, store: Any, **kwargs: Any) -> "ModelPool":
         """A pool that opens registered model names (or model directories) from ``store``."""
         def opener(name: str, in_process: bool = False) -> ChatModel:
-            from supertiny.models.loading import open_model
+            from supertiny.runtime.loading import open_model
 
             return open_model(store, name, in_process=in_process)
 
@@ -68,7 +68,7 @@ class ModelPool:
     def forget(self, name: str, model: ChatModel) -> None:
         """Drop ``model`` (its engine stopped answering): the next ``get`` opens ``name`` anew, on a restarted
         engine or, once the engine is stopped for good, in-process."""
-        from supertiny.models.loading import forget_model
+        from supertiny.runtime.loading import forget_model
 
         with self._lock:
             for key in [key for key, cached in self._models.items() if key[0] == name and cached is model]:

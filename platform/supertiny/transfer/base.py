@@ -72,8 +72,8 @@ class TrainContext:
         if self.open_chat_model is not None:
             return self.open_chat_model(name)
         from supertiny.models.langchain_adapter import SupertinyChatModel
-        from supertiny.models.loading import resolve_model
         from supertiny.registry import lookup
+        from supertiny.runtime.loading import resolve_model
 
         where = resolve_model(self.store, name)
         return SupertinyChatModel(model=lookup("backend", where.backend).open(where.location, dict(where.config)))

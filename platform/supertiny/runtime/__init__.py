@@ -1,0 +1,2 @@
+"""Where models run: each opened on its running engine or in-process through its backend, kept in one cache,
+and one checked chat turn with a model."""
