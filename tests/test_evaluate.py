@@ -90,3 +90,24 @@ def test_the_paired_test_counts_only_the_tasks_both_judged_and_where_they_disagr
     assert (test["shared_tasks"], test["only_model"], test["only_baseline"]) == (40, 12, 0)
     assert test["difference"] == 0.3 and test["p_value"] == round(2 / 2**12, 6)
     assert queries.paired_test(baseline, evaluation("x", {"other": True}))["shared_tasks"] == 0
+
+
+def test_a_task_waits_for_its_answer_as_long_as_the_evaluation_allows(store, toy, monkeypatch):
+    from helpers.chat_models import ScriptedModel
+    from supertiny.errors import BackendTimeoutError
+    from supertiny.evaluate import runner
+
+    slow = ScriptedModel("slow", delay_s=0.3)
+    monkeypatch.setattr("supertiny.runtime.loading.open_model", lambda store, name: slow)
+    register_external_like(store, "slow")
+    evaluation = runner.evaluate(store, EvalConfig(model="slow", domain="toy-weather", limit=2, concurrency=2))
+    assert evaluation.n_tasks == 2  # the default waits far longer than a busy engine needs
+    with pytest.raises(BackendTimeoutError, match=r"did not answer within 0\.1s"):
+        runner.evaluate(store, EvalConfig(model="slow", domain="toy-weather", limit=2, timeout_s=0.1))
+
+
+def register_external_like(store, name):
+    from supertiny.models.registry import register_model_version
+
+    register_model_version(store, name=name, stage="external", format="hf", backend="transformers",
+                           path=f"/nowhere/{name}")

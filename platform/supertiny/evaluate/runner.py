@@ -35,6 +35,9 @@ class EvalConfig:
     concurrency: int | None = None
     # evaluate with the domain's system prompt and few-shot examples (the "prototype" setting)
     use_prompt: bool = False
+    # seconds a task waits for its answer: the tasks in flight share the model (an engine decodes them together),
+    # so one task's wall time grows with their number; a batch job waits for its own queue
+    timeout_s: float = 3600.0
 
 
 def _record(task: DomainTask, verdict: Verdict, valid: bool, confidence: float | None, latency_s: float,
@@ -84,7 +87,8 @@ def _single_shot(model: ChatModel, domain: Domain, tasks: list[DomainTask], conf
                  progress: ProgressCallback | None) -> list[dict[str, Any]]:
     from supertiny.prototype.agent import prompt_messages, task_tools
 
-    options = GenerationOptions(max_new_tokens=config.max_new_tokens, temperature=0.0, logprobs=True)
+    options = GenerationOptions(max_new_tokens=config.max_new_tokens, temperature=0.0, logprobs=True,
+                                timeout_s=config.timeout_s)
 
     def answer(task: DomainTask) -> dict[str, Any]:
         messages = (prompt_messages(domain, task) if config.use_prompt else []) + task.messages
