@@ -137,8 +137,9 @@ def markdown(result: dict[str, Any]) -> str:
               "|---|---|---|---|---|"]
     for test in compared["paired"]:
         difference = "-" if test["difference"] is None else f"{test['difference'] * 100:+.1f} points"
+        p_value = "< 1e-6" if test["p_value"] < 1e-6 else f"{test['p_value']:.3g}"
         lines.append(f"| `{test['model']}` | {difference} | {test['only_model']} | {test['only_baseline']} "
-                     f"| {test['p_value']:.3g} |")
+                     f"| {p_value} |")
     if result.get("published"):
         lines += ["", "## Published 0.5B figures reached in every category", "",
                   "| model | " + " | ".join(PUBLISHED) + " |", "|---|" + "---|" * len(PUBLISHED)]
@@ -234,6 +235,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--models", required=True, help="Comma-separated registered models, each evaluated on the "
                         "split (`supertiny eval run`).")
     parser.add_argument("--harvest-run", type=int, help="The prototype teacher's harvest run.")
+    parser.add_argument("--grpo", default="", help="Comma-separated grpo models whose reward curves to draw (evaluated "
+                        "or not).")
     parser.add_argument("--cascade", metavar="TINY", help="Draw the cascade TINY -> the teacher on the same tasks.")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -249,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     compared = compare(store, [args.teacher, *models], args.domain, args.split)
     result: dict[str, Any] = {"created": dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
                               "domain": args.domain, "split": args.split, "compared": compared,
-                              "reward_curves": reward_curves(store, models)}
+                              "reward_curves": reward_curves(store, [*models, *filter(None, args.grpo.split(","))])}
     if args.harvest_run is not None:
         result["harvest"] = harvest_rows(store, args.harvest_run)
     if args.cascade:
