@@ -17,7 +17,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from supertiny.compress.base import NullProgress, Progress
+from supertiny.progress import NullProgress, Progress
 from supertiny.store import DatasetItem
 
 

@@ -11,8 +11,8 @@ row's parent is the pruned model.
 from supertiny.compress.heal_config import HealConfig
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError
+from supertiny.progress import Progress
 from supertiny.store import Store
-from supertiny.transfer.base import Progress
 from supertiny.transfer.kd_trainer import KDTrainer
 from supertiny.transfer.pipeline import TrainedModel
 

@@ -12,10 +12,11 @@ import dataclasses
 import time
 from typing import Any
 
-from supertiny.compress.base import CompressContext, Compressor, NullProgress, Progress
+from supertiny.compress.base import CompressContext, Compressor
 from supertiny.compress.compress_config import CompressConfig
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError
+from supertiny.progress import NullProgress, Progress
 from supertiny.store import Store
 from supertiny.store.tables import MODEL_STAGES
 

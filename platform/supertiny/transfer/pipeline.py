@@ -16,9 +16,10 @@ from typing import Any
 
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError
+from supertiny.progress import NullProgress, Progress
 from supertiny.store import Dataset, ModelVersion, Store
 from supertiny.store.tables import MODEL_STAGES
-from supertiny.transfer.base import NullProgress, Progress, TrainContext, Trainer
+from supertiny.transfer.base import TrainContext, Trainer
 from supertiny.transfer.train_config import TrainConfig
 
 MAX_NAME = 200

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from supertiny.errors import InvalidInputError
+from supertiny.progress import Progress
 from supertiny.store import DatasetItem
-from supertiny.transfer.base import Progress, TrainContext, Trainer, TrainResult
+from supertiny.transfer.base import TrainContext, Trainer, TrainResult
 from supertiny.transfer.chat_data import markup_spellings, tokenize_records, without_call_prose
 from supertiny.transfer.resources import ModelRef, model_facts, model_ref, training_dtype
 from supertiny.transfer.sft_config import SFTConfig
