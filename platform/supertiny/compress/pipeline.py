@@ -125,7 +125,7 @@ def prepare_compression(
 
 def execute_compression(prepared: PreparedCompression) -> CompressedModel:
     """Compress, then register what the compressor wrote."""
-    from supertiny.models import weights
+    from supertiny.artifacts import weights
     from supertiny.models.registry import register_model_version
 
     compressor, context = prepared.compressor, prepared.context

@@ -30,7 +30,6 @@ Config keys:
 import atexit
 import dataclasses
 import json
-import os
 import threading
 import time
 import weakref
@@ -38,6 +37,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from supertiny.artifacts.hardware import usable_cpus
 from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError
 from supertiny.models.backend import (
     Capabilities,
@@ -122,7 +122,7 @@ class LlamaCppChatModel(ChatModel):
         if not getattr(tokenizer, "chat_template", None):
             raise ModelError(f"the tokenizer in {tokenizer_dir} has no chat template",
                              hint="supertiny needs an instruct model whose template renders tools")
-        threads = int(config.get("threads") or _usable_cpus())
+        threads = int(config.get("threads") or usable_cpus())
         try:
             llama = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=int(config.get("n_ctx", 4096)),
                                     n_batch=int(config.get("n_batch", 512)), n_threads=threads,
@@ -239,9 +239,9 @@ class LlamaCppChatModel(ChatModel):
     # --- speed ----------------------------------------------------------------------------------
 
     def measure_speed(self, prompt_tokens: int = 128, new_tokens: int = 32) -> Any:
-        """Prefill and decode tokens/s on the fixed prompt of :mod:`supertiny.models.speed`, greedy, forced
+        """Prefill and decode tokens/s on the fixed prompt of :mod:`supertiny.artifacts.speed`, greedy, forced
         to ``new_tokens`` (after one warm-up), so llama.cpp and torch models are timed on the same work."""
-        from supertiny.models.speed import Speed, prompt_ids
+        from supertiny.artifacts.speed import Speed, prompt_ids
 
         new_tokens = max(new_tokens, 2)
         ids = prompt_ids(self.tokenizer, prompt_tokens)[0].tolist()
@@ -297,12 +297,6 @@ def find_gguf(location: str | Path) -> Path:
             raise ModelError(f"no .gguf file in {path}", hint="`supertiny compress gguf --model MODEL` writes one")
         raise ModelError(f"{path} holds {len(files)} .gguf files", hint="give the path of one of them")
     raise ModelError(f"no GGUF file or directory at {path}")
-
-
-def _usable_cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _configured_eos(directory: Path) -> int | list[int] | None:

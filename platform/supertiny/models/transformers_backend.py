@@ -5,7 +5,7 @@ Config keys:
 
 - ``dtype``: ``"auto"`` (default), ``"bfloat16"``, ``"float32"`` or ``"float16"``. ``auto`` takes the dtype
   the model's config.json declares where the hardware computes it natively, else fp32
-  (:func:`supertiny.models.hardware.fast_dtype`: bf16 on a CPU without AVX512-BF16/AMX, or fp16 on any
+  (:func:`supertiny.artifacts.hardware.fast_dtype`: bf16 on a CPU without AVX512-BF16/AMX, or fp16 on any
   CPU, becomes fp32); a GGUF, dequantized on load, counts as bf16; a config that declares nothing gives fp32.
 - ``threads``: torch CPU threads (process-wide: ``torch.set_num_threads``).
 - ``gguf_file``: the GGUF file inside the directory, by name or absolute path (a location naming a
@@ -33,6 +33,7 @@ from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from supertiny.artifacts.hardware import fast_dtype
 from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError
 from supertiny.models.backend import (
     Capabilities,
@@ -52,7 +53,6 @@ from supertiny.models.backend import (
 )
 from supertiny.models.batching import BatchRequest, DynamicBatcher
 from supertiny.models.deadlines import PastDeadline, deadline_criterion, install_deadline_hooks
-from supertiny.models.hardware import fast_dtype
 
 # model_type: informational, written by the model registry
 CONFIG_KEYS = ("dtype", "threads", "gguf_file", "device", "name", "max_batch_size", "dynamic_batching",

@@ -150,7 +150,7 @@ def prepare_run(
 
 def execute_run(run: PreparedRun, keep_checkpoints: bool = False) -> TrainedModel:
     """Train (resuming), save the model under ``models_dir`` and register it."""
-    from supertiny.models import weights
+    from supertiny.artifacts import weights
     from supertiny.models.registry import register_model_version
     from supertiny.transfer import resources
     from supertiny.transfer.hf_loop import remove_checkpoints

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from supertiny.artifacts.hardware import fast_dtype
 from supertiny.errors import InvalidInputError, ResourceError
-from supertiny.models.hardware import fast_dtype
 from supertiny.store import ModelVersion
 from supertiny.transfer.train_config import TrainConfig
 
@@ -63,7 +63,7 @@ def model_ref(version: ModelVersion) -> ModelRef:
 
 
 def model_facts(ref: ModelRef) -> ModelFacts:
-    from supertiny.models import weights
+    from supertiny.artifacts import weights
 
     config: dict[str, Any] = {}
     if (ref.path / "config.json").is_file():
