@@ -79,10 +79,10 @@ def prepare_compression(
     progress: Progress | None = None,
 ) -> PreparedCompression:
     """Resolve and check everything a run needs; nothing is loaded yet."""
+    from supertiny.artifacts.facts import model_ref
     from supertiny.datasets.snapshot import get_snapshot
     from supertiny.models.registry import find_model_version, get_model_version, require_hf_weights
     from supertiny.registry import lookup
-    from supertiny.transfer.resources import model_ref
 
     compressor: Compressor = lookup("compressor", algorithm)
     config = config if config is not None else compressor.config_class()
