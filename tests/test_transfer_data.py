@@ -5,8 +5,8 @@ import json
 
 import pytest
 from helpers.toy_domain import WEATHER_TOOL
+from supertiny.artifacts.chat_template import chat_template_messages
 from supertiny.errors import InvalidInputError
-from supertiny.models.backend import chat_template_messages
 from supertiny.transfer.chat_data import (
     IGNORE_INDEX,
     assistant_spans,

@@ -37,15 +37,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from supertiny.artifacts.chat_template import DECODE_KWARGS, load_chat_tokenizer, render_chat_prompt, stop_token_ids
 from supertiny.artifacts.hardware import usable_cpus
+from supertiny.artifacts.hf import first_line
 from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError
 from supertiny.models.backend import (
     Capabilities,
     ChatModel,
     Generation,
     GenerationOptions,
-    MessageLike,
-    ToolLike,
     backend_config,
     check_context_length,
     cut_at_stops,
@@ -53,7 +53,8 @@ from supertiny.models.backend import (
     parse_answer,
     truncate_at_stops,
 )
-from supertiny.models.transformers_backend import DECODE_KWARGS, first_line, render_chat_prompt, stop_token_ids
+from supertiny.schema.messages import MessageLike
+from supertiny.schema.tools import ToolLike
 
 CONFIG_KEYS = ("threads", "n_ctx", "n_batch", "tokenizer", "name",
                "model_type")  # model_type: informational, written by the model registry
@@ -113,15 +114,7 @@ class LlamaCppChatModel(ChatModel):
             import llama_cpp
         except ImportError as exc:
             raise ModelError(MISSING_LLAMA_CPP) from exc
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelError(f"cannot load the tokenizer in {tokenizer_dir}: {first_line(exc)}") from exc
-        if not getattr(tokenizer, "chat_template", None):
-            raise ModelError(f"the tokenizer in {tokenizer_dir} has no chat template",
-                             hint="supertiny needs an instruct model whose template renders tools")
+        tokenizer = load_chat_tokenizer(tokenizer_dir)
         threads = int(config.get("threads") or usable_cpus())
         try:
             llama = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=int(config.get("n_ctx", 4096)),

@@ -20,8 +20,9 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from supertiny.artifacts.chat_template import chat_template_messages
 from supertiny.errors import InvalidInputError
-from supertiny.models.backend import chat_template_messages, tool_dicts
+from supertiny.schema.tools import tool_dicts
 
 IGNORE_INDEX = -100
 Spellings = Mapping[int, Sequence[int]]
