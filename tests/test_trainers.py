@@ -225,7 +225,7 @@ def test_kd_lowers_the_divergence_to_the_teacher(env):
 
 def test_kd_logits_on_the_trained_positions_are_the_full_forward_passes(tiny_model_dir):
     import torch
-    from supertiny.transfer.chat_data import IGNORE_INDEX
+    from supertiny.artifacts.conversation import IGNORE_INDEX
     from supertiny.transfer.kd_trainer import trained_logits
     from transformers import AutoModelForCausalLM
 

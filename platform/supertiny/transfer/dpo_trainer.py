@@ -14,11 +14,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from supertiny.artifacts.conversation import assistant_spans
 from supertiny.artifacts.facts import model_facts, model_ref
 from supertiny.errors import InvalidInputError
 from supertiny.store import DatasetItem, ModelVersion
 from supertiny.transfer.base import TrainContext, Trainer, TrainResult
-from supertiny.transfer.chat_data import assistant_spans
 from supertiny.transfer.dpo_config import DPOConfig
 from supertiny.transfer.resources import training_dtype
 

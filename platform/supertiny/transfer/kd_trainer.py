@@ -14,11 +14,12 @@ default Qwen2.5-Coder 0.5B / 1.5B pair shares one); anything else is refused bef
 import random
 from typing import Any
 
+from supertiny.artifacts.conversation import IGNORE_INDEX
 from supertiny.artifacts.facts import compute_dtype, model_facts, model_ref
 from supertiny.errors import InvalidInputError
 from supertiny.store import ModelVersion
 from supertiny.transfer.base import TrainContext, Trainer, TrainResult
-from supertiny.transfer.chat_data import IGNORE_INDEX, markup_spellings
+from supertiny.transfer.chat_data import markup_spellings
 from supertiny.transfer.kd_config import KDConfig
 from supertiny.transfer.kd_data import distillation_examples
 from supertiny.transfer.resources import training_dtype

@@ -1,5 +1,5 @@
 """``sft``: supervised fine-tuning with TRL's SFTTrainer on pre-tokenized conversations whose labels keep
-only the assistant tokens (see :mod:`supertiny.transfer.chat_data`)."""
+only the assistant tokens (see :mod:`supertiny.artifacts.conversation`)."""
 
 from collections.abc import Sequence
 from pathlib import Path
