@@ -10,7 +10,7 @@
    the source is bf16) with the tokenizer, chat template and generation config.
 
 A pruned model loses accuracy; ``supertiny compress prune --heal`` (or ``supertiny train heal``)
-distils it back towards its parent (:mod:`supertiny.compress.heal`).
+distils it back towards its parent (the ``heal`` trainer).
 """
 
 import time
