@@ -9,12 +9,12 @@
 
 It measures the machine's memory-read bandwidth (a sum over a 1 GiB buffer, best of 3), then, for each model in
 a subprocess of its own (so peak RAM is that model's alone): parameters, bytes on disk, prefill and decode
-tokens/s (greedy, one sequence, :func:`supertiny.models.speed.measure_speed`; a llama.cpp (GGUF) model times
+tokens/s (greedy, one sequence, :func:`supertiny.artifacts.speed.measure_speed`; a llama.cpp (GGUF) model times
 the same work itself, ``LlamaCppChatModel.measure_speed``), the bytes of weights one decode step reads (every
 matrix once; the input embedding only when the output head is tied to it; for a GGUF, its tensors' bytes by the
 same rule), decode speed as a fraction of the bound ``bandwidth / bytes per token``, decode tokens per
 CPU-second (on a shared machine, with ``--threads 1``, the fairer comparison: see
-:mod:`supertiny.models.speed`) and peak RSS (VmHWM: load + measurement, with torch's own ~0.3 GiB). torch and
+:mod:`supertiny.artifacts.speed`) and peak RSS (VmHWM: load + measurement, with torch's own ~0.3 GiB). torch and
 llama.cpp run on the same number of threads (``--threads``, else torch's default). With ``--eval``, accuracy
 per category from the latest stored evaluation on ``--eval-domain`` / ``--eval-split`` (``--eval-run N``
 evaluates N tasks a category where none is stored, or where the stored one has fewer).
@@ -92,9 +92,9 @@ def gguf_bytes_per_token(path: str | Path) -> int:
 
 
 def best_speed(speeds: list[Any]) -> Any:
-    """One :class:`~supertiny.models.speed.Speed` of several timings, the best prefill and the best
-    whole generation (prefill + decode), as :func:`~supertiny.models.speed.measure_speed` takes them."""
-    from supertiny.models.speed import Speed
+    """One :class:`~supertiny.artifacts.speed.Speed` of several timings, the best prefill and the best
+    whole generation (prefill + decode), as :func:`~supertiny.artifacts.speed.measure_speed` takes them."""
+    from supertiny.artifacts.speed import Speed
 
     prefill, prefill_cpu = min(s.prefill_s for s in speeds), min(s.prefill_cpu_s for s in speeds)
     total = min(s.prefill_s + s.decode_s for s in speeds)
@@ -120,9 +120,9 @@ def peak_rss() -> int:
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """In a subprocess: open one model through its backend, time it, report peak RSS. A model that times
-    itself (llama.cpp's) does; a torch model is timed by :func:`supertiny.models.speed.measure_speed`."""
+    itself (llama.cpp's) does; a torch model is timed by :func:`supertiny.artifacts.speed.measure_speed`."""
     import torch
-    from supertiny.models.speed import measure_speed
+    from supertiny.artifacts.speed import measure_speed
     from supertiny.registry import lookup
 
     threads = spec["threads"] or torch.get_num_threads()

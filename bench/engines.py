@@ -54,8 +54,8 @@ def model_dir(name_or_path: str) -> str:
 def engine_model(kind: str, store: Any, settings: Any, directory: str, label: str = "bench") -> Iterator[str]:
     """Register ``directory`` in the scratch store as this engine's model (starting its vLLM engine for
     ``vllm``); yields the registered name, and stops the engine and closes the model after."""
+    from supertiny.artifacts.weights import weights_size
     from supertiny.models.registry import register_external, register_model_version
-    from supertiny.models.weights import weights_size
     from supertiny.runtime.loading import close_models
 
     name = f"{label}-{kind}"

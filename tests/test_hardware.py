@@ -1,7 +1,7 @@
 """The compute-dtype choice: bf16 only where the hardware runs it natively."""
 
 import pytest
-from supertiny.models import hardware
+from supertiny.artifacts import hardware
 
 
 @pytest.mark.parametrize(("override", "declared", "device", "expected"), [

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from helpers import toy_domain
 from helpers.scripted_chat import ScriptedChatModel, weather_oracle
 from helpers.training import FAST, alternating, harvest_snapshot, wrong_answer
+from supertiny.artifacts.facts import ModelFacts
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError, NotFoundError, ResourceError
 from supertiny.models.registry import get_model_version, lineage, register_external
@@ -188,9 +189,9 @@ def test_bad_input_is_refused_before_training(env, monkeypatch):
 
 def test_memory_estimate_grows_with_full_fine_tuning_and_a_teacher(monkeypatch):
     monkeypatch.setenv("SUPERTINY_CPU_BF16", "1")
-    student = resources.ModelFacts(param_count=494_000_000, dtype="bfloat16", hidden_size=896, num_layers=24,
+    student = ModelFacts(param_count=494_000_000, dtype="bfloat16", hidden_size=896, num_layers=24,
                                    vocab_size=151_936)
-    teacher = resources.ModelFacts(param_count=1_540_000_000, dtype="bfloat16", hidden_size=1536, num_layers=28,
+    teacher = ModelFacts(param_count=1_540_000_000, dtype="bfloat16", hidden_size=1536, num_layers=28,
                                    vocab_size=151_936)
     lora = resources.estimate_training_bytes(SFTConfig(max_length=256), student, [])
     full = resources.estimate_training_bytes(SFTConfig(max_length=256, lora=False), student, [])
@@ -224,7 +225,7 @@ def test_kd_lowers_the_divergence_to_the_teacher(env):
 
 def test_kd_logits_on_the_trained_positions_are_the_full_forward_passes(tiny_model_dir):
     import torch
-    from supertiny.transfer.chat_data import IGNORE_INDEX
+    from supertiny.artifacts.conversation import IGNORE_INDEX
     from supertiny.transfer.kd_trainer import trained_logits
     from transformers import AutoModelForCausalLM
 

@@ -5,15 +5,10 @@ import json
 
 import pytest
 from helpers.toy_domain import WEATHER_TOOL
+from supertiny.artifacts.chat_template import chat_template_messages
+from supertiny.artifacts.conversation import IGNORE_INDEX, assistant_spans, tokenize_conversation
 from supertiny.errors import InvalidInputError
-from supertiny.models.backend import chat_template_messages
-from supertiny.transfer.chat_data import (
-    IGNORE_INDEX,
-    assistant_spans,
-    markup_spellings,
-    tokenize_conversation,
-    tokenize_records,
-)
+from supertiny.transfer.chat_data import markup_spellings, tokenize_records
 from transformers import AutoTokenizer
 
 BFCL_TOOL = {"name": "calc.area", "description": "Area of a triangle.",

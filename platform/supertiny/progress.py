@@ -1,7 +1,27 @@
-"""Progress on a terminal: a bar per phase of a long job (loading, sampling, training), shared by the CLI
-commands and the demo."""
+"""Progress of a long job (loading, sampling, training, calibrating): the interface trainers and compressors
+report phases through, and the terminal bar the CLI commands and the demo draw it with."""
 
-from typing import Any
+from typing import Any, Protocol
+
+
+class Progress(Protocol):
+    """Where a long job reports what it is doing: phases (loading, sampling, training) with counts."""
+
+    def phase(self, description: str, total: int | None = None) -> None:
+        """A new phase starts; ``total`` is the count ``update`` goes up to, when known."""
+
+    def update(self, done: int, **info: Any) -> None:
+        """``done`` of the phase's total; ``info`` is shown beside it (loss=..., pass_rate=...)."""
+
+
+class NullProgress:
+    """Progress that shows nothing."""
+
+    def phase(self, description: str, total: int | None = None) -> None:
+        pass
+
+    def update(self, done: int, **info: Any) -> None:
+        pass
 
 
 class BarProgress:

@@ -1,9 +1,7 @@
-"""Built-in stage-3 compressors (prune, quantize, gguf export), the backend that serves quantized models, and the
-``heal`` trainer (kd of a pruned model from its parent, stage ``healed``)."""
+"""Built-in stage-3 compressors (prune, quantize, gguf export) and the backend that serves quantized models."""
 
 import supertiny
 from supertiny.compress.gguf_compressor import GGUFCompressor
-from supertiny.compress.heal import HealTrainer
 from supertiny.compress.prune_compressor import PruneCompressor
 from supertiny.compress.quantize_compressor import QuantizeCompressor
 from supertiny.compress.quantized_backend import QuantizedBackend
@@ -20,7 +18,3 @@ def register_compressors(register):
 def register_backends(register):
     register(QuantizedBackend())
 
-
-@supertiny.hookimpl(trylast=True)
-def register_trainers(register):
-    register(HealTrainer())

@@ -1,8 +1,10 @@
-"""Built-in stage-2 trainers: sft, rft, dpo, grpo and kd."""
+"""Built-in trainers: sft, rft, dpo, grpo and kd (stage 2), and heal (kd of a pruned model from its parent, stage
+``healed``)."""
 
 import supertiny
 from supertiny.transfer.dpo_trainer import DPOTrainer
 from supertiny.transfer.grpo_trainer import GRPOTrainer
+from supertiny.transfer.heal_trainer import HealTrainer
 from supertiny.transfer.kd_trainer import KDTrainer
 from supertiny.transfer.rft_trainer import RFTTrainer
 from supertiny.transfer.sft_trainer import SFTTrainer
@@ -15,3 +17,4 @@ def register_trainers(register):
     register(DPOTrainer())
     register(GRPOTrainer())
     register(KDTrainer())
+    register(HealTrainer())

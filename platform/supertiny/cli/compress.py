@@ -87,12 +87,12 @@ def compressor_command(compressor: Any) -> click.Command:
             eval_split: str, eval_per_category: int | None, eval_limit: int | None, speed: bool, as_json: bool,
             data: str | None = None, heal: bool = False, heal_name: str | None = None, heal_max_steps: int = -1,
             heal_epochs: float = 1.0, heal_learning_rate: float | None = None, **options: Any) -> None:
-        from supertiny.compress.heal_config import HealConfig
         from supertiny.compress.pipeline import execute_compression, prepare_compression
         from supertiny.compress.report import ReportOptions
         from supertiny.errors import InvalidInputError
         from supertiny.progress import BarProgress, quiet_libraries
         from supertiny.store.session import open_store
+        from supertiny.transfer.heal_config import HealConfig
 
         quiet_libraries()
         store = open_store(settings)
@@ -110,7 +110,7 @@ def compressor_command(compressor: Any) -> click.Command:
             result = execute_compression(prepared)
             healed = None
             if heal_config is not None:
-                from supertiny.compress.heal import heal_model
+                from supertiny.transfer.heal_trainer import heal_model
 
                 healed = heal_model(store, settings, result.name, data=str(data), teacher=model, name=heal_name,
                                     config=heal_config, domain=domain, progress=progress)

@@ -3,6 +3,6 @@
 One algorithm = one ``<algo>_config.py`` dataclass (its fields are also the CLI options of
 ``supertiny compress <algo>``) + one ``<algo>_compressor.py``. :mod:`supertiny.compress.pipeline` runs
 any registered compressor and writes the result as a new model version whose parent is the input
-model (stage ``pruned`` or ``quantized``); :mod:`supertiny.compress.heal` distils a pruned model back
-towards its parent with the kd trainer (stage ``healed``).
+model (stage ``pruned`` or ``quantized``). Healing a pruned model (distilling it back towards its parent)
+is a trainer, ``heal``; ``supertiny compress prune --heal`` chains the two.
 """

@@ -13,16 +13,13 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from supertiny.artifacts.facts import ModelRef
 from supertiny.compress.compress_config import CompressConfig
 from supertiny.config import Settings
+from supertiny.progress import NullProgress, Progress
 from supertiny.store import Dataset, DatasetItem, ModelVersion, Store
-from supertiny.transfer.base import NullProgress, Progress
-from supertiny.transfer.resources import ModelRef
 
 DataUse = Literal["none", "optional", "required"]
-
-__all__ = ["CompressContext", "CompressResult", "Compressor", "DataUse", "NullProgress", "Progress"]
-
 
 @dataclasses.dataclass
 class CompressContext:

@@ -1,7 +1,7 @@
 """Calibration: run the domain's own traffic through the model and measure what each part contributes.
 
 The snapshot's conversations are rendered with the model's chat template and tools, exactly as the
-trainers and the serving backend render them (:func:`supertiny.transfer.chat_data.tokenize_conversation`),
+trainers and the serving backend render them (:func:`supertiny.artifacts.conversation.tokenize_conversation`),
 and run one at a time (no padding to mask out). Forward hooks accumulate, over every token:
 
 - the squared activation of each MLP channel (the input of ``down_proj``);
@@ -17,7 +17,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from supertiny.compress.base import NullProgress, Progress
+from supertiny.progress import NullProgress, Progress
 from supertiny.store import DatasetItem
 
 
@@ -38,7 +38,7 @@ class ActivationStats:
 def calibration_sequences(tokenizer: Any, items: Sequence[DatasetItem], samples: int, max_length: int,
                           seed: int) -> list[list[int]]:
     """Token ids of up to ``samples`` conversations (a seeded draw), each cut at ``max_length``."""
-    from supertiny.transfer.chat_data import tokenize_conversation
+    from supertiny.artifacts.conversation import tokenize_conversation
 
     chosen = list(items)
     if len(chosen) > samples:

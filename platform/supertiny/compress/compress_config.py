@@ -5,9 +5,7 @@ import dataclasses
 from typing import Any
 
 from supertiny.errors import InvalidInputError
-from supertiny.transfer.train_config import option
-
-__all__ = ["CompressConfig", "option"]
+from supertiny.options import option
 
 
 @dataclasses.dataclass

@@ -30,8 +30,8 @@ class GGUFCompressor(Compressor):
         check_exportable(context.source_ref.path)
 
     def compress(self, context: CompressContext) -> CompressResult:
+        from supertiny.artifacts.hf import set_threads
         from supertiny.compress.gguf_export import copy_companion_files, export_gguf
-        from supertiny.transfer.modeling import set_threads
 
         config: GGUFConfig = context.config  # type: ignore[assignment]
         set_threads(config.threads)

@@ -2,9 +2,10 @@
 
 import dataclasses
 
-from supertiny.compress.compress_config import CompressConfig, option
+from supertiny.compress.compress_config import CompressConfig
 from supertiny.compress.gguf_export import OUT_TYPES
 from supertiny.errors import InvalidInputError
+from supertiny.options import option
 
 
 @dataclasses.dataclass

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from supertiny.artifacts.weights import read_model_config
 from supertiny.errors import InvalidInputError
-from supertiny.models.weights import read_model_config
 
 OUT_TYPES = ("f32", "f16", "q8_0", "q4_0")
 # the output head's type when none is asked: 4-bit logits cost the most accuracy (llama.cpp's quantizer keeps

@@ -12,10 +12,11 @@ import dataclasses
 import time
 from typing import Any
 
-from supertiny.compress.base import CompressContext, Compressor, NullProgress, Progress
+from supertiny.compress.base import CompressContext, Compressor
 from supertiny.compress.compress_config import CompressConfig
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError
+from supertiny.progress import NullProgress, Progress
 from supertiny.store import Store
 from supertiny.store.tables import MODEL_STAGES
 
@@ -78,10 +79,10 @@ def prepare_compression(
     progress: Progress | None = None,
 ) -> PreparedCompression:
     """Resolve and check everything a run needs; nothing is loaded yet."""
+    from supertiny.artifacts.facts import model_ref
     from supertiny.datasets.snapshot import get_snapshot
     from supertiny.models.registry import find_model_version, get_model_version, require_hf_weights
     from supertiny.registry import lookup
-    from supertiny.transfer.resources import model_ref
 
     compressor: Compressor = lookup("compressor", algorithm)
     config = config if config is not None else compressor.config_class()
@@ -124,7 +125,7 @@ def prepare_compression(
 
 def execute_compression(prepared: PreparedCompression) -> CompressedModel:
     """Compress, then register what the compressor wrote."""
-    from supertiny.models import weights
+    from supertiny.artifacts import weights
     from supertiny.models.registry import register_model_version
 
     compressor, context = prepared.compressor, prepared.context

@@ -10,7 +10,7 @@
    the source is bf16) with the tokenizer, chat template and generation config.
 
 A pruned model loses accuracy; ``supertiny compress prune --heal`` (or ``supertiny train heal``)
-distils it back towards its parent (:mod:`supertiny.compress.heal`).
+distils it back towards its parent (the ``heal`` trainer).
 """
 
 import time
@@ -53,11 +53,11 @@ class PruneCompressor(Compressor):
                                     f"split {config.calibration_split!r}", hint="choose another --calibration-split")
 
     def compress(self, context: CompressContext) -> CompressResult:
+        from supertiny.artifacts.facts import DTYPE_BYTES, compute_dtype, model_facts
+        from supertiny.artifacts.hf import load_model, load_tokenizer, save_model, set_threads
         from supertiny.compress.calibration import calibration_sequences, collect_statistics
         from supertiny.compress.importance import choose_plan
         from supertiny.compress.structure import Shape, apply_plan, check_model_type, solve_shape
-        from supertiny.transfer.modeling import load_model, load_tokenizer, save_model, set_threads
-        from supertiny.transfer.resources import DTYPE_BYTES, compute_dtype, model_facts
 
         config: PruneConfig = context.config  # type: ignore[assignment]
         set_threads(config.threads)

@@ -2,8 +2,9 @@
 
 import dataclasses
 
-from supertiny.compress.compress_config import CompressConfig, option
+from supertiny.compress.compress_config import CompressConfig
 from supertiny.errors import InvalidInputError
+from supertiny.options import option
 
 IMPORTANCE = ("activation", "magnitude")
 

@@ -37,9 +37,9 @@ class QuantizeCompressor(Compressor):
     def compress(self, context: CompressContext) -> CompressResult:
         import torch
 
+        from supertiny.artifacts.hf import load_model, load_tokenizer, set_threads
         from supertiny.compress.quantized import quantize_modules
         from supertiny.compress.quantized_io import save_quantized
-        from supertiny.transfer.modeling import load_model, load_tokenizer, set_threads
 
         config: QuantizeConfig = context.config  # type: ignore[assignment]
         set_threads(config.threads)

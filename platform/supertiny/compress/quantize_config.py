@@ -2,8 +2,9 @@
 
 import dataclasses
 
-from supertiny.compress.compress_config import CompressConfig, option
+from supertiny.compress.compress_config import CompressConfig
 from supertiny.errors import InvalidInputError
+from supertiny.options import option
 
 SCHEMES = ("int8", "int4")
 GROUP_SIZES = (32, 64, 128, 256)

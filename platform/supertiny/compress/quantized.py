@@ -11,7 +11,7 @@ per-output-channel scales are the embedding's per-row scales.
 depend on the kernel's tiling. The embedding stays int8 (a lookup reads one row, not worth a kernel).
 
 Everything else (norms, biases, rotary tables) keeps the activation dtype. On a CPU without native bf16
-arithmetic (see :mod:`supertiny.models.hardware`) a model saved for bf16 runs its activations in fp32:
+arithmetic (see :mod:`supertiny.artifacts.hardware`) a model saved for bf16 runs its activations in fp32:
 bf16 attention and norms are emulated there and cost more than the int8 matrices save. The kernels
 keep their bf16 scales: a few rows at a time (decoding) go through the kernel in bf16, where it is
 fastest; a long prompt is multiplied by the dequantized fp32 matrix, which beats the kernel on many

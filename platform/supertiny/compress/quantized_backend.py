@@ -10,6 +10,7 @@ and the scheme come from the directory's ``quantization.json``. CPU only.
 from pathlib import Path
 from typing import Any
 
+from supertiny.artifacts.chat_template import load_chat_tokenizer
 from supertiny.errors import ModelError
 from supertiny.models.backend import backend_config
 from supertiny.models.transformers_backend import TransformersBackend, TransformersChatModel, batching_config
@@ -34,7 +35,6 @@ class QuantizedChatModel(TransformersChatModel):
     def load(cls, location: str | Path, config: dict[str, Any] | None = None) -> "QuantizedChatModel":
         config = backend_config("transformers-quantized", config, CONFIG_KEYS)
         import torch
-        from transformers import AutoTokenizer
 
         from supertiny.compress.quantized_io import is_quantized_dir, load_quantized
 
@@ -44,12 +44,6 @@ class QuantizedChatModel(TransformersChatModel):
                              hint="make one with `supertiny compress quantize`")
         if config.get("threads"):
             torch.set_num_threads(int(config["threads"]))
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelError(f"cannot load the tokenizer in {path}: {exc}") from exc
-        if not getattr(tokenizer, "chat_template", None):
-            raise ModelError(f"the tokenizer in {path} has no chat template",
-                             hint="supertiny needs an instruct model whose template renders tools")
+        tokenizer = load_chat_tokenizer(path)
         model = load_quantized(path)
         return cls(model, tokenizer, str(config.get("name") or path.name), **batching_config(config))

@@ -77,8 +77,8 @@ def load_quantized(directory: Path) -> Any:
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
     from transformers.initialization import no_init_weights
 
+    from supertiny.artifacts.hardware import fast_dtype
     from supertiny.compress.quantized import build_skeleton, tie_quantized_head
-    from supertiny.models.hardware import fast_dtype
 
     manifest = read_manifest(directory)
     dtype = getattr(torch, manifest["compute_dtype"])

@@ -44,7 +44,7 @@ def model_report(store: Store, name: str, options: ReportOptions, progress: Eval
 
 
 def _speed(store: Store, name: str, options: ReportOptions) -> dict[str, Any]:
-    from supertiny.models.speed import measure_speed
+    from supertiny.artifacts.speed import measure_speed
     from supertiny.runtime.loading import open_model
 
     chat = open_model(store, name, in_process=True)  # the weights' own speed, not an engine's

@@ -250,11 +250,11 @@ class Demo:
         return _model_facts(self.store, name)
 
     def prune(self) -> dict[str, Any]:
-        from supertiny.compress.heal import heal_model
         from supertiny.compress.pipeline import compress_model
         from supertiny.compress.prune_config import PruneConfig
         from supertiny.models.registry import find_model_version
         from supertiny.progress import BarProgress
+        from supertiny.transfer.heal_trainer import heal_model
 
         pruned, healed = self.plan.model_name("prune", "pruned"), self.plan.model_name("prune", "healed")
         progress = BarProgress()

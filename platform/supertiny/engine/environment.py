@@ -77,7 +77,7 @@ def host_flavour() -> str:
 
 def unsupported_reason(flavour: str) -> str | None:
     """Why vLLM cannot run on this host, or None."""
-    from supertiny.models.hardware import cpu_flags
+    from supertiny.artifacts.hardware import cpu_flags
 
     if not sys.platform.startswith("linux"):
         return f"vLLM runs on Linux only (this is {sys.platform})"

@@ -83,7 +83,7 @@ def resolved_dtype(dtype: str, flavour: str) -> str:
         return dtype
     if flavour == "cuda":
         return "auto"
-    from supertiny.models.hardware import cpu_has_native_bf16
+    from supertiny.artifacts.hardware import cpu_has_native_bf16
 
     return "bfloat16" if cpu_has_native_bf16() else "float32"
 

@@ -7,17 +7,15 @@ directory, a GGUF file, an endpoint URL) into a :class:`ChatModel`.
 
 import abc
 import dataclasses
-import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from supertiny.errors import ContextLengthError, InvalidInputError
 from supertiny.models.parsing import ParseResult, parse_tool_calls
-from supertiny.schema import Message, ToolCall, ToolSpec
-
-MessageLike = Message | dict[str, Any]
-ToolLike = ToolSpec | dict[str, Any]
+from supertiny.schema import Message, ToolCall
+from supertiny.schema.messages import MessageLike
+from supertiny.schema.tools import ToolLike
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,71 +143,6 @@ class Backend(Protocol):
     def open(self, location: str, config: dict[str, Any]) -> ChatModel:
         """Open the model at ``location`` (a directory, file or URL) with backend-specific config."""
         ...
-
-
-def message_dicts(messages: Sequence[MessageLike]) -> list[dict[str, Any]]:
-    """Messages as OpenAI chat dicts; tool-call arguments given as objects become JSON strings."""
-    out = []
-    for message in messages:
-        if isinstance(message, Message):
-            out.append(message.openai())
-            continue
-        if not isinstance(message, dict) or "role" not in message:
-            raise InvalidInputError(f"a message must be a Message or a dict with a role, got {message!r:.80}")
-        message = dict(message)
-        if message.get("tool_calls"):
-            message["tool_calls"] = [_tool_call_dict(call) for call in message["tool_calls"]]
-        out.append(message)
-    return out
-
-
-def chat_template_messages(messages: Sequence[MessageLike]) -> list[dict[str, Any]]:
-    """Messages as chat templates want them: tool-call arguments as objects (Qwen's template writes
-    ``arguments | tojson``, so a JSON string would come out encoded twice) and content never None."""
-    conversation = message_dicts(messages)
-    for message in conversation:
-        if message.get("content") is None:
-            message["content"] = ""
-        for call in message.get("tool_calls") or []:
-            function = call.get("function") or {}
-            try:
-                arguments = json.loads(function.get("arguments") or "{}")
-            except ValueError:
-                continue  # malformed arguments stay as the model wrote them
-            if isinstance(arguments, dict):
-                function["arguments"] = arguments
-    return conversation
-
-
-def _tool_call_dict(call: Any) -> dict[str, Any]:
-    if isinstance(call, ToolCall):
-        return call.model_dump()
-    call = dict(call)
-    function = dict(call.get("function") or {})
-    if not isinstance(function.get("arguments", ""), str):
-        function["arguments"] = json.dumps(function["arguments"], ensure_ascii=False)
-    call["function"] = function
-    return call
-
-
-def tool_dicts(tools: Sequence[ToolLike] | None) -> list[dict[str, Any]] | None:
-    """Tools as OpenAI tool dicts (``{"type": "function", "function": {...}}``); None when there are none.
-
-    Bare function dicts (``{"name", "description", "parameters"}``, as BFCL has them) are wrapped.
-    """
-    if not tools:
-        return None
-    out = []
-    for tool in tools:
-        if isinstance(tool, ToolSpec):
-            out.append(tool.openai())
-        elif isinstance(tool, dict) and isinstance(tool.get("function"), dict):
-            out.append(tool)
-        elif isinstance(tool, dict) and isinstance(tool.get("name"), str):
-            out.append({"type": "function", "function": tool})
-        else:
-            raise InvalidInputError(f"a tool must be a ToolSpec or an OpenAI tool dict, got {tool!r:.80}")
-    return out
 
 
 def parse_answer(text: str, tools: Sequence[ToolLike] | None) -> tuple[ParseResult, Message]:

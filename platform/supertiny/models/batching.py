@@ -21,7 +21,8 @@ from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from supertiny.errors import BackendTimeoutError
-from supertiny.models.backend import Generation, GenerationOptions, ToolLike
+from supertiny.models.backend import Generation, GenerationOptions
+from supertiny.schema.tools import ToolLike
 
 LENGTH_CLASS_CHARS = 2048  # prompts up to this long batch together; longer ones by powers of two
 

@@ -30,7 +30,6 @@ Config keys:
 import atexit
 import dataclasses
 import json
-import os
 import threading
 import time
 import weakref
@@ -38,14 +37,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from supertiny.artifacts.chat_template import DECODE_KWARGS, load_chat_tokenizer, render_chat_prompt, stop_token_ids
+from supertiny.artifacts.hardware import usable_cpus
+from supertiny.artifacts.hf import first_line
 from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError
 from supertiny.models.backend import (
     Capabilities,
     ChatModel,
     Generation,
     GenerationOptions,
-    MessageLike,
-    ToolLike,
     backend_config,
     check_context_length,
     cut_at_stops,
@@ -53,7 +53,8 @@ from supertiny.models.backend import (
     parse_answer,
     truncate_at_stops,
 )
-from supertiny.models.transformers_backend import DECODE_KWARGS, first_line, render_chat_prompt, stop_token_ids
+from supertiny.schema.messages import MessageLike
+from supertiny.schema.tools import ToolLike
 
 CONFIG_KEYS = ("threads", "n_ctx", "n_batch", "tokenizer", "name",
                "model_type")  # model_type: informational, written by the model registry
@@ -113,16 +114,8 @@ class LlamaCppChatModel(ChatModel):
             import llama_cpp
         except ImportError as exc:
             raise ModelError(MISSING_LLAMA_CPP) from exc
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelError(f"cannot load the tokenizer in {tokenizer_dir}: {first_line(exc)}") from exc
-        if not getattr(tokenizer, "chat_template", None):
-            raise ModelError(f"the tokenizer in {tokenizer_dir} has no chat template",
-                             hint="supertiny needs an instruct model whose template renders tools")
-        threads = int(config.get("threads") or _usable_cpus())
+        tokenizer = load_chat_tokenizer(tokenizer_dir)
+        threads = int(config.get("threads") or usable_cpus())
         try:
             llama = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=int(config.get("n_ctx", 4096)),
                                     n_batch=int(config.get("n_batch", 512)), n_threads=threads,
@@ -239,9 +232,9 @@ class LlamaCppChatModel(ChatModel):
     # --- speed ----------------------------------------------------------------------------------
 
     def measure_speed(self, prompt_tokens: int = 128, new_tokens: int = 32) -> Any:
-        """Prefill and decode tokens/s on the fixed prompt of :mod:`supertiny.models.speed`, greedy, forced
+        """Prefill and decode tokens/s on the fixed prompt of :mod:`supertiny.artifacts.speed`, greedy, forced
         to ``new_tokens`` (after one warm-up), so llama.cpp and torch models are timed on the same work."""
-        from supertiny.models.speed import Speed, prompt_ids
+        from supertiny.artifacts.speed import Speed, prompt_ids
 
         new_tokens = max(new_tokens, 2)
         ids = prompt_ids(self.tokenizer, prompt_tokens)[0].tolist()
@@ -297,12 +290,6 @@ def find_gguf(location: str | Path) -> Path:
             raise ModelError(f"no .gguf file in {path}", hint="`supertiny compress gguf --model MODEL` writes one")
         raise ModelError(f"{path} holds {len(files)} .gguf files", hint="give the path of one of them")
     raise ModelError(f"no GGUF file or directory at {path}")
-
-
-def _usable_cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _configured_eos(directory: Path) -> int | list[int] | None:

@@ -31,16 +31,14 @@ from supertiny.models.backend import (
     ChatModel,
     Generation,
     GenerationOptions,
-    MessageLike,
-    ToolLike,
     backend_config,
     finish_reason,
-    message_dicts,
     parse_answer,
-    tool_dicts,
 )
 from supertiny.models.parsing import ParseResult
 from supertiny.schema import Message, ParsedCall, ToolCall, ToolCallFunction
+from supertiny.schema.messages import MessageLike, message_dicts
+from supertiny.schema.tools import ToolLike, tool_dicts
 
 CONFIG_KEYS = ("model", "api_key", "api_key_env", "timeout_s", "max_retries", "max_concurrency", "name")
 

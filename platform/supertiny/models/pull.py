@@ -35,9 +35,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from supertiny.artifacts import weights
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError, ModelError, ResourceError
-from supertiny.models import weights
 from supertiny.models.catalog import CATALOG, CatalogModel, PackagePart, get_catalog_model
 from supertiny.models.registry import find_model_version, register_model_version
 from supertiny.store.engine import Store
@@ -449,7 +449,7 @@ def _manifest(entry: CatalogModel, details: dict[str, Any], timings: dict[str, f
         "param_count": details["param_count"],
         "size_bytes": None,  # filled in by _write_manifest
         "config": {  # the backend's options, and under "source" (never passed to it) the provenance
-            "dtype": "auto",  # bf16 on disk; computed in fp32 where the CPU emulates bf16 (models/hardware.py)
+            "dtype": "auto",  # bf16 on disk; computed in fp32 where the CPU emulates bf16 (artifacts/hardware.py)
             "source": {
                 "kind": "pypi",
                 "packages": entry.requirements,

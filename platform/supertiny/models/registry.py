@@ -172,7 +172,7 @@ def register_external(
 ) -> ModelVersion:
     """Register a model supertiny did not make: an HF directory, a ``.gguf`` file, or the base URL of
     an OpenAI-compatible endpoint (``served_model`` is the name the endpoint serves it under)."""
-    from supertiny.models import weights
+    from supertiny.artifacts import weights
 
     text = str(location)
     if urlparse(text).scheme in ("http", "https"):

@@ -5,7 +5,7 @@ Config keys:
 
 - ``dtype``: ``"auto"`` (default), ``"bfloat16"``, ``"float32"`` or ``"float16"``. ``auto`` takes the dtype
   the model's config.json declares where the hardware computes it natively, else fp32
-  (:func:`supertiny.models.hardware.fast_dtype`: bf16 on a CPU without AVX512-BF16/AMX, or fp16 on any
+  (:func:`supertiny.artifacts.hardware.fast_dtype`: bf16 on a CPU without AVX512-BF16/AMX, or fp16 on any
   CPU, becomes fp32); a GGUF, dequantized on load, counts as bf16; a config that declares nothing gives fp32.
 - ``threads``: torch CPU threads (process-wide: ``torch.set_num_threads``).
 - ``gguf_file``: the GGUF file inside the directory, by name or absolute path (a location naming a
@@ -33,34 +33,31 @@ from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from supertiny.artifacts.chat_template import DECODE_KWARGS, render_chat_prompt, require_chat_template, stop_token_ids
+from supertiny.artifacts.hardware import fast_dtype
+from supertiny.artifacts.hf import first_line
 from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError
 from supertiny.models.backend import (
     Capabilities,
     ChatModel,
     Generation,
     GenerationOptions,
-    MessageLike,
-    ToolLike,
     backend_config,
-    chat_template_messages,
     check_context_length,
     cut_at_stops,
     finish_reason,
     parse_answer,
-    tool_dicts,
     truncate_at_stops,
 )
 from supertiny.models.batching import BatchRequest, DynamicBatcher
 from supertiny.models.deadlines import PastDeadline, deadline_criterion, install_deadline_hooks
-from supertiny.models.hardware import fast_dtype
+from supertiny.schema.messages import MessageLike
+from supertiny.schema.tools import ToolLike
 
 # model_type: informational, written by the model registry
 CONFIG_KEYS = ("dtype", "threads", "gguf_file", "device", "name", "max_batch_size", "dynamic_batching",
                "batch_window_ms", "long_prompt_tokens", "model_type")
 DTYPES = ("auto", "bfloat16", "float32", "float16")
-# chat-turn terminators of common templates; used as stop ids when the vocabulary has them
-TURN_END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>")
-DECODE_KWARGS = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
 PREFILL_CHUNK_TOKENS = 512
 
 
@@ -139,9 +136,7 @@ class TransformersChatModel(ChatModel):
         except (OSError, ValueError, KeyError) as exc:
             raise ModelError(f"cannot load a causal LM from {path}: {first_line(exc)}") from exc
         model.to(device).eval()
-        if not getattr(tokenizer, "chat_template", None):
-            raise ModelError(f"the tokenizer in {path} has no chat template",
-                             hint="supertiny needs an instruct model whose template renders tools")
+        require_chat_template(tokenizer, path)
         name = str(config.get("name") or (Path(gguf_file).stem if gguf_file else path.name))
         return cls(model, tokenizer, name, **batching_config(config))
 
@@ -375,33 +370,6 @@ def batching_config(config: dict[str, Any]) -> dict[str, Any]:
             "long_prompt_tokens": int(config.get("long_prompt_tokens", 4096))}
 
 
-def render_chat_prompt(tokenizer: Any, name: str, messages: Sequence[MessageLike],
-                       tools: Sequence[ToolLike] | None = None) -> str:
-    """A Hugging Face tokenizer's chat template over the messages and tools, ending with the assistant's turn
-    (every backend that renders prompts itself shares it, so a model sees the same text on each)."""
-    conversation = chat_template_messages(messages)
-    try:
-        return tokenizer.apply_chat_template(conversation, tools=tool_dicts(tools), add_generation_prompt=True,
-                                             tokenize=False)
-    except Exception as exc:  # jinja2 errors carry the template's own message
-        raise InvalidInputError(f"the chat template of {name} cannot render these messages: "
-                                f"{first_line(exc)}") from exc
-
-
-def stop_token_ids(tokenizer: Any, configured: int | list[int] | None) -> set[int]:
-    """End-of-turn ids: the generation config's eos ids (``configured``), the tokenizer's eos, and known turn
-    terminators."""
-    ids: set[int] = set()
-    ids.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    vocabulary = tokenizer.get_vocab()
-    ids.update(vocabulary[token] for token in TURN_END_TOKENS if token in vocabulary)
-    if not ids:
-        raise ModelError("the model declares no end-of-sequence token; generation would never stop")
-    return ids
-
-
 def _resolve_dtype(name: str, path: Path, gguf_file: str | None) -> Any:
     import json
 
@@ -466,8 +434,3 @@ def _make_streamer(tokenizer: Any, stop_token_ids: set[int]) -> Any:
                 super().put(value.new_tensor(keep))
 
     return Streamer()
-
-
-def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from supertiny.artifacts.chat_template import load_chat_tokenizer, render_chat_prompt, stop_token_ids
 from supertiny.errors import (
     BackendTimeoutError,
     ContextLengthError,
@@ -38,13 +39,13 @@ from supertiny.models.backend import (
     ChatModel,
     Generation,
     GenerationOptions,
-    MessageLike,
-    ToolLike,
     backend_config,
     check_context_length,
     finish_reason,
     parse_answer,
 )
+from supertiny.schema.messages import MessageLike
+from supertiny.schema.tools import ToolLike
 
 CONFIG_KEYS = ("model", "tokenizer", "name", "timeout_s", "max_concurrency", "api_key_env")
 
@@ -76,8 +77,6 @@ class VLLMChatModel(ChatModel):
     def __init__(self, base_url: str, config: dict[str, Any]):
         import httpx
 
-        from supertiny.models.transformers_backend import stop_token_ids
-
         config = backend_config("vllm", config, CONFIG_KEYS)
         if not config.get("model") or not config.get("tokenizer"):
             raise InvalidInputError("the vllm backend needs the served model name (config key 'model') and its "
@@ -87,7 +86,7 @@ class VLLMChatModel(ChatModel):
         self.name = str(config.get("name") or self.served_model)
         self.timeout_s = float(config.get("timeout_s", 600))
         self.max_concurrency = max(1, int(config.get("max_concurrency", 64)))
-        self.tokenizer = _load_tokenizer(Path(str(config["tokenizer"])))
+        self.tokenizer = load_chat_tokenizer(Path(str(config["tokenizer"])))
         self.stop_token_ids = sorted(stop_token_ids(self.tokenizer, _configured_eos(Path(str(config["tokenizer"])))))
         api_key = os.environ.get(str(config.get("api_key_env") or ""), "") if config.get("api_key_env") else ""
         self._client = httpx.Client(
@@ -104,8 +103,6 @@ class VLLMChatModel(ChatModel):
                             engine=f"vllm engine at {self.base_url}")
 
     def render_prompt(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None) -> str:
-        from supertiny.models.transformers_backend import render_chat_prompt
-
         return render_chat_prompt(self.tokenizer, self.name, messages, tools)
 
     def _checked_prompt(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None,
@@ -310,20 +307,6 @@ def _message(error: Any) -> str:
     if isinstance(error, dict):
         error = error.get("message") or error.get("detail") or error
     return " ".join(str(error).split())[:300]
-
-
-def _load_tokenizer(path: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"cannot load the tokenizer of {path}: {str(exc).splitlines()[0] if str(exc) else exc}") \
-            from exc
-    if not getattr(tokenizer, "chat_template", None):
-        raise ModelError(f"the tokenizer in {path} has no chat template",
-                         hint="supertiny needs an instruct model whose template renders tools")
-    return tokenizer
 
 
 def _configured_eos(path: Path) -> int | list[int] | None:

@@ -22,20 +22,20 @@ from typing import Any
 
 from pydantic import Field
 
+from supertiny.artifacts.chat_template import DECODE_KWARGS
 from supertiny.errors import BackendTimeoutError, ConfigError, InvalidInputError
 from supertiny.models.backend import (
     ChatModel,
     Generation,
     GenerationOptions,
-    MessageLike,
-    ToolLike,
     finish_reason,
     parse_answer,
 )
 from supertiny.route.policy import Decision, Policy, PolicyParams, RouteContext, TierError
 from supertiny.route.token_rewards import TokenProposal, TokenReward
+from supertiny.schema.messages import MessageLike
+from supertiny.schema.tools import ToolLike
 
-DECODE_KWARGS = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
 _fingerprints: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 
 

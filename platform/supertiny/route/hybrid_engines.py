@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from supertiny.errors import BackendTimeoutError, InvalidInputError
-from supertiny.models.backend import GenerationOptions, MessageLike, ToolLike
+from supertiny.models.backend import GenerationOptions
 from supertiny.route.hybrid import HybridResult, check_compatible, hybrid_result
 from supertiny.route.policy import TierError
 from supertiny.route.token_rewards import TokenProposal, TokenReward
+from supertiny.schema.messages import MessageLike
+from supertiny.schema.tools import ToolLike
 
 CHUNK = 16  # tokens the tiny model proposes per request: past a rejection they are discarded
 

@@ -1,9 +1,13 @@
-"""Tools in the OpenAI format, and a tool call as the parser reads it from a model's text."""
+"""Tools in the OpenAI format (and tools given as a :class:`ToolSpec`, an OpenAI tool dict or a bare function
+dict turned into OpenAI tool dicts), and a tool call as the parser reads it from a model's text."""
 
 import json
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from supertiny.errors import InvalidInputError
 
 
 class FunctionSpec(BaseModel):
@@ -36,3 +40,26 @@ class ParsedCall(BaseModel):
 
     def arguments_json(self) -> str:
         return json.dumps(self.arguments, ensure_ascii=False)
+
+
+ToolLike = ToolSpec | dict[str, Any]
+
+
+def tool_dicts(tools: Sequence[ToolLike] | None) -> list[dict[str, Any]] | None:
+    """Tools as OpenAI tool dicts (``{"type": "function", "function": {...}}``); None when there are none.
+
+    Bare function dicts (``{"name", "description", "parameters"}``, as BFCL has them) are wrapped.
+    """
+    if not tools:
+        return None
+    out = []
+    for tool in tools:
+        if isinstance(tool, ToolSpec):
+            out.append(tool.openai())
+        elif isinstance(tool, dict) and isinstance(tool.get("function"), dict):
+            out.append(tool)
+        elif isinstance(tool, dict) and isinstance(tool.get("name"), str):
+            out.append({"type": "function", "function": tool})
+        else:
+            raise InvalidInputError(f"a tool must be a ToolSpec or an OpenAI tool dict, got {tool!r:.80}")
+    return out

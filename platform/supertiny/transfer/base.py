@@ -11,31 +11,14 @@ import abc
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal
 
 from supertiny.config import Settings
+from supertiny.progress import NullProgress, Progress
 from supertiny.store import Dataset, DatasetItem, ModelVersion, Store
 from supertiny.transfer.train_config import TrainConfig
 
 TeacherUse = Literal["none", "optional", "required"]
-
-
-class Progress(Protocol):
-    """Where a trainer reports what it is doing: phases (loading, sampling, training) with counts."""
-
-    def phase(self, description: str, total: int | None = None) -> None:
-        """A new phase starts; ``total`` is the count ``update`` goes up to, when known."""
-
-    def update(self, done: int, **info: Any) -> None:
-        """``done`` of the phase's total; ``info`` is shown beside it (loss=..., pass_rate=...)."""
-
-
-class NullProgress:
-    def phase(self, description: str, total: int | None = None) -> None:
-        pass
-
-    def update(self, done: int, **info: Any) -> None:
-        pass
 
 
 @dataclasses.dataclass

@@ -3,7 +3,8 @@
 import dataclasses
 
 from supertiny.errors import InvalidInputError
-from supertiny.transfer.train_config import TrainConfig, option
+from supertiny.options import option
+from supertiny.transfer.train_config import TrainConfig
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 

@@ -14,12 +14,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from supertiny.artifacts.conversation import assistant_spans
+from supertiny.artifacts.facts import model_facts, model_ref
 from supertiny.errors import InvalidInputError
 from supertiny.store import DatasetItem, ModelVersion
 from supertiny.transfer.base import TrainContext, Trainer, TrainResult
-from supertiny.transfer.chat_data import assistant_spans
 from supertiny.transfer.dpo_config import DPOConfig
-from supertiny.transfer.resources import model_facts, model_ref, training_dtype
+from supertiny.transfer.resources import training_dtype
 
 _ID_KEYS = ("id", "tool_call_id")
 
@@ -133,9 +134,10 @@ class DPOTrainer(Trainer):
         import datasets
         import trl
 
+        from supertiny.artifacts.hf import load_tokenizer, set_threads
         from supertiny.datasets.snapshot import snapshot_items
         from supertiny.transfer.hf_loop import run_trainer, training_arguments
-        from supertiny.transfer.modeling import load_tokenizer, prepare_student, set_threads
+        from supertiny.transfer.modeling import prepare_student
         from supertiny.transfer.sampling import sample_and_snapshot, sampler_label
 
         config: DPOConfig = context.config  # type: ignore[assignment]

@@ -14,12 +14,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from supertiny.artifacts.facts import model_facts, model_ref
 from supertiny.domain import Domain, DomainTask, Verdict
 from supertiny.errors import InvalidInputError
 from supertiny.store import DatasetItem, ModelVersion, Task
 from supertiny.transfer.base import TrainContext, Trainer, TrainResult
 from supertiny.transfer.grpo_config import GRPOConfig
-from supertiny.transfer.resources import model_facts, model_ref, training_dtype
+from supertiny.transfer.resources import training_dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,9 +125,10 @@ class GRPOTrainer(Trainer):
         import datasets
         import trl
 
+        from supertiny.artifacts.hf import load_tokenizer, set_threads
         from supertiny.registry import lookup
         from supertiny.transfer.hf_loop import run_trainer, summarize_curve, training_arguments
-        from supertiny.transfer.modeling import load_tokenizer, prepare_student, set_threads
+        from supertiny.transfer.modeling import prepare_student
 
         config: GRPOConfig = context.config  # type: ignore[assignment]
         set_threads(config.threads)

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from supertiny.transfer.base import Progress
+from supertiny.progress import Progress
 from supertiny.transfer.train_config import TrainConfig
 
 CURVE_POINTS = 50

@@ -3,8 +3,9 @@
 import dataclasses
 
 from supertiny.errors import InvalidInputError
+from supertiny.options import option
 from supertiny.transfer.sft_config import VERDICT_FILTERS
-from supertiny.transfer.train_config import TrainConfig, option
+from supertiny.transfer.train_config import TrainConfig
 
 DISAGREEMENT = ("label", "teacher")
 POSITIONS = ("answers", "all")

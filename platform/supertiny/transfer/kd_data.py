@@ -14,13 +14,8 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from supertiny.transfer.chat_data import (
-    IGNORE_INDEX,
-    Spellings,
-    TokenizeStats,
-    tokenize_conversation,
-    tokenize_records,
-)
+from supertiny.artifacts.conversation import IGNORE_INDEX, Spellings, tokenize_conversation
+from supertiny.transfer.chat_data import TokenizeStats, tokenize_records
 from supertiny.transfer.sft_trainer import Record
 
 
@@ -39,7 +34,7 @@ def distillation_examples(tokenizer: Any, records: Sequence[Record], max_length:
     teacher's ``teacher_input_ids``, ``teacher_labels``, ``teacher_prompt_length``; the trained positions
     of the two carry the same tokens in the same order. ``context(messages)`` gives the messages the
     teacher reads before a conversation (None: the teacher reads what the student reads); ``spell`` as in
-    :func:`supertiny.transfer.chat_data.tokenize_conversation`, for both. ``whole``: every token after the
+    :func:`supertiny.artifacts.conversation.tokenize_conversation`, for both. ``whole``: every token after the
     first is trained, prompt included (both read the same tokens; ``context`` must be None)."""
     if whole and context is not None:
         raise ValueError("distilling whole conversations needs the teacher to read what the student reads")

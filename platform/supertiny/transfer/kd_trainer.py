@@ -14,13 +14,15 @@ default Qwen2.5-Coder 0.5B / 1.5B pair shares one); anything else is refused bef
 import random
 from typing import Any
 
+from supertiny.artifacts.conversation import IGNORE_INDEX
+from supertiny.artifacts.facts import compute_dtype, model_facts, model_ref
 from supertiny.errors import InvalidInputError
 from supertiny.store import ModelVersion
 from supertiny.transfer.base import TrainContext, Trainer, TrainResult
-from supertiny.transfer.chat_data import IGNORE_INDEX, markup_spellings
+from supertiny.transfer.chat_data import markup_spellings
 from supertiny.transfer.kd_config import KDConfig
 from supertiny.transfer.kd_data import distillation_examples
-from supertiny.transfer.resources import compute_dtype, model_facts, model_ref, training_dtype
+from supertiny.transfer.resources import training_dtype
 from supertiny.transfer.sft_trainer import training_records
 
 
@@ -32,13 +34,15 @@ class KDTrainer(Trainer):
     teacher_help = "The model whose next-token distributions the student learns; it must share its tokenizer."
 
     def check(self, context: TrainContext) -> None:
-        from supertiny.transfer.modeling import load_tokenizer, tokenizer_difference
+        from supertiny.artifacts.hf import load_tokenizer, tokenizer_difference
+        from supertiny.models.registry import require_hf_weights
 
         assert context.teacher is not None
         config: KDConfig = context.config  # type: ignore[assignment]
         if not training_records(context.items(), config.verdict):
             raise InvalidInputError(f"snapshot {context.dataset.name}@{context.dataset.version} has no passing "
                                     f"record in split {config.split!r}", hint="or pass --verdict any")
+        require_hf_weights(context.teacher, "training")
         difference = tokenizer_difference(load_tokenizer(model_ref(context.student)),
                                           load_tokenizer(model_ref(context.teacher)))
         if difference:
@@ -68,14 +72,9 @@ class KDTrainer(Trainer):
         import datasets
         from transformers import TrainingArguments
 
+        from supertiny.artifacts.hf import load_model, load_tokenizer, set_threads
         from supertiny.transfer.hf_loop import run_trainer, training_arguments
-        from supertiny.transfer.modeling import (
-            added_token_ids,
-            load_model,
-            load_tokenizer,
-            prepare_student,
-            set_threads,
-        )
+        from supertiny.transfer.modeling import added_token_ids, prepare_student
 
         assert context.teacher is not None
         config: KDConfig = context.config  # type: ignore[assignment]

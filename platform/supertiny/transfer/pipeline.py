@@ -16,9 +16,10 @@ from typing import Any
 
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError
+from supertiny.progress import NullProgress, Progress
 from supertiny.store import Dataset, ModelVersion, Store
 from supertiny.store.tables import MODEL_STAGES
-from supertiny.transfer.base import NullProgress, Progress, TrainContext, Trainer
+from supertiny.transfer.base import TrainContext, Trainer
 from supertiny.transfer.train_config import TrainConfig
 
 MAX_NAME = 200
@@ -95,8 +96,9 @@ def prepare_run(
     open_chat_model: Callable[[str], Any] | None = None,
 ) -> PreparedRun:
     """Resolve and check everything a run needs; nothing is loaded or trained yet."""
+    from supertiny.artifacts.facts import model_facts, model_ref
     from supertiny.datasets.snapshot import get_snapshot
-    from supertiny.models.registry import find_model_version, get_model_version
+    from supertiny.models.registry import find_model_version, get_model_version, require_hf_weights
     from supertiny.registry import lookup
     from supertiny.transfer import resources
 
@@ -123,7 +125,8 @@ def prepare_run(
         lookup("domain", domain)
 
     student_row = get_model_version(store, student)
-    student_ref = resources.model_ref(student_row)
+    require_hf_weights(student_row, "training")
+    student_ref = model_ref(student_row)
     teacher_row = _resolve_teacher(store, trainer, teacher)
 
     name = name or default_name(student_row.name, algorithm, dataset)
@@ -141,19 +144,18 @@ def prepare_run(
     _check_identity(directory, identity)
     trainer.check(context)
     if check_memory:
-        resident = [resources.model_facts(resources.model_ref(row)) for row in trainer.resident_models(context)]
-        resources.check_memory(config, resources.model_facts(student_ref), resident,
-                               f"{algorithm} of {student_row.name}")
+        resident = [model_facts(model_ref(row)) for row in trainer.resident_models(context)]
+        resources.check_memory(config, model_facts(student_ref), resident, f"{algorithm} of {student_row.name}")
     return PreparedRun(trainer=trainer, context=context, identity=identity)
 
 
 def execute_run(run: PreparedRun, keep_checkpoints: bool = False) -> TrainedModel:
     """Train (resuming), save the model under ``models_dir`` and register it."""
-    from supertiny.models import weights
+    from supertiny.artifacts import weights
+    from supertiny.artifacts.facts import DTYPE_BYTES, model_facts, model_ref
+    from supertiny.artifacts.hf import save_json, save_model
     from supertiny.models.registry import register_model_version
-    from supertiny.transfer import resources
     from supertiny.transfer.hf_loop import remove_checkpoints
-    from supertiny.transfer.modeling import save_json, save_model
 
     trainer, context = run.trainer, run.context
     identity_file = context.run_dir / "run.json"
@@ -167,8 +169,8 @@ def execute_run(run: PreparedRun, keep_checkpoints: bool = False) -> TrainedMode
         save_json(identity_file, state)
     context.progress.phase(f"saving {context.name}")
     out = context.settings.models_dir / context.name
-    save_dtype = resources.model_facts(resources.model_ref(context.student)).dtype
-    save_model(result.model, result.tokenizer, out, save_dtype if save_dtype in resources.DTYPE_BYTES else "float32")
+    save_dtype = model_facts(model_ref(context.student)).dtype
+    save_model(result.model, result.tokenizer, out, save_dtype if save_dtype in DTYPE_BYTES else "float32")
     metrics = {**result.metrics, "wall_time_s": state["elapsed_s"]}
     # the training recipe is provenance, kept under "source": the rest of a row's config is what the
     # backend opens the model with

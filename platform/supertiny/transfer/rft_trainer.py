@@ -12,10 +12,10 @@ import gc
 from pathlib import Path
 from typing import Any
 
+from supertiny.artifacts.facts import ModelRef, model_facts, model_ref
 from supertiny.errors import InvalidInputError
 from supertiny.store import ModelVersion
 from supertiny.transfer.base import TrainContext, Trainer, TrainResult
-from supertiny.transfer.resources import ModelRef, model_facts, model_ref
 from supertiny.transfer.rft_config import RFTConfig
 from supertiny.transfer.sampling import sample_and_snapshot, sampler_label
 from supertiny.transfer.sft_trainer import fine_tune, training_records
@@ -38,8 +38,8 @@ class RFTTrainer(Trainer):
     def train(self, context: TrainContext) -> TrainResult:
         import json
 
+        from supertiny.artifacts.hf import save_json, save_model
         from supertiny.datasets.snapshot import snapshot_items
-        from supertiny.transfer.modeling import save_json, save_model
 
         config: RFTConfig = context.config  # type: ignore[assignment]
         current = model_ref(context.student)

@@ -13,10 +13,10 @@ import hashlib
 import json
 from typing import Any
 
+from supertiny.artifacts.hf import save_json
 from supertiny.errors import InvalidInputError
 from supertiny.store import Dataset
 from supertiny.transfer.base import TrainContext
-from supertiny.transfer.modeling import save_json
 
 
 @dataclasses.dataclass

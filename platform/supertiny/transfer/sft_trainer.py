@@ -1,15 +1,17 @@
 """``sft``: supervised fine-tuning with TRL's SFTTrainer on pre-tokenized conversations whose labels keep
-only the assistant tokens (see :mod:`supertiny.transfer.chat_data`)."""
+only the assistant tokens (see :mod:`supertiny.artifacts.conversation`)."""
 
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from supertiny.artifacts.facts import ModelRef, model_facts, model_ref
 from supertiny.errors import InvalidInputError
+from supertiny.progress import Progress
 from supertiny.store import DatasetItem
-from supertiny.transfer.base import Progress, TrainContext, Trainer, TrainResult
+from supertiny.transfer.base import TrainContext, Trainer, TrainResult
 from supertiny.transfer.chat_data import markup_spellings, tokenize_records, without_call_prose
-from supertiny.transfer.resources import ModelRef, model_facts, model_ref, training_dtype
+from supertiny.transfer.resources import training_dtype
 from supertiny.transfer.sft_config import SFTConfig
 from supertiny.transfer.train_config import TrainConfig
 
@@ -49,8 +51,9 @@ def fine_tune(student: ModelRef, records: Sequence[Record], config: TrainConfig,
     import datasets
     import trl
 
+    from supertiny.artifacts.hf import load_tokenizer, set_threads
     from supertiny.transfer.hf_loop import run_trainer, training_arguments
-    from supertiny.transfer.modeling import added_token_ids, load_tokenizer, prepare_student, set_threads
+    from supertiny.transfer.modeling import added_token_ids, prepare_student
 
     set_threads(config.threads)
     progress.phase(f"loading {student.name}")

@@ -5,13 +5,9 @@ import dataclasses
 from typing import Any
 
 from supertiny.errors import InvalidInputError
+from supertiny.options import option
 
 PRECISIONS = ("auto", "bf16", "fp32", "mixed")
-
-
-def option(default: Any, help: str, **extra: Any) -> Any:
-    """A dataclass field documented for ``--help``."""
-    return dataclasses.field(default=default, metadata={"help": help, **extra})
 
 
 @dataclasses.dataclass

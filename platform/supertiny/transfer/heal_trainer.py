@@ -1,18 +1,18 @@
-"""Healing: distil a pruned model back towards the model it was pruned from.
+"""``heal``: distil a pruned model back towards the model it was pruned from.
 
-``heal`` is the kd trainer (:class:`supertiny.transfer.kd_trainer.KDTrainer`: the same options and loss)
+``heal`` is the kd trainer (:class:`~supertiny.transfer.kd_trainer.KDTrainer`: the same options and loss)
 registered under its own name so its models get the registry stage ``healed``, with its own defaults
 (:class:`HealConfig`: the parent reads the bare conversation, and every token of it is distilled):
 ``supertiny train heal --student PRUNED --teacher PARENT --data SNAPSHOT``, or ``supertiny compress prune
-... --heal``, which runs it right after pruning with the unpruned parent as the teacher. The healed
+... --heal``, which the CLI runs right after pruning with the unpruned parent as the teacher. The healed
 row's parent is the pruned model.
 """
 
-from supertiny.compress.heal_config import HealConfig
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError
+from supertiny.progress import Progress
 from supertiny.store import Store
-from supertiny.transfer.base import Progress
+from supertiny.transfer.heal_config import HealConfig
 from supertiny.transfer.kd_trainer import KDTrainer
 from supertiny.transfer.pipeline import TrainedModel
 

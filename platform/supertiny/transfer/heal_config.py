@@ -2,8 +2,8 @@
 
 import dataclasses
 
+from supertiny.options import option
 from supertiny.transfer.kd_config import POSITIONS, KDConfig
-from supertiny.transfer.train_config import option
 
 
 @dataclasses.dataclass

@@ -1,4 +1,5 @@
-"""Which compute dtype this machine runs fast.
+"""What this machine offers a model: the compute dtype it runs fast, the device torch computes on, and the
+CPUs this process may use.
 
 bfloat16 halves the bytes of weights, but a CPU without native bf16 arithmetic (AVX512-BF16 or AMX)
 emulates it, many times slower than fp32. So bf16 checkpoints compute in fp32 there, and are saved back
@@ -42,3 +43,17 @@ def fast_dtype(declared: str, device: str = "cpu") -> str:
     if device.startswith("cuda"):
         return declared if declared in ("bfloat16", "float16") else "float32"
     return "bfloat16" if declared == "bfloat16" and cpu_has_native_bf16() else "float32"
+
+
+def torch_device() -> str:
+    """``"cuda"`` where torch sees a GPU, else ``"cpu"``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
