@@ -199,7 +199,7 @@ def test_rft_rounds_sample_through_engines_and_stop_the_ones_they_started(engine
     store, row = engine
     started = time.time()
     harvest_snapshot(store, "engine-weather", limit=4)
-    config = RFTConfig(**{**FAST, "max_length": 256}, max_steps=1, rounds=2, samples_per_task=2, temperature=1.0,
+    config = RFTConfig(**FAST, max_steps=1, rounds=2, samples_per_task=2, temperature=1.0,
                        max_new_tokens=8, task_limit=2, include_original=True, engine=True)
     trained = train_model(store, engine_home, "rft", student=MODEL, data="engine-weather", config=config,
                           name="rft-engine")
