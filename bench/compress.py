@@ -147,7 +147,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure(row: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from supertiny.models.registry import backend_options
+    from supertiny.models.versions import backend_options
 
     spec = {"backend": row.backend, "path": row.path, "config": backend_options(row.config),
             "threads": args.threads, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
@@ -164,7 +164,7 @@ def measure(row: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 def accuracy(store: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
     from supertiny.errors import SupertinyError
-    from supertiny.evaluate.queries import latest_evaluation
+    from supertiny.eval.queries import latest_evaluation
 
     try:
         stored = latest_evaluation(store, name, args.eval_domain, args.eval_split)
@@ -174,7 +174,7 @@ def accuracy(store: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
         stored = None
     # a smaller stored evaluation (e.g. the demo's 3 a category) would mix sample sizes in one table
     if stored is None or (args.eval_run and stored["n_tasks"] < args.eval_run * len(stored["per_category"])):
-        from supertiny.evaluate.runner import EvalConfig, evaluate
+        from supertiny.eval.runner import EvalConfig, evaluate
         from supertiny.runtime.loading import close_models
 
         try:
@@ -193,7 +193,7 @@ def make_tiny(store: Any, settings: Any) -> list[str]:
     """A tiny student, pruned by a fifth, and quantized to int8."""
     from supertiny.compress.pipeline import compress_model
     from supertiny.compress.prune_config import PruneConfig
-    from supertiny.models.registry import register_external
+    from supertiny.models.versions import register_external
     from supertiny.testing import build_tiny_model
 
     register_external(store, build_tiny_model(settings.home / "tiny-student", hidden_size=128, intermediate_size=384),
@@ -212,7 +212,7 @@ def make_variants(store: Any, settings: Any, student: str, recipes: list[str]) -
     from supertiny.compress.pipeline import compress_model
     from supertiny.compress.prune_config import PruneConfig
     from supertiny.compress.quantize_config import QuantizeConfig
-    from supertiny.models.registry import find_model_version
+    from supertiny.models.versions import find_model_version
     from supertiny.registry import get_compressors
 
     names = [student]
@@ -239,7 +239,7 @@ def choose_models(args: argparse.Namespace, scratch: Path | None) -> tuple[Any, 
     """The store to read the models from and their names: a scratch store with what --tiny / --make made,
     else the settings' store (--models, or the student and every compressed model)."""
     from supertiny.config import Settings, get_settings
-    from supertiny.models.registry import find_model_version, get_model_version, list_model_versions
+    from supertiny.models.versions import find_model_version, get_model_version, list_model_versions
     from supertiny.store.session import open_store
 
     store = None if args.tiny else open_store(get_settings(database_url=args.db))  # --tiny reads no store
@@ -257,7 +257,7 @@ def choose_models(args: argparse.Namespace, scratch: Path | None) -> tuple[Any, 
         recipes = [recipe.strip() for recipe in args.make.split(",") if recipe.strip()]
         made = make_variants(scratch_store, scratch_settings, names[0], recipes) if recipes else []
         return scratch_store, names + [name for name in made if name not in names]
-    from supertiny.models.registry import register_model_version
+    from supertiny.models.versions import register_model_version
 
     base = get_model_version(store, args.student)
     register_model_version(scratch_store, name=base.name, stage=base.stage, format=base.format, backend=base.backend,
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     import torch
-    from supertiny.models.registry import get_model_version
+    from supertiny.models.versions import get_model_version
 
     scratch, temporary = args.scratch, None
     if scratch is None and (args.tiny or args.make):

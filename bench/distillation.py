@@ -55,7 +55,7 @@ def harvest_rows(store: Any, run_id: int) -> dict[str, Any]:
 
 
 def reward_curves(store: Any, models: list[str]) -> dict[str, list[list[float]]]:
-    from supertiny.models.registry import get_model_version
+    from supertiny.models.versions import get_model_version
 
     curves = {}
     for name in models:
@@ -67,8 +67,8 @@ def reward_curves(store: Any, models: list[str]) -> dict[str, list[list[float]]]
 
 def cascade_rows(store: Any, tiny: str, llm: str, domain: str, split: str) -> dict[str, Any]:
     """The cascade's accuracy / LLM-share curve from the two evaluations, against random routing."""
-    from supertiny.evaluate.stats import wilson_interval
-    from supertiny.route.calibrate import cascade_curve, records_from_evaluations
+    from supertiny.eval.stats import wilson_interval
+    from supertiny.policy.calibrate import cascade_curve, records_from_evaluations
 
     records, source = records_from_evaluations(store, tiny, llm, domain, split)
     n = len(records)
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     from supertiny.config import get_settings
-    from supertiny.evaluate.queries import compare
+    from supertiny.eval.queries import compare
     from supertiny.plugins import load_plugins
     from supertiny.store.session import open_store
 

@@ -44,7 +44,7 @@ def model_dir(name_or_path: str) -> str:
     if Path(name_or_path).is_dir():
         return str(Path(name_or_path).resolve())
     from supertiny.config import get_settings
-    from supertiny.models.registry import get_model_version
+    from supertiny.models.versions import get_model_version
     from supertiny.store.session import open_store
 
     return get_model_version(open_store(get_settings()), name_or_path).path
@@ -55,7 +55,7 @@ def engine_model(kind: str, store: Any, settings: Any, directory: str, label: st
     """Register ``directory`` in the scratch store as this engine's model (starting its vLLM engine for
     ``vllm``); yields the registered name, and stops the engine and closes the model after."""
     from supertiny.artifacts.weights import weights_size
-    from supertiny.models.registry import register_external, register_model_version
+    from supertiny.models.versions import register_external, register_model_version
     from supertiny.runtime.loading import close_models
 
     name = f"{label}-{kind}"

@@ -23,8 +23,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def evaluate_once(store: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
-    from supertiny.evaluate.runner import EvalConfig, evaluate
-    from supertiny.evaluate.stats import wilson_interval
+    from supertiny.eval.runner import EvalConfig, evaluate
+    from supertiny.eval.stats import wilson_interval
 
     evaluation = evaluate(store, EvalConfig(model=name, domain=args.domain, split=args.split,
                                             per_category=args.per_category, max_new_tokens=args.max_new_tokens))
@@ -41,7 +41,7 @@ def evaluate_once(store: Any, name: str, args: argparse.Namespace) -> dict[str, 
 
 
 def compare(first: dict[str, bool], other: dict[str, bool]) -> dict[str, Any]:
-    from supertiny.evaluate.stats import mcnemar_p
+    from supertiny.eval.stats import mcnemar_p
 
     shared = sorted(set(first) & set(other))
     only_first = sum(first[task] and not other[task] for task in shared)
@@ -51,7 +51,7 @@ def compare(first: dict[str, bool], other: dict[str, bool]) -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    from supertiny.evaluate.stats import format_accuracy
+    from supertiny.eval.stats import format_accuracy
 
     runs = result["runs"]
     lines = [f"# Evaluation benchmark ({result['created']})", "",

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def long_prompt_part(args: argparse.Namespace, settings: Any, store: Any, model: str, directory: str) -> dict[str, Any]:
-    from supertiny.route.policy_store import set_policy
+    from supertiny.policy.policy_store import set_policy
 
     long_messages = _long_messages(directory, args.long_tokens)
     runs = []
@@ -134,7 +134,7 @@ def long_prompt_part(args: argparse.Namespace, settings: Any, store: Any, model:
 
 
 def database_part(args: argparse.Namespace, settings: Any, store: Any, proxy: TcpProxy, model: str) -> dict[str, Any]:
-    from supertiny.route.policy_store import set_policy
+    from supertiny.policy.policy_store import set_policy
 
     route = "faults-database"
     set_policy(store, route, "tiny", {"tiny": model, "timeout_s": args.timeout_s}, note="bench.faults")
@@ -168,7 +168,7 @@ def database_part(args: argparse.Namespace, settings: Any, store: Any, proxy: Tc
 def llm_killed_part(args: argparse.Namespace, settings: Any, store: Any, tiny: str, llm: str) -> dict[str, Any]:
     import sqlalchemy as sa
     from supertiny.engine.manager import engine_statuses
-    from supertiny.route.policy_store import set_policy
+    from supertiny.policy.policy_store import set_policy
     from supertiny.store.tables import RequestLog
 
     route = "faults-llm"

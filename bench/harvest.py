@@ -24,7 +24,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def harvest_once(store: Any, name: str, args: argparse.Namespace, samples: int) -> dict[str, Any]:
     import sqlalchemy as sa
-    from supertiny.evaluate.stats import wilson_interval
+    from supertiny.eval.stats import wilson_interval
     from supertiny.harvest.runner import HarvestConfig, run_harvest
     from supertiny.prototype.teacher import open_chat_model
     from supertiny.store import Sample

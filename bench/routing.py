@@ -6,13 +6,13 @@
 
 On the same tasks (``--split``, the first ``--per-category`` of each category):
 
-- tiny and llm: a stored evaluation of each model (:func:`supertiny.evaluate.runner.evaluate`), the latest one
+- tiny and llm: a stored evaluation of each model (:func:`supertiny.eval.runner.evaluate`), the latest one
   with the same task selection and no prompt engineering, or a new one (``--no-reuse``: always new);
 - cascade: simulated from both evaluations joined by task (the tiny model answers; an invalid or low-confidence
-  answer escalates and the LLM's answer counts) with :func:`supertiny.route.calibrate.cascade_curve`, at every
+  answer escalates and the LLM's answer counts) with :func:`supertiny.policy.calibrate.cascade_curve`, at every
   threshold that changes the routing (the table shows a handful, or ``--cascade-thresholds``);
 - hybrid-token: each task decoded again at each ``--hybrid-thresholds`` value with
-  :func:`supertiny.route.hybrid.hybrid_generate` (the tiny model proposes every token, below the threshold of
+  :func:`supertiny.policy.hybrid.hybrid_generate` (the tiny model proposes every token, below the threshold of
   ``--reward`` the LLM supplies it), the answer checked by the domain as the evaluation checks it; the LLM
   request share is the share of requests with at least one LLM token.
 
@@ -87,7 +87,7 @@ def stored_evaluation(store: Any, model: str, domain: str, split: str,
 
 def evaluation_for(store: Any, model: str, args: argparse.Namespace) -> dict[str, Any]:
     """A stored evaluation of ``model`` on the benchmark's tasks (with ``--reuse``), else a new one."""
-    from supertiny.evaluate.runner import EvalConfig, evaluate
+    from supertiny.eval.runner import EvalConfig, evaluate
 
     if args.reuse:
         found = stored_evaluation(store, model, args.domain, args.split, args.per_category)
@@ -111,7 +111,7 @@ def join_records(tiny: Sequence[Record], llm: Sequence[Record]) -> list[tuple[Re
 
 
 def calibration_records(pairs: Sequence[tuple[Record, Record]]) -> list[Any]:
-    from supertiny.route.calibrate import CalibrationRecord
+    from supertiny.policy.calibrate import CalibrationRecord
 
     return [CalibrationRecord(confidence=None if tiny.get("confidence") is None else float(tiny["confidence"]),
                               tiny_valid=bool(tiny.get("valid", True)), tiny_correct=bool(tiny["correct"]),
@@ -133,7 +133,7 @@ def table_points(curve: Sequence[Any], thresholds: Sequence[float], llm_accuracy
     """The cascade points the table shows: ``thresholds`` when given, else threshold 0, the most accurate point
     within the budget, the cheapest one reaching the LLM's accuracy, and those nearest a few LLM shares."""
     from supertiny.errors import InvalidInputError
-    from supertiny.route.calibrate import choose
+    from supertiny.policy.calibrate import choose
 
     if thresholds:
         return [point_at(curve, threshold) for threshold in thresholds]
@@ -151,9 +151,9 @@ def table_points(curve: Sequence[Any], thresholds: Sequence[float], llm_accuracy
 
 
 def check_answer(domain: Any, task: Any, tools: list[dict[str, Any]], generation: Any) -> dict[str, Any]:
-    """Validity and verdict of one answer, as :func:`supertiny.evaluate.runner.evaluate` judges single-shot
+    """Validity and verdict of one answer, as :func:`supertiny.eval.runner.evaluate` judges single-shot
     answers."""
-    from supertiny.evaluate.runner import judge
+    from supertiny.eval.runner import judge
 
     verdict, valid = judge(domain, task, tools, generation)
     return {"correct": verdict.verdict == "pass", "verdict": verdict.verdict, "reason": verdict.reason[:300],
@@ -165,10 +165,10 @@ def run_hybrid(tiny: Any, llm: Any, domain: Any, tasks: Sequence[Any], threshold
     """Decode every task with token-level hybrid decoding at ``threshold`` (through the engines when both models
     run on one, else in-process); accuracy, LLM shares and latency."""
     from supertiny.models.backend import GenerationOptions
+    from supertiny.policy.base import TierError
+    from supertiny.policy.hybrid import hybrid_generate, on_engines
+    from supertiny.policy.hybrid_engines import hybrid_generate_on_engines
     from supertiny.prototype.agent import task_tools
-    from supertiny.route.hybrid import hybrid_generate, on_engines
-    from supertiny.route.hybrid_engines import hybrid_generate_on_engines
-    from supertiny.route.policy import TierError
 
     where = "engines" if on_engines(tiny, llm) else "in-process"
     decode = hybrid_generate_on_engines if where == "engines" else hybrid_generate
@@ -337,7 +337,7 @@ def ensure_registered(store: Any, name: str, directory: Path | None) -> None:
     if directory is None:
         return
     from supertiny.errors import InvalidInputError
-    from supertiny.models.registry import find_model_version, register_external
+    from supertiny.models.versions import find_model_version, register_external
 
     row = find_model_version(store, name)
     if row is None:
@@ -381,9 +381,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
     from supertiny.config import get_settings
     from supertiny.errors import InvalidInputError
-    from supertiny.evaluate.selection import select_tasks
+    from supertiny.eval.selection import select_tasks
+    from supertiny.policy.calibrate import cascade_curve
     from supertiny.registry import lookup
-    from supertiny.route.calibrate import cascade_curve
     from supertiny.runtime.loading import close_models, open_model
     from supertiny.store.session import open_store
 

@@ -176,7 +176,7 @@ def _bench_levels(kind: str, name: str, args: argparse.Namespace, settings: Any,
                   tools: list | None) -> dict[str, Any]:
     import sqlalchemy as sa
     from supertiny.models.backend import GenerationOptions
-    from supertiny.route.policy_store import set_policy
+    from supertiny.policy.policy_store import set_policy
     from supertiny.runtime.loading import open_model
     from supertiny.serve.app import ServeOptions, create_app
     from supertiny.serve.background import BackgroundServer

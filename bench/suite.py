@@ -121,7 +121,7 @@ def latest_evaluations(store: Any, domain: str, split: str, models: list[str] | 
     """The latest evaluation of each model on ``domain`` / ``split`` (of ``models`` only, when given), best
     accuracy first."""
     import sqlalchemy as sa
-    from supertiny.evaluate.queries import latest_evaluation
+    from supertiny.eval.queries import latest_evaluation
     from supertiny.store import Evaluation, ModelVersion
 
     query = (sa.select(ModelVersion.name).join(Evaluation, Evaluation.model_version_id == ModelVersion.id)

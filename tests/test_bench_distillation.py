@@ -9,7 +9,7 @@ from helpers import toy_domain
 from helpers.scripted_chat import ScriptedChatModel
 from helpers.training import alternating
 from supertiny.harvest.runner import HarvestConfig, run_harvest
-from supertiny.models.registry import register_model_version
+from supertiny.models.versions import register_model_version
 from supertiny.store import Evaluation
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 from conftest import REPO_ROOT
 from helpers import toy_domain
-from supertiny.evaluate.stats import format_accuracy, mcnemar_p, wilson_interval
+from supertiny.eval.stats import format_accuracy, mcnemar_p, wilson_interval
 
 
 @pytest.fixture

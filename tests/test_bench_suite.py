@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
-from supertiny.models.registry import register_model_version
+from supertiny.models.versions import register_model_version
 from supertiny.store import Evaluation
 
 CATEGORIES = {"simple": (0.9, 10), "multiple": (0.5, 4)}
 
 
 def evaluation(store, model: str, accuracy: float, split: str = "test", categories=CATEGORIES) -> None:
-    from supertiny.models.registry import find_model_version
+    from supertiny.models.versions import find_model_version
 
     row = find_model_version(store, model) or register_model_version(
         store, name=model, stage="external", format="hf", backend="transformers", path=f"/nowhere/{model}")

@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 from supertiny.cli import cli
 from supertiny.errors import InvalidInputError, NotFoundError
-from supertiny.models.registry import register_model_version
-from supertiny.route.calibrate import CalibrationRecord, calibrate, cascade_curve, choose, token_curve
-from supertiny.route.policy_store import active_row, history, set_policy
+from supertiny.models.versions import register_model_version
+from supertiny.policy.calibrate import CalibrationRecord, calibrate, cascade_curve, choose, token_curve
+from supertiny.policy.policy_store import active_row, history, set_policy
 from supertiny.store.tables import Evaluation, RequestLog
 
 # task: (tiny confidence, tiny valid, tiny correct, llm correct)
@@ -56,7 +56,7 @@ def test_token_curve_gives_the_llm_token_share():
 
 
 def _evaluation(store, model: str, llm: bool) -> None:
-    from supertiny.models.registry import find_model_version
+    from supertiny.models.versions import find_model_version
 
     with store.session() as session:
         registered = find_model_version(store, model)
@@ -126,7 +126,7 @@ def run(store, *args: str):
 
 
 def test_policy_cli(sqlite_store):
-    from supertiny.models.registry import register_model_version
+    from supertiny.models.versions import register_model_version
 
     unknown = run(sqlite_store, "policy", "set", "weather", "tiny", "-p", "tiny=small")
     assert unknown.exit_code == 1 and unknown.output.startswith("error: unknown model 'small'")

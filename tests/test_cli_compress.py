@@ -141,7 +141,7 @@ def test_the_benchmark_makes_gguf_variants_and_reads_their_decode_bytes(sqlite_s
     from safetensors.numpy import load_file, save_file
     from supertiny.compress.gguf_export import export_gguf
     from supertiny.config import Settings
-    from supertiny.models.registry import get_model_version, register_external
+    from supertiny.models.versions import get_model_version, register_external
 
     monkeypatch.syspath_prepend(str(REPO_ROOT))
     from bench.compress import COMPRESSED_STAGES, LOAD_KEYS, gguf_bytes_per_token, make_variants
@@ -193,8 +193,8 @@ def test_the_compression_benchmark_times_gguf_variants_with_llama_cpp(tmp_path, 
 def test_the_benchmark_re_evaluates_where_the_stored_evaluation_is_smaller(monkeypatch):
     import argparse
 
-    import supertiny.evaluate.queries as queries
-    import supertiny.evaluate.runner as runner
+    import supertiny.eval.queries as queries
+    import supertiny.eval.runner as runner
     monkeypatch.syspath_prepend(str(REPO_ROOT))
     from bench.compress import accuracy
 

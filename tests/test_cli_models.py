@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import REPO_ROOT
 from supertiny.cli import cli
-from supertiny.models.registry import register_model_version
+from supertiny.models.versions import register_model_version
 from supertiny.runtime.loading import close_models
 from supertiny.store.engine import Store
 

@@ -10,7 +10,7 @@ import time
 
 import httpx
 from conftest import REPO_ROOT
-from supertiny.route.policy_store import set_policy
+from supertiny.policy.policy_store import set_policy
 
 
 def free_port() -> int:

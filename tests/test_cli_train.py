@@ -11,8 +11,8 @@ from helpers.training import harvest_snapshot
 from supertiny.cli import cli
 from supertiny.cli.app import config_options
 from supertiny.store.engine import Store
-from supertiny.transfer.kd_config import KDConfig
-from supertiny.transfer.sft_config import SFTConfig
+from supertiny.train.kd_config import KDConfig
+from supertiny.train.sft_config import SFTConfig
 
 FAST = ["--max-steps", "2", "--grad-accum", "1", "--batch-size", "2", "--max-length", "512", "--threads", "1",
         "--learning-rate", "0.005"]

@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 from helpers import toy_domain
 from helpers.scripted_chat import ScriptedChatModel, call, weather_oracle
-from supertiny.datasets import export, snapshot
+from supertiny.data import export, snapshot
 from supertiny.errors import InvalidInputError, NotFoundError
 from supertiny.harvest.runner import HarvestConfig, run_harvest
 from supertiny.store import DatasetItem, RequestLog

@@ -13,8 +13,8 @@ from helpers.scripted_chat import ScriptedChatModel, weather_oracle
 from supertiny.config import Settings
 from supertiny.demo.plan import DemoPlan
 from supertiny.demo.runner import Demo
-from supertiny.models.registry import find_model_version, register_external
-from supertiny.route import policy_store
+from supertiny.models.versions import find_model_version, register_external
+from supertiny.policy import policy_store
 
 PLAN = DemoPlan(student="student", teacher="teacher", domain="toy-weather", harvest_tasks=4, eval_per_category=1,
                 sft_epochs=1.0, kd_epochs=1.0, requests=2, route="demo-toy", llm_runtime="transformers", engine="off")

@@ -22,7 +22,7 @@ from supertiny.engine.launch import EngineOptions, healthy
 from supertiny.engine.manager import engine_statuses, start_engine, stop_engine
 from supertiny.errors import EngineUnavailableError, InvalidInputError
 from supertiny.models.backend import GenerationOptions
-from supertiny.models.registry import register_external
+from supertiny.models.versions import register_external
 from supertiny.runtime.loading import close_models, open_model
 from supertiny.store import HarvestRun, RequestLog, Sample
 from supertiny.store.session import open_store
@@ -133,7 +133,7 @@ def test_concurrent_seeded_long_prompts_leave_the_engine_healthy(engine):
 
 def test_tool_requests_through_supertiny_serve_to_the_engine(engine, engine_home):
     import openai
-    from supertiny.route.policy_store import set_policy
+    from supertiny.policy.policy_store import set_policy
     from supertiny.serve.app import ServeOptions, create_app
     from supertiny.serve.background import BackgroundServer
 
@@ -158,9 +158,9 @@ def test_tool_requests_through_supertiny_serve_to_the_engine(engine, engine_home
 
 
 def test_hybrid_token_decodes_through_the_engines(engine):
+    from supertiny.policy.hybrid import on_engines
+    from supertiny.policy.hybrid_engines import hybrid_generate_on_engines
     from supertiny.registry import lookup
-    from supertiny.route.hybrid import on_engines
-    from supertiny.route.hybrid_engines import hybrid_generate_on_engines
 
     store, _ = engine
     model = open_model(store, MODEL)
@@ -177,7 +177,7 @@ def test_hybrid_token_decodes_through_the_engines(engine):
 
 
 def test_harvest_and_eval_go_through_the_engine(engine):
-    from supertiny.evaluate.runner import EvalConfig, evaluate
+    from supertiny.eval.runner import EvalConfig, evaluate
     from supertiny.harvest.runner import HarvestConfig, run_harvest
     from supertiny.prototype.teacher import open_chat_model
 
@@ -193,8 +193,8 @@ def test_harvest_and_eval_go_through_the_engine(engine):
 
 def test_rft_rounds_sample_through_engines_and_stop_the_ones_they_started(engine, engine_home):
     from helpers.training import FAST, harvest_snapshot
-    from supertiny.transfer.pipeline import train_model
-    from supertiny.transfer.rft_config import RFTConfig
+    from supertiny.train.pipeline import train_model
+    from supertiny.train.rft_config import RFTConfig
 
     store, row = engine
     started = time.time()
@@ -224,8 +224,8 @@ def _cmdline_has(pid: str, text: str) -> bool:
 def test_an_engine_killed_mid_run_fails_over_or_503s_and_the_harvest_resumes(engine, engine_home, tiny_model_dir):
     import httpx
     from supertiny.harvest.runner import HarvestConfig, run_harvest
+    from supertiny.policy.policy_store import set_policy
     from supertiny.prototype.teacher import open_chat_model
-    from supertiny.route.policy_store import set_policy
     from supertiny.serve.app import ServeOptions, create_app
     from supertiny.serve.background import BackgroundServer
 
@@ -310,7 +310,7 @@ def test_start_failures_are_one_line_each(engine, engine_home, tmp_path):
 
 
 def test_formats_the_engine_cannot_serve_are_refused_before_anything_starts(engine, tmp_path):
-    from supertiny.models.registry import register_model_version
+    from supertiny.models.versions import register_model_version
 
     store, _ = engine
     register_model_version(store, name="int8-student", stage="quantized", format="int8",

@@ -8,10 +8,10 @@ from helpers import toy_domain
 from supertiny.cli import cli
 from supertiny.domain import DomainTask
 from supertiny.errors import NotFoundError
-from supertiny.evaluate import queries
-from supertiny.evaluate.runner import EvalConfig, evaluate, summarize
-from supertiny.evaluate.selection import select_tasks
-from supertiny.models.registry import register_external
+from supertiny.eval import queries
+from supertiny.eval.runner import EvalConfig, evaluate, summarize
+from supertiny.eval.selection import select_tasks
+from supertiny.models.versions import register_external
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_the_paired_test_counts_only_the_tasks_both_judged_and_where_they_disagr
 def test_a_task_waits_for_its_answer_as_long_as_the_evaluation_allows(store, toy, monkeypatch):
     from helpers.chat_models import ScriptedModel
     from supertiny.errors import BackendTimeoutError
-    from supertiny.evaluate import runner
+    from supertiny.eval import runner
 
     slow = ScriptedModel("slow", delay_s=0.3)
     monkeypatch.setattr("supertiny.runtime.loading.open_model", lambda store, name: slow)
@@ -107,7 +107,7 @@ def test_a_task_waits_for_its_answer_as_long_as_the_evaluation_allows(store, toy
 
 
 def register_external_like(store, name):
-    from supertiny.models.registry import register_model_version
+    from supertiny.models.versions import register_model_version
 
     register_model_version(store, name=name, stage="external", format="hf", backend="transformers",
                            path=f"/nowhere/{name}")

@@ -16,7 +16,7 @@ from supertiny.compress.gguf_export import DEFAULT_HEAD_TYPES, export_gguf, gguf
 from supertiny.compress.pipeline import compress_model
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError
-from supertiny.models.registry import get_model_version, register_external
+from supertiny.models.versions import get_model_version, register_external
 from supertiny.runtime.loading import close_models
 
 TYPES = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,

@@ -6,11 +6,11 @@ from helpers.chat_models import WEATHER_TOOL, ScriptedModel
 from supertiny.errors import ConfigError
 from supertiny.models.backend import GenerationOptions
 from supertiny.models.transformers_backend import TransformersChatModel
-from supertiny.route.hybrid import hybrid_generate
-from supertiny.route.policy_store import ActivePolicy, policy_kind
-from supertiny.route.pool import ModelPool
-from supertiny.route.router import Router, RouteRequest
-from supertiny.route.token_rewards import TinyMarginReward, TinyProbabilityReward
+from supertiny.policy.hybrid import hybrid_generate
+from supertiny.policy.policy_store import ActivePolicy, policy_kind
+from supertiny.policy.pool import ModelPool
+from supertiny.policy.router import Router, RouteRequest
+from supertiny.policy.token_rewards import TinyMarginReward, TinyProbabilityReward
 from supertiny.schema import Message, ToolSpec
 
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris in celsius?"}]

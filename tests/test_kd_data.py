@@ -6,7 +6,7 @@ import json
 import pytest
 from helpers.toy_domain import WEATHER_TOOL
 from supertiny.artifacts.conversation import IGNORE_INDEX
-from supertiny.transfer.kd_data import distillation_examples
+from supertiny.train.kd_data import distillation_examples
 from transformers import AutoTokenizer
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from supertiny.transfer.kd_loss import corrected_loss, distillation_loss
+from supertiny.train.kd_loss import corrected_loss, distillation_loss
 
 STUDENT = [[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]]
 TEACHER = [[1.0, 1.0, 0.0], [3.0, -1.0, 0.5]]

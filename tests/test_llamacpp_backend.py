@@ -16,7 +16,7 @@ from supertiny.config import Settings
 from supertiny.errors import BackendTimeoutError, ContextLengthError, InvalidInputError, ModelError
 from supertiny.models.backend import Generation, GenerationOptions
 from supertiny.models.llamacpp_backend import LlamaCppChatModel
-from supertiny.models.registry import register_external
+from supertiny.models.versions import register_external
 from supertiny.registry import get_backends
 from supertiny.runtime.loading import close_models, open_model
 

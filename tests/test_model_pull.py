@@ -19,7 +19,7 @@ from supertiny.errors import InvalidInputError, ModelError, NotFoundError, Resou
 from supertiny.models import pull as pull_module
 from supertiny.models.catalog import CATALOG, CatalogModel, PackagePart, get_catalog_model
 from supertiny.models.pull import convert_gguf, pull_model, read_manifest
-from supertiny.models.registry import find_model_version, register_model_version
+from supertiny.models.versions import find_model_version, register_model_version
 from tiny_gguf import write_tiny_gguf
 
 NAME = "tiny-qwen"

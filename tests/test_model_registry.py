@@ -4,7 +4,7 @@ import math
 
 import pytest
 from supertiny.errors import InvalidInputError, NotFoundError
-from supertiny.models.registry import (
+from supertiny.models.versions import (
     find_model_version,
     get_model_version,
     lineage,

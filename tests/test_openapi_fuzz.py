@@ -15,8 +15,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 from supertiny.config import Settings
-from supertiny.route.policy_store import set_policy
-from supertiny.route.pool import ModelPool
+from supertiny.policy.policy_store import set_policy
+from supertiny.policy.pool import ModelPool
 from supertiny.serve.app import ServeOptions, create_app
 
 CHECKS = [schemathesis.checks.not_a_server_error, status_code_conformance, content_type_conformance,

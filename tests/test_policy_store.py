@@ -6,9 +6,9 @@ import time
 
 import pytest
 from supertiny.errors import DatabaseError, InvalidInputError, NotFoundError
+from supertiny.policy import policy_store
+from supertiny.policy.policy_store import PolicyStore, activate, active_rows, disable, history, set_policy
 from supertiny.registry import get_policies
-from supertiny.route import policy_store
-from supertiny.route.policy_store import PolicyStore, activate, active_rows, disable, history, set_policy
 
 
 def test_set_policy_appends_versions_and_keeps_one_active(store):

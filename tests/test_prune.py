@@ -16,7 +16,7 @@ from supertiny.compress.prune_config import PruneConfig
 from supertiny.compress.structure import Shape, parse_param_count, solve_shape
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError
-from supertiny.models.registry import get_model_version, register_external
+from supertiny.models.versions import get_model_version, register_external
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 

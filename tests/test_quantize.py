@@ -14,7 +14,7 @@ from supertiny.compress.quantized import Int4Linear, Int8Linear
 from supertiny.compress.quantized_io import MANIFEST, WEIGHTS
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError, ModelError
-from supertiny.models.registry import get_model_version, register_external
+from supertiny.models.versions import get_model_version, register_external
 from supertiny.registry import get_backends
 from supertiny.runtime.loading import close_models, open_model
 from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -14,11 +14,11 @@ from helpers.chat_models import (
 )
 from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError
 from supertiny.models.backend import GenerationOptions
+from supertiny.policy.kinds import canary_bucket
+from supertiny.policy.policy_store import ActivePolicy, policy_kind
+from supertiny.policy.pool import ModelPool
+from supertiny.policy.router import Router, RouteRequest
 from supertiny.registry import get_policies
-from supertiny.route.kinds import canary_bucket
-from supertiny.route.policy_store import ActivePolicy, policy_kind
-from supertiny.route.pool import ModelPool
-from supertiny.route.router import Router, RouteRequest
 from supertiny.schema import Message, ToolSpec
 
 TOOLS = [ToolSpec.model_validate(WEATHER_TOOL)]
@@ -214,9 +214,9 @@ def test_route_stream_streams_live_without_tools_and_buffers_with_tools():
 
 def test_a_plugin_policy_kind_is_looked_up_through_the_registry(register_plugin, sqlite_store):
     import supertiny
-    from supertiny.route.kinds import LlmParams
-    from supertiny.route.policy import Decision, Policy
-    from supertiny.route.policy_store import PolicyStore, set_policy
+    from supertiny.policy.base import Decision, Policy
+    from supertiny.policy.kinds import LlmParams
+    from supertiny.policy.policy_store import PolicyStore, set_policy
 
     class Alternate(Policy):
         """Odd request ids to the LLM, even ones to the tiny model."""

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from helpers.chat_models import BROKEN_CALL, GOOD_CALL, WEATHER_TOOL, ScriptedModel, broken
 from supertiny.config import Settings
 from supertiny.models.transformers_backend import TransformersChatModel
-from supertiny.route.policy_store import set_policy
-from supertiny.route.pool import ModelPool
+from supertiny.policy.policy_store import set_policy
+from supertiny.policy.pool import ModelPool
 from supertiny.serve.app import ServeOptions, create_app
 from supertiny.serve.background import BackgroundServer
 from supertiny.store.tables import RequestLog

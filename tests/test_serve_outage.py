@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 from helpers.chat_models import GOOD_CALL, WEATHER_TOOL, ScriptedModel
 from supertiny.config import Settings
-from supertiny.route.policy_store import set_policy
-from supertiny.route.pool import ModelPool
+from supertiny.policy.policy_store import set_policy
+from supertiny.policy.pool import ModelPool
 from supertiny.serve.app import ServeOptions, create_app
 from supertiny.serve.auth import create_key
 from supertiny.serve.background import BackgroundServer

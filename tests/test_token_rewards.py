@@ -3,8 +3,8 @@
 import math
 
 import pytest
+from supertiny.policy.token_rewards import TokenProposal
 from supertiny.registry import get_token_rewards
-from supertiny.route.token_rewards import TokenProposal
 
 
 def test_builtin_rewards_are_registered():

@@ -13,14 +13,14 @@ from helpers.training import FAST, alternating, harvest_snapshot, wrong_answer
 from supertiny.artifacts.facts import ModelFacts
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError, NotFoundError, ResourceError
-from supertiny.models.registry import get_model_version, lineage, register_external
+from supertiny.models.versions import get_model_version, lineage, register_external
 from supertiny.store import Dataset
-from supertiny.transfer import resources
-from supertiny.transfer.dpo_config import DPOConfig
-from supertiny.transfer.kd_config import KDConfig
-from supertiny.transfer.pipeline import run_dir, train_model
-from supertiny.transfer.rft_config import RFTConfig
-from supertiny.transfer.sft_config import SFTConfig
+from supertiny.train import resources
+from supertiny.train.dpo_config import DPOConfig
+from supertiny.train.kd_config import KDConfig
+from supertiny.train.pipeline import run_dir, train_model
+from supertiny.train.rft_config import RFTConfig
+from supertiny.train.sft_config import SFTConfig
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_sft_lowers_the_loss_and_registers_a_reloadable_model_with_its_lineage(e
 
 def test_sft_can_train_the_embedding_rows_of_the_chat_markup_tokens_it_writes(env):
     from safetensors.torch import load_file
-    from supertiny.transfer.modeling import added_token_ids
+    from supertiny.train.modeling import added_token_ids
     from transformers import AutoTokenizer
 
     store, settings = env
@@ -226,7 +226,7 @@ def test_kd_lowers_the_divergence_to_the_teacher(env):
 def test_kd_logits_on_the_trained_positions_are_the_full_forward_passes(tiny_model_dir):
     import torch
     from supertiny.artifacts.conversation import IGNORE_INDEX
-    from supertiny.transfer.kd_trainer import trained_logits
+    from supertiny.train.kd_trainer import trained_logits
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -318,8 +318,8 @@ def test_dpo_on_passing_and_failing_answers_to_the_same_tasks(env):
 
 
 def test_dpo_pairs_share_the_prompt_and_differ_in_the_answer(env):
-    from supertiny.datasets.snapshot import get_snapshot, snapshot_items
-    from supertiny.transfer.dpo_trainer import preference_pairs
+    from supertiny.data.snapshot import get_snapshot, snapshot_items
+    from supertiny.train.dpo_trainer import preference_pairs
     from transformers import AutoTokenizer
 
     store, _ = env
@@ -414,7 +414,7 @@ def test_train_runs_leave_the_snapshots_they_sampled(env):
 
 def test_grpo_scores_each_answer_with_the_domains_verifier(env):
     from supertiny.registry import lookup
-    from supertiny.transfer.grpo_trainer import RewardTask, VerifierReward
+    from supertiny.train.grpo_trainer import RewardTask, VerifierReward
 
     domain = lookup("domain", "toy-weather")
     task = next(domain.tasks("train"))
@@ -430,7 +430,7 @@ def test_grpo_scores_each_answer_with_the_domains_verifier(env):
 def test_grpo_runs_the_calls_in_an_executable_domains_environment(env):
     from supertiny.domain import Verdict
     from supertiny.registry import lookup
-    from supertiny.transfer.grpo_trainer import RewardTask, VerifierReward
+    from supertiny.train.grpo_trainer import RewardTask, VerifierReward
 
     domain = lookup("domain", "toy-alerts")
     task = next(domain.tasks("train"))
@@ -447,7 +447,7 @@ def test_grpo_runs_the_calls_in_an_executable_domains_environment(env):
 
 
 def test_grpo_trains_on_the_snapshots_tasks_and_records_its_reward_curve(env):
-    from supertiny.transfer.grpo_config import GRPOConfig
+    from supertiny.train.grpo_config import GRPOConfig
 
     store, settings = env
     snapshot = harvest_snapshot(store, "mixed", respond=alternating(), samples_per_task=2, verdict=None, limit=4)
@@ -464,7 +464,7 @@ def test_grpo_trains_on_the_snapshots_tasks_and_records_its_reward_curve(env):
 
 
 def test_grpo_bad_options_are_refused():
-    from supertiny.transfer.grpo_config import GRPOConfig
+    from supertiny.train.grpo_config import GRPOConfig
 
     with pytest.raises(InvalidInputError, match="--group-size must be at least 2"):
         GRPOConfig(group_size=1).validate()

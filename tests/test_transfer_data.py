@@ -8,7 +8,7 @@ from helpers.toy_domain import WEATHER_TOOL
 from supertiny.artifacts.chat_template import chat_template_messages
 from supertiny.artifacts.conversation import IGNORE_INDEX, assistant_spans, tokenize_conversation
 from supertiny.errors import InvalidInputError
-from supertiny.transfer.chat_data import markup_spellings, tokenize_records
+from supertiny.train.chat_data import markup_spellings, tokenize_records
 from transformers import AutoTokenizer
 
 BFCL_TOOL = {"name": "calc.area", "description": "Area of a triangle.",
@@ -152,7 +152,7 @@ def test_tool_call_arguments_are_rendered_as_objects_not_escaped_strings(tokeniz
 def test_the_text_around_tool_calls_is_left_out_unless_asked_for(tokenizer):
     from types import SimpleNamespace
 
-    from supertiny.transfer.sft_trainer import training_records
+    from supertiny.train.sft_trainer import training_records
 
     narrated = [CONVERSATION[0], {**CONVERSATION[1], "content": "To get the weather I will call get_weather."},
                 *CONVERSATION[2:]]
@@ -171,7 +171,7 @@ def test_the_text_around_tool_calls_is_left_out_unless_asked_for(tokenizer):
 
 def test_balanced_categories_repeat_the_rarer_ones_up_to_the_largest():
     from supertiny.store import DatasetItem
-    from supertiny.transfer.sft_trainer import balanced, training_records
+    from supertiny.train.sft_trainer import balanced, training_records
 
     def item(category, index, verdict="pass"):
         return DatasetItem(category=category, verdict=verdict, tools=[],

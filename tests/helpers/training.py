@@ -2,7 +2,7 @@
 
 import itertools
 
-from supertiny.datasets.snapshot import SnapshotSource, create_snapshot
+from supertiny.data.snapshot import SnapshotSource, create_snapshot
 from supertiny.harvest.runner import HarvestConfig, run_harvest
 
 from helpers.scripted_chat import ScriptedChatModel, call, weather_oracle

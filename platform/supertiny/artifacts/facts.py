@@ -47,7 +47,7 @@ class ModelRef:
 def model_ref(version: ModelVersion) -> ModelRef:
     """The HF directory of a registered model (and its GGUF file name, if it is one); an InvalidInputError
     when its files are missing. Whether the model's backend opens it from such weights at all is the
-    caller's check (:func:`supertiny.models.registry.require_hf_weights`)."""
+    caller's check (:func:`supertiny.models.versions.require_hf_weights`)."""
     path = Path(version.path).expanduser()
     gguf_file = (version.config or {}).get("gguf_file") if version.format == "gguf" else None
     if not path.is_dir():

@@ -1,8 +1,8 @@
 """Built-in routing policy kinds: tiny, llm, cascade, hybrid-token, canary, shadow."""
 
 import supertiny
-from supertiny.route.hybrid import HybridTokenPolicy
-from supertiny.route.kinds import CanaryPolicy, CascadePolicy, LlmPolicy, ShadowPolicy, TinyPolicy
+from supertiny.policy.hybrid import HybridTokenPolicy
+from supertiny.policy.kinds import CanaryPolicy, CascadePolicy, LlmPolicy, ShadowPolicy, TinyPolicy
 
 
 @supertiny.hookimpl(trylast=True)

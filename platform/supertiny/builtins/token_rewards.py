@@ -1,7 +1,7 @@
 """Built-in token rewards for hybrid-token routing."""
 
 import supertiny
-from supertiny.route.token_rewards import TinyMarginReward, TinyProbabilityReward
+from supertiny.policy.token_rewards import TinyMarginReward, TinyProbabilityReward
 
 
 @supertiny.hookimpl(trylast=True)

@@ -2,12 +2,12 @@
 ``healed``)."""
 
 import supertiny
-from supertiny.transfer.dpo_trainer import DPOTrainer
-from supertiny.transfer.grpo_trainer import GRPOTrainer
-from supertiny.transfer.heal_trainer import HealTrainer
-from supertiny.transfer.kd_trainer import KDTrainer
-from supertiny.transfer.rft_trainer import RFTTrainer
-from supertiny.transfer.sft_trainer import SFTTrainer
+from supertiny.train.dpo_trainer import DPOTrainer
+from supertiny.train.grpo_trainer import GRPOTrainer
+from supertiny.train.heal_trainer import HealTrainer
+from supertiny.train.kd_trainer import KDTrainer
+from supertiny.train.rft_trainer import RFTTrainer
+from supertiny.train.sft_trainer import SFTTrainer
 
 
 @supertiny.hookimpl(trylast=True)

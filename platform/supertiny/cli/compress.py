@@ -92,7 +92,7 @@ def compressor_command(compressor: Any) -> click.Command:
         from supertiny.errors import InvalidInputError
         from supertiny.progress import BarProgress, quiet_libraries
         from supertiny.store.session import open_store
-        from supertiny.transfer.heal_config import HealConfig
+        from supertiny.train.heal_config import HealConfig
 
         quiet_libraries()
         store = open_store(settings)
@@ -110,7 +110,7 @@ def compressor_command(compressor: Any) -> click.Command:
             result = execute_compression(prepared)
             healed = None
             if heal_config is not None:
-                from supertiny.transfer.heal_trainer import heal_model
+                from supertiny.train.heal_trainer import heal_model
 
                 healed = heal_model(store, settings, result.name, data=str(data), teacher=model, name=heal_name,
                                     config=heal_config, domain=domain, progress=progress)

@@ -6,7 +6,7 @@ import click
 
 from supertiny.cli.app import json_option, pass_settings, print_json, print_table
 from supertiny.config import Settings
-from supertiny.datasets import export, snapshot
+from supertiny.data import export, snapshot
 from supertiny.store.session import open_store
 
 

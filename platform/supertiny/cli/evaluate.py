@@ -4,8 +4,8 @@ import click
 
 from supertiny.cli.app import json_option, pass_settings, print_json, print_table
 from supertiny.config import Settings
-from supertiny.evaluate import queries
-from supertiny.evaluate.runner import EvalConfig, evaluate
+from supertiny.eval import queries
+from supertiny.eval.runner import EvalConfig, evaluate
 from supertiny.store.session import open_store
 
 

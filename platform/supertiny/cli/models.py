@@ -91,7 +91,7 @@ def catalog(as_json: bool) -> None:
 @pass_settings
 def list_models(settings: Settings, stage: str | None, as_json: bool) -> None:
     """Every registered model: name, stage, parent, size, backend, where it lives."""
-    from supertiny.models.registry import summarize_model_versions
+    from supertiny.models.versions import summarize_model_versions
     from supertiny.store.session import open_store
 
     rows = summarize_model_versions(open_store(settings), stage)
@@ -111,7 +111,7 @@ def list_models(settings: Settings, stage: str | None, as_json: bool) -> None:
 @pass_settings
 def show(settings: Settings, name: str, with_lineage: bool, as_json: bool) -> None:
     """Details of one registered model."""
-    from supertiny.models.registry import get_model_version, lineage, model_version_summary
+    from supertiny.models.versions import get_model_version, lineage, model_version_summary
     from supertiny.store.session import open_store
 
     store = open_store(settings)
@@ -158,7 +158,7 @@ def register(settings: Settings, location: str, name: str | None, served_model: 
     supertiny models register ./qwen.Q4_K_M.gguf --name qwen-q4
     supertiny models register http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-7B-Instruct \
         --api-key-env VLLM_API_KEY"""
-    from supertiny.models.registry import register_external
+    from supertiny.models.versions import register_external
     from supertiny.store.session import open_store
 
     row = register_external(open_store(settings), location, name, served_model=served_model,

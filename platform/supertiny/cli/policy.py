@@ -49,7 +49,7 @@ def _params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, Any]:
 
 
 def _row(row: Any) -> dict[str, Any]:
-    from supertiny.route.policy_store import policy_summary
+    from supertiny.policy.policy_store import policy_summary
 
     return policy_summary(row)
 
@@ -97,7 +97,7 @@ def set_command(settings: Settings, route: str, kind: str, pairs: tuple[str, ...
                 note: str | None, allow_unknown_models: bool, as_json: bool) -> None:
     """Store a new version of ROUTE's policy and make it active (servers pick it up within seconds). Every model
     it names must be registered (or a model directory)."""
-    from supertiny.route.policy_store import check_models_exist, set_policy
+    from supertiny.policy.policy_store import check_models_exist, set_policy
 
     store, params = open_store(settings), _params(pairs, params_json)
     if not allow_unknown_models:
@@ -114,7 +114,7 @@ def set_command(settings: Settings, route: str, kind: str, pairs: tuple[str, ...
 @pass_settings
 def list_command(settings: Settings, as_json: bool) -> None:
     """Every route with its active policy."""
-    from supertiny.route.policy_store import active_rows
+    from supertiny.policy.policy_store import active_rows
 
     rows = [_row(row) for row in active_rows(open_store(settings))]
     if as_json:
@@ -133,7 +133,7 @@ def list_command(settings: Settings, as_json: bool) -> None:
 def show_command(settings: Settings, route: str, as_json: bool) -> None:
     """ROUTE's active policy with every param."""
     from supertiny.errors import NotFoundError
-    from supertiny.route.policy_store import active_row
+    from supertiny.policy.policy_store import active_row
 
     row = active_row(open_store(settings), route)
     if row is None:
@@ -157,7 +157,7 @@ def show_command(settings: Settings, route: str, as_json: bool) -> None:
 @pass_settings
 def history_command(settings: Settings, route: str, as_json: bool) -> None:
     """Every version of ROUTE's policy, oldest first; * marks the active one."""
-    from supertiny.route.policy_store import history
+    from supertiny.policy.policy_store import history
 
     rows = [_row(row) for row in history(open_store(settings), route)]
     if as_json:
@@ -174,7 +174,7 @@ def history_command(settings: Settings, route: str, as_json: bool) -> None:
 @pass_settings
 def activate_command(settings: Settings, route: str, version: int) -> None:
     """Make stored VERSION of ROUTE active again (rollback)."""
-    from supertiny.route.policy_store import activate
+    from supertiny.policy.policy_store import activate
 
     row = activate(open_store(settings), route, version)
     click.echo(f"route {row.route}: version {row.version} is active ({row.kind} {_params_text(row.params)})")
@@ -185,7 +185,7 @@ def activate_command(settings: Settings, route: str, version: int) -> None:
 @pass_settings
 def disable_command(settings: Settings, route: str) -> None:
     """Stop serving ROUTE (its history stays; `activate` brings a version back)."""
-    from supertiny.route.policy_store import disable
+    from supertiny.policy.policy_store import disable
 
     row = disable(open_store(settings), route)
     click.echo(f"route {row.route}: disabled (version {row.version} was active)")
@@ -208,7 +208,7 @@ def calibrate_command(settings: Settings, route: str, target_accuracy: float | N
                       source: str, domain: str | None, split: str | None, tiny_evaluation: int | None,
                       llm_evaluation: int | None, dry_run: bool, as_json: bool) -> None:
     """Choose ROUTE's cascade / hybrid-token threshold for a target accuracy or an LLM budget."""
-    from supertiny.route.calibrate import calibrate
+    from supertiny.policy.calibrate import calibrate
 
     if (target_accuracy is None) == (llm_budget is None):
         raise InvalidInputError("give exactly one of --target-accuracy and --llm-budget")

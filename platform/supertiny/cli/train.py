@@ -65,7 +65,7 @@ def trainer_command(trainer: Any) -> click.Command:
             **options: Any) -> None:
         from supertiny.progress import BarProgress, quiet_libraries
         from supertiny.store.session import open_store
-        from supertiny.transfer.pipeline import train_model
+        from supertiny.train.pipeline import train_model
 
         quiet_libraries()
         config = trainer.config_class(**options)

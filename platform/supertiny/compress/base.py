@@ -39,7 +39,7 @@ class CompressContext:
 
     def items(self, split: str) -> list[DatasetItem]:
         """The snapshot's records of ``split`` (none without a snapshot)."""
-        from supertiny.datasets.snapshot import snapshot_items
+        from supertiny.data.snapshot import snapshot_items
 
         if self.dataset is None:
             return []

@@ -80,8 +80,8 @@ def prepare_compression(
 ) -> PreparedCompression:
     """Resolve and check everything a run needs; nothing is loaded yet."""
     from supertiny.artifacts.facts import model_ref
-    from supertiny.datasets.snapshot import get_snapshot
-    from supertiny.models.registry import find_model_version, get_model_version, require_hf_weights
+    from supertiny.data.snapshot import get_snapshot
+    from supertiny.models.versions import find_model_version, get_model_version, require_hf_weights
     from supertiny.registry import lookup
 
     compressor: Compressor = lookup("compressor", algorithm)
@@ -126,7 +126,7 @@ def prepare_compression(
 def execute_compression(prepared: PreparedCompression) -> CompressedModel:
     """Compress, then register what the compressor wrote."""
     from supertiny.artifacts import weights
-    from supertiny.models.registry import register_model_version
+    from supertiny.models.versions import register_model_version
 
     compressor, context = prepared.compressor, prepared.context
     started = time.perf_counter()

@@ -25,7 +25,7 @@ class ReportOptions:
 def model_report(store: Store, name: str, options: ReportOptions, progress: EvalProgress | None = None) -> dict:
     """One model's row: what the registry says, plus measured speed and accuracy when asked. A failure to
     measure or evaluate is reported in the row (``speed_error`` / ``eval_error``), not raised."""
-    from supertiny.models.registry import get_model_version
+    from supertiny.models.versions import get_model_version
 
     row = get_model_version(store, name)
     report: dict[str, Any] = {"name": row.name, "stage": row.stage, "format": row.format, "backend": row.backend,
@@ -58,7 +58,7 @@ def _speed(store: Store, name: str, options: ReportOptions) -> dict[str, Any]:
 
 
 def _accuracy(store: Store, name: str, options: ReportOptions, progress: EvalProgress | None) -> dict[str, Any]:
-    from supertiny.evaluate.runner import EvalConfig, evaluate
+    from supertiny.eval.runner import EvalConfig, evaluate
 
     assert options.eval_domain is not None
     config = EvalConfig(model=name, domain=options.eval_domain, split=options.eval_split,

@@ -26,7 +26,7 @@ class DemoEngines:
         """Serve ``model`` on an engine if one can run it; what serves it and how long getting there took."""
         from supertiny.engine.launch import EngineOptions
         from supertiny.engine.manager import engine_location, start_engine
-        from supertiny.models.registry import get_model_version
+        from supertiny.models.versions import get_model_version
 
         version = get_model_version(self.store, model)
         if self.unavailable:

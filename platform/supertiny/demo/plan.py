@@ -10,7 +10,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from supertiny.transfer.heal_config import HealConfig
+    from supertiny.train.heal_config import HealConfig
 
 STUDENT = "qwen2.5-coder-0.5b-instruct"
 TEACHER = "qwen2.5-coder-1.5b-instruct"
@@ -82,7 +82,7 @@ class DemoPlan:
 
     def heal_config(self) -> "HealConfig":
         """How the prune step heals: healing's defaults for ``heal_epochs``."""
-        from supertiny.transfer.heal_config import HealConfig
+        from supertiny.train.heal_config import HealConfig
 
         return HealConfig(epochs=self.heal_epochs)
 

@@ -22,7 +22,7 @@ def _percent(value: float | None) -> str:
 
 def _with_interval(accuracy: float | None, n: int | None) -> str:
     """``53.3% [30.1, 75.2]``: the accuracy and its 95% Wilson interval (the accuracy alone when n is unknown)."""
-    from supertiny.evaluate.stats import wilson_interval
+    from supertiny.eval.stats import wilson_interval
 
     if accuracy is None or not n:
         return _percent(accuracy)
@@ -63,7 +63,7 @@ def _models_table(rows: list[dict[str, Any]]) -> list[str]:
 def _paired_lines(store: Any, rows: list[dict[str, Any]]) -> list[str]:
     """Each student against the teacher on the tasks both answered (exact McNemar)."""
     from supertiny.errors import NotFoundError
-    from supertiny.evaluate.queries import evaluation_by_id, paired_test
+    from supertiny.eval.queries import evaluation_by_id, paired_test
 
     teacher = next((row for row in rows if row["label"] == EVAL_STEPS[0][1]), None)
     if teacher is None or "evaluation_id" not in teacher:

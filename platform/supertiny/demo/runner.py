@@ -124,7 +124,7 @@ class Demo:
 
     def models(self) -> dict[str, Any]:
         from supertiny.models.pull import pull_model
-        from supertiny.models.registry import find_model_version
+        from supertiny.models.versions import find_model_version
         from supertiny.registry import lookup
 
         pulled = {}
@@ -152,7 +152,7 @@ class Demo:
         several times faster than torch, which computes the bf16 teacher in fp32 there."""
         from supertiny.compress.gguf_config import GGUFConfig
         from supertiny.compress.pipeline import compress_model
-        from supertiny.models.registry import find_model_version
+        from supertiny.models.versions import find_model_version
         from supertiny.progress import BarProgress
 
         row = find_model_version(self.store, self.plan.llm)
@@ -189,7 +189,7 @@ class Demo:
                 "pass_rate": result.passed / result.done, "s_per_sample": result.elapsed_s / max(result.newly_done, 1)}
 
     def snapshot(self) -> dict[str, Any]:
-        from supertiny.datasets.snapshot import SnapshotSource, create_snapshot, snapshot_items
+        from supertiny.data.snapshot import SnapshotSource, create_snapshot, snapshot_items
 
         run_id = self.state.result("harvest")["run_id"]
         dataset = create_snapshot(self.store, self.plan.snapshot, SnapshotSource(runs=(run_id,), verdict="pass"),
@@ -200,7 +200,7 @@ class Demo:
         """Evaluate ``model``: on an engine for the teacher (``engine``) or when the evaluation is large enough
         to pay for starting one."""
         from supertiny.demo.plan import ENGINE_MIN_TASKS
-        from supertiny.evaluate.runner import EvalConfig, evaluate
+        from supertiny.eval.runner import EvalConfig, evaluate
 
         tasks = self.plan.eval_per_category * 5  # BFCL's five categories
         used = self.engines.use(model) if engine or tasks >= ENGINE_MIN_TASKS else {}
@@ -223,22 +223,22 @@ class Demo:
                 "params": version.param_count, "size_bytes": version.size_bytes, "stage": version.stage}
 
     def train_sft(self) -> dict[str, Any]:
-        from supertiny.transfer.sft_config import SFTConfig
+        from supertiny.train.sft_config import SFTConfig
 
         # a few dozen records: one record per optimizer step, or the run is a handful of updates
         return self._train("sft", self.plan.student, SFTConfig(epochs=self.plan.sft_epochs, grad_accum=1), None,
                            self.plan.model_name("train-sft"))
 
     def train_kd(self) -> dict[str, Any]:
-        from supertiny.transfer.kd_config import KDConfig
+        from supertiny.train.kd_config import KDConfig
 
         return self._train("kd", self.model("train-sft"), KDConfig(epochs=self.plan.kd_epochs, grad_accum=1),
                            self.plan.teacher, self.plan.model_name("train-kd"))
 
     def _train(self, algorithm: str, student: str, config: Any, teacher: str | None, name: str) -> dict[str, Any]:
-        from supertiny.models.registry import find_model_version
+        from supertiny.models.versions import find_model_version
         from supertiny.progress import BarProgress
-        from supertiny.transfer.pipeline import train_model
+        from supertiny.train.pipeline import train_model
 
         if find_model_version(self.store, name) is None:
             progress = BarProgress()
@@ -252,9 +252,9 @@ class Demo:
     def prune(self) -> dict[str, Any]:
         from supertiny.compress.pipeline import compress_model
         from supertiny.compress.prune_config import PruneConfig
-        from supertiny.models.registry import find_model_version
+        from supertiny.models.versions import find_model_version
         from supertiny.progress import BarProgress
-        from supertiny.transfer.heal_trainer import heal_model
+        from supertiny.train.heal_trainer import heal_model
 
         pruned, healed = self.plan.model_name("prune", "pruned"), self.plan.model_name("prune", "healed")
         progress = BarProgress()
@@ -274,7 +274,7 @@ class Demo:
     def quantize(self) -> dict[str, Any]:
         from supertiny.compress.pipeline import compress_model
         from supertiny.compress.quantize_config import QuantizeConfig
-        from supertiny.models.registry import find_model_version
+        from supertiny.models.versions import find_model_version
         from supertiny.progress import BarProgress
 
         source = self.model("prune") if self.plan.prune_to else self.trained()
@@ -289,8 +289,8 @@ class Demo:
         return _model_facts(self.store, name)
 
     def policy(self) -> dict[str, Any]:
-        from supertiny.route.calibrate import calibrate
-        from supertiny.route.policy_store import set_policy
+        from supertiny.policy.calibrate import calibrate
+        from supertiny.policy.policy_store import set_policy
 
         teacher = self.state.result("eval-teacher")
         trained = self.state.result("eval-trained")
@@ -345,7 +345,7 @@ class Demo:
 
 
 def _version(store: Store, name: str) -> Any:
-    from supertiny.models.registry import get_model_version
+    from supertiny.models.versions import get_model_version
 
     return get_model_version(store, name)
 

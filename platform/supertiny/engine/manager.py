@@ -67,7 +67,7 @@ def servable_reason(version: ModelVersion) -> str | None:
 def start_engine(store: Store, settings: Settings, model: str, options: EngineOptions | None = None,
                  say: Callable[[str], None] = lambda _: None) -> InferenceEngine:
     """Start (or find already running) the engine of a registered model; returns its record once healthy."""
-    from supertiny.models.registry import get_model_version
+    from supertiny.models.versions import get_model_version
 
     options = options or EngineOptions()
     version = get_model_version(store, model)
@@ -134,7 +134,7 @@ def transient_engine(settings: Settings, model_dir: str | Path, name: str, optio
 
 def stop_engine(store: Store, model: str) -> list[InferenceEngine]:
     """Stop this host's live engines of a model; NotFoundError if it has none."""
-    from supertiny.models.registry import get_model_version
+    from supertiny.models.versions import get_model_version
 
     version = get_model_version(store, model)
     rows = records.live_engines(store, version.id)
@@ -163,7 +163,7 @@ def engine_statuses(store: Store, include_ended: bool = False) -> list[EngineSta
 
 def engine_log(store: Store, model: str, lines: int = 50) -> tuple[InferenceEngine, list[str]]:
     """The newest engine of a model and the last ``lines`` lines of its log."""
-    from supertiny.models.registry import get_model_version
+    from supertiny.models.versions import get_model_version
 
     version = get_model_version(store, model)
     row = records.latest_engine(store, version.id)

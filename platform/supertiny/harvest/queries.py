@@ -73,7 +73,7 @@ def run_status(store: Store, run_id: int) -> dict[str, Any]:
 
 
 def _best_of_n(passed_per_task: list[int]) -> dict[str, Any]:
-    from supertiny.evaluate.stats import wilson_interval
+    from supertiny.eval.stats import wilson_interval
 
     tasks = len(passed_per_task)
     solved = sum(passed > 0 for passed in passed_per_task)

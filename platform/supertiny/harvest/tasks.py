@@ -32,7 +32,7 @@ def sync_tasks(store: Store, domain: Domain, split: str, limit: int | None = Non
     Tasks with the same content hash are one task, stored and harvested once. With ``limit``, the
     first N distinct tasks taken round-robin over the categories, so a small harvest covers them all.
     """
-    from supertiny.evaluate.selection import select_tasks
+    from supertiny.eval.selection import select_tasks
     from supertiny.prototype.agent import task_tools
 
     chosen: dict[str, DomainTask] = {}

@@ -39,7 +39,7 @@ from supertiny.artifacts import weights
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError, ModelError, ResourceError
 from supertiny.models.catalog import CATALOG, CatalogModel, PackagePart, get_catalog_model
-from supertiny.models.registry import find_model_version, register_model_version
+from supertiny.models.versions import find_model_version, register_model_version
 from supertiny.store.engine import Store
 from supertiny.store.tables import ModelVersion
 

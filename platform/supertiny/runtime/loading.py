@@ -42,7 +42,7 @@ def resolve_model(store: Store, name_or_path: str | Path, *, in_process: bool = 
     """Where ``name_or_path`` lives: a registered model (on its running engine, if it has one, unless
     ``in_process`` or ``overrides`` ask for the in-process backend), else an HF directory or a ``.gguf`` file."""
     from supertiny.engine.manager import engine_location
-    from supertiny.models.registry import backend_options, find_model_version, get_model_version
+    from supertiny.models.versions import backend_options, find_model_version, get_model_version
 
     text = str(name_or_path)
     row = find_model_version(store, text)

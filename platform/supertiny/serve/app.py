@@ -20,9 +20,9 @@ from starlette.concurrency import run_in_threadpool
 
 from supertiny import __version__
 from supertiny.config import Settings, get_settings
-from supertiny.route.policy_store import PolicyStore
-from supertiny.route.pool import ModelPool
-from supertiny.route.router import Router
+from supertiny.policy.policy_store import PolicyStore
+from supertiny.policy.pool import ModelPool
+from supertiny.policy.router import Router
 from supertiny.schema.openai import ModelCard, ModelList
 from supertiny.serve.auth import AuthenticationError, KeyChecker
 from supertiny.serve.chat import chat_completions

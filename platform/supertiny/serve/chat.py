@@ -20,8 +20,8 @@ from starlette.concurrency import run_in_threadpool
 
 from supertiny.errors import InvalidInputError, SupertinyError
 from supertiny.models.backend import GenerationOptions
-from supertiny.route.policy_store import ActivePolicy
-from supertiny.route.router import Outcome, RouteRequest
+from supertiny.policy.policy_store import ActivePolicy
+from supertiny.policy.router import Outcome, RouteRequest
 from supertiny.schema.openai import (
     AssistantMessage,
     ChatCompletion,

@@ -7,7 +7,7 @@ conversation teaches the student a distribution the teacher never produced the d
 ``teacher_context`` the teacher reads prompt + conversation and its logits on the assistant tokens are
 paired, token by token, with the student's on the bare conversation. (The context was not what made
 plain kd collapse the student on BFCL: the chat template's ``<tool_call>`` token was, see
-:func:`supertiny.transfer.kd_loss.corrected_loss`.)
+:func:`supertiny.train.kd_loss.corrected_loss`.)
 """
 
 import dataclasses
@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from supertiny.artifacts.conversation import IGNORE_INDEX, Spellings, tokenize_conversation
-from supertiny.transfer.chat_data import TokenizeStats, tokenize_records
-from supertiny.transfer.sft_trainer import Record
+from supertiny.train.chat_data import TokenizeStats, tokenize_records
+from supertiny.train.sft_trainer import Record
 
 
 @dataclasses.dataclass

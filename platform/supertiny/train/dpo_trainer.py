@@ -18,9 +18,9 @@ from supertiny.artifacts.conversation import assistant_spans
 from supertiny.artifacts.facts import model_facts, model_ref
 from supertiny.errors import InvalidInputError
 from supertiny.store import DatasetItem, ModelVersion
-from supertiny.transfer.base import TrainContext, Trainer, TrainResult
-from supertiny.transfer.dpo_config import DPOConfig
-from supertiny.transfer.resources import training_dtype
+from supertiny.train.base import TrainContext, Trainer, TrainResult
+from supertiny.train.dpo_config import DPOConfig
+from supertiny.train.resources import training_dtype
 
 _ID_KEYS = ("id", "tool_call_id")
 
@@ -135,10 +135,10 @@ class DPOTrainer(Trainer):
         import trl
 
         from supertiny.artifacts.hf import load_tokenizer, set_threads
-        from supertiny.datasets.snapshot import snapshot_items
-        from supertiny.transfer.hf_loop import run_trainer, training_arguments
-        from supertiny.transfer.modeling import prepare_student
-        from supertiny.transfer.sampling import sample_and_snapshot, sampler_label
+        from supertiny.data.snapshot import snapshot_items
+        from supertiny.train.hf_loop import run_trainer, training_arguments
+        from supertiny.train.modeling import prepare_student
+        from supertiny.train.sampling import sample_and_snapshot, sampler_label
 
         config: DPOConfig = context.config  # type: ignore[assignment]
         set_threads(config.threads)

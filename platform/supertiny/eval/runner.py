@@ -15,7 +15,7 @@ from typing import Any
 
 from supertiny.domain import Domain, DomainTask, Verdict
 from supertiny.errors import InvalidInputError
-from supertiny.evaluate.selection import select_tasks
+from supertiny.eval.selection import select_tasks
 from supertiny.models.backend import ChatModel, Generation, GenerationOptions
 from supertiny.store import Evaluation, Store
 
@@ -137,7 +137,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def evaluate(store: Store, config: EvalConfig, progress: ProgressCallback | None = None) -> Evaluation:
     """Evaluate ``config.model`` on ``config.domain`` and store the result."""
-    from supertiny.models.registry import get_model_version
+    from supertiny.models.versions import get_model_version
     from supertiny.registry import lookup
     from supertiny.runtime.loading import open_model
 

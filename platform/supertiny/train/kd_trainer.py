@@ -1,11 +1,11 @@
 """``kd``: logit distillation. The teacher and the student read the same tokens (the snapshot's
 conversations, or with ``--on-policy`` completions the student samples itself, as in GKD); the loss
-(:func:`supertiny.transfer.kd_loss.distillation_loss`) compares their next-token distributions on the
+(:func:`supertiny.train.kd_loss.distillation_loss`) compares their next-token distributions on the
 assistant tokens, or with ``--positions all`` on every token of the conversation (healing a pruned model).
 
 By default the teacher reads each conversation behind the domain's system prompt and few-shot turns,
 the context it harvested the data with, while the student reads it bare (context distillation, see
-:mod:`supertiny.transfer.kd_data`).
+:mod:`supertiny.train.kd_data`).
 
 Logits can only be compared over one vocabulary: the teacher's tokenizer must be the student's (the
 default Qwen2.5-Coder 0.5B / 1.5B pair shares one); anything else is refused before training.
@@ -18,12 +18,12 @@ from supertiny.artifacts.conversation import IGNORE_INDEX
 from supertiny.artifacts.facts import compute_dtype, model_facts, model_ref
 from supertiny.errors import InvalidInputError
 from supertiny.store import ModelVersion
-from supertiny.transfer.base import TrainContext, Trainer, TrainResult
-from supertiny.transfer.chat_data import markup_spellings
-from supertiny.transfer.kd_config import KDConfig
-from supertiny.transfer.kd_data import distillation_examples
-from supertiny.transfer.resources import training_dtype
-from supertiny.transfer.sft_trainer import training_records
+from supertiny.train.base import TrainContext, Trainer, TrainResult
+from supertiny.train.chat_data import markup_spellings
+from supertiny.train.kd_config import KDConfig
+from supertiny.train.kd_data import distillation_examples
+from supertiny.train.resources import training_dtype
+from supertiny.train.sft_trainer import training_records
 
 
 class KDTrainer(Trainer):
@@ -35,7 +35,7 @@ class KDTrainer(Trainer):
 
     def check(self, context: TrainContext) -> None:
         from supertiny.artifacts.hf import load_tokenizer, tokenizer_difference
-        from supertiny.models.registry import require_hf_weights
+        from supertiny.models.versions import require_hf_weights
 
         assert context.teacher is not None
         config: KDConfig = context.config  # type: ignore[assignment]
@@ -73,8 +73,8 @@ class KDTrainer(Trainer):
         from transformers import TrainingArguments
 
         from supertiny.artifacts.hf import load_model, load_tokenizer, set_threads
-        from supertiny.transfer.hf_loop import run_trainer, training_arguments
-        from supertiny.transfer.modeling import added_token_ids, prepare_student
+        from supertiny.train.hf_loop import run_trainer, training_arguments
+        from supertiny.train.modeling import added_token_ids, prepare_student
 
         assert context.teacher is not None
         config: KDConfig = context.config  # type: ignore[assignment]
@@ -149,7 +149,7 @@ def make_distillation_trainer(*, model: Any, teacher: Any, tokenizer: Any, confi
     import torch
     from transformers import Trainer as HFTrainer
 
-    from supertiny.transfer.kd_loss import corrected_loss, distillation_loss
+    from supertiny.train.kd_loss import corrected_loss, distillation_loss
 
     stop_ids = _stop_ids(model, tokenizer)
 

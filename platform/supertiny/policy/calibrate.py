@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from supertiny.errors import InvalidInputError, NotFoundError
-from supertiny.route import policy_store
+from supertiny.policy import policy_store
 from supertiny.store.engine import Store
 from supertiny.store.tables import Evaluation, ModelVersion, RequestLog, RoutingPolicy
 

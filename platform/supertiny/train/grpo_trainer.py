@@ -18,9 +18,9 @@ from supertiny.artifacts.facts import model_facts, model_ref
 from supertiny.domain import Domain, DomainTask, Verdict
 from supertiny.errors import InvalidInputError
 from supertiny.store import DatasetItem, ModelVersion, Task
-from supertiny.transfer.base import TrainContext, Trainer, TrainResult
-from supertiny.transfer.grpo_config import GRPOConfig
-from supertiny.transfer.resources import training_dtype
+from supertiny.train.base import TrainContext, Trainer, TrainResult
+from supertiny.train.grpo_config import GRPOConfig
+from supertiny.train.resources import training_dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +127,8 @@ class GRPOTrainer(Trainer):
 
         from supertiny.artifacts.hf import load_tokenizer, set_threads
         from supertiny.registry import lookup
-        from supertiny.transfer.hf_loop import run_trainer, summarize_curve, training_arguments
-        from supertiny.transfer.modeling import prepare_student
+        from supertiny.train.hf_loop import run_trainer, summarize_curve, training_arguments
+        from supertiny.train.modeling import prepare_student
 
         config: GRPOConfig = context.config  # type: ignore[assignment]
         set_threads(config.threads)

@@ -4,8 +4,8 @@ import dataclasses
 
 from supertiny.errors import InvalidInputError
 from supertiny.options import option
-from supertiny.transfer.sft_config import VERDICT_FILTERS
-from supertiny.transfer.train_config import TrainConfig
+from supertiny.train.sft_config import VERDICT_FILTERS
+from supertiny.train.train_config import TrainConfig
 
 DISAGREEMENT = ("label", "teacher")
 POSITIONS = ("answers", "all")

@@ -16,7 +16,7 @@ from typing import Any
 from supertiny.artifacts.hf import save_json
 from supertiny.errors import InvalidInputError
 from supertiny.store import Dataset
-from supertiny.transfer.base import TrainContext
+from supertiny.train.base import TrainContext
 
 
 @dataclasses.dataclass
@@ -46,7 +46,7 @@ def sample_and_snapshot(context: TrainContext, *, tag: str, sampler: str, label:
     model name or an HF directory), verify them, and snapshot those with ``verdict`` (None: all). With
     ``engine``, the sampler answers through a vLLM engine: its running one, else one started for the sampling
     and stopped after."""
-    from supertiny.datasets.snapshot import SnapshotSource, create_snapshot, get_snapshot
+    from supertiny.data.snapshot import SnapshotSource, create_snapshot, get_snapshot
     from supertiny.harvest.runner import HarvestConfig, run_harvest
 
     state_file = context.run_dir / f"sampling-{tag}.json"
@@ -101,7 +101,7 @@ def _on_engine(context: TrainContext, sampler: str, engines: contextlib.ExitStac
     from supertiny.engine.launch import EngineOptions
     from supertiny.engine.manager import engine_location, engines_enabled, servable_reason, transient_engine
     from supertiny.models.langchain_adapter import SupertinyChatModel
-    from supertiny.models.registry import find_model_version
+    from supertiny.models.versions import find_model_version
     from supertiny.registry import lookup
 
     if not engines_enabled():

@@ -9,11 +9,11 @@ from supertiny.artifacts.facts import ModelRef, model_facts, model_ref
 from supertiny.errors import InvalidInputError
 from supertiny.progress import Progress
 from supertiny.store import DatasetItem
-from supertiny.transfer.base import TrainContext, Trainer, TrainResult
-from supertiny.transfer.chat_data import markup_spellings, tokenize_records, without_call_prose
-from supertiny.transfer.resources import training_dtype
-from supertiny.transfer.sft_config import SFTConfig
-from supertiny.transfer.train_config import TrainConfig
+from supertiny.train.base import TrainContext, Trainer, TrainResult
+from supertiny.train.chat_data import markup_spellings, tokenize_records, without_call_prose
+from supertiny.train.resources import training_dtype
+from supertiny.train.sft_config import SFTConfig
+from supertiny.train.train_config import TrainConfig
 
 Record = tuple[Sequence[dict[str, Any]], Sequence[Any] | None]
 
@@ -52,8 +52,8 @@ def fine_tune(student: ModelRef, records: Sequence[Record], config: TrainConfig,
     import trl
 
     from supertiny.artifacts.hf import load_tokenizer, set_threads
-    from supertiny.transfer.hf_loop import run_trainer, training_arguments
-    from supertiny.transfer.modeling import added_token_ids, prepare_student
+    from supertiny.train.hf_loop import run_trainer, training_arguments
+    from supertiny.train.modeling import added_token_ids, prepare_student
 
     set_threads(config.threads)
     progress.phase(f"loading {student.name}")

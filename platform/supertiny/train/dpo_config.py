@@ -4,7 +4,7 @@ import dataclasses
 
 from supertiny.errors import InvalidInputError
 from supertiny.options import option
-from supertiny.transfer.train_config import TrainConfig
+from supertiny.train.train_config import TrainConfig
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 

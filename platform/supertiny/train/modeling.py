@@ -8,7 +8,7 @@ from typing import Any
 from supertiny.artifacts.facts import ModelRef
 from supertiny.artifacts.hf import first_line, load_model
 from supertiny.errors import InvalidInputError
-from supertiny.transfer.train_config import TrainConfig
+from supertiny.train.train_config import TrainConfig
 
 
 def apply_lora(model: Any, config: TrainConfig, token_ids: Sequence[int] = ()) -> Any:

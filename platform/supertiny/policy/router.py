@@ -18,10 +18,10 @@ from typing import Any
 
 from supertiny.errors import BackendTimeoutError, EngineUnavailableError, InvalidInputError, ModelError
 from supertiny.models.backend import ChatModel, Generation, GenerationOptions
-from supertiny.route.kinds import answer_problem, answer_summary, calls_agree
-from supertiny.route.policy import Decision, PolicyParams, TierError
-from supertiny.route.policy_store import ActivePolicy
-from supertiny.route.pool import ModelPool
+from supertiny.policy.base import Decision, PolicyParams, TierError
+from supertiny.policy.kinds import answer_problem, answer_summary, calls_agree
+from supertiny.policy.policy_store import ActivePolicy
+from supertiny.policy.pool import ModelPool
 from supertiny.schema import Message, ToolSpec
 
 

@@ -7,7 +7,7 @@ The LLM is lazy: it only catches up on the tokens it has not seen (one forward p
 them) when its token is needed, so at a low threshold it costs almost nothing.
 
 Both tiers need the same vocabulary (the Qwen2.5 0.5B/1.5B pair shares one tokenizer). Where both run on
-vLLM engines, decoding goes through them (:mod:`supertiny.route.hybrid_engines`); otherwise both run
+vLLM engines, decoding goes through them (:mod:`supertiny.policy.hybrid_engines`); otherwise both run
 in-process (their weights in this process, even where an engine serves one of them).
 """
 
@@ -31,8 +31,8 @@ from supertiny.models.backend import (
     finish_reason,
     parse_answer,
 )
-from supertiny.route.policy import Decision, Policy, PolicyParams, RouteContext, TierError
-from supertiny.route.token_rewards import TokenProposal, TokenReward
+from supertiny.policy.base import Decision, Policy, PolicyParams, RouteContext, TierError
+from supertiny.policy.token_rewards import TokenProposal, TokenReward
 from supertiny.schema.messages import MessageLike
 from supertiny.schema.tools import ToolLike
 
@@ -215,7 +215,7 @@ class HybridTokenPolicy(Policy):
         from supertiny.registry import lookup
 
         assert isinstance(params, HybridParams)
-        from supertiny.route.hybrid_engines import hybrid_generate_on_engines
+        from supertiny.policy.hybrid_engines import hybrid_generate_on_engines
 
         reward = lookup("token_reward", params.reward)
         tiny, llm = context.model("tiny"), context.model("llm")

@@ -15,9 +15,9 @@ from typing import Any
 
 from supertiny.errors import BackendTimeoutError, InvalidInputError
 from supertiny.models.backend import GenerationOptions
-from supertiny.route.hybrid import HybridResult, check_compatible, hybrid_result
-from supertiny.route.policy import TierError
-from supertiny.route.token_rewards import TokenProposal, TokenReward
+from supertiny.policy.base import TierError
+from supertiny.policy.hybrid import HybridResult, check_compatible, hybrid_result
+from supertiny.policy.token_rewards import TokenProposal, TokenReward
 from supertiny.schema.messages import MessageLike
 from supertiny.schema.tools import ToolLike
 

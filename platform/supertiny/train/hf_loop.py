@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from supertiny.progress import Progress
-from supertiny.transfer.train_config import TrainConfig
+from supertiny.train.train_config import TrainConfig
 
 CURVE_POINTS = 50
 SHOWN_LOGS = ("loss", "reward")  # logged values shown beside the progress bar

@@ -1,6 +1,6 @@
 """``heal``: distil a pruned model back towards the model it was pruned from.
 
-``heal`` is the kd trainer (:class:`~supertiny.transfer.kd_trainer.KDTrainer`: the same options and loss)
+``heal`` is the kd trainer (:class:`~supertiny.train.kd_trainer.KDTrainer`: the same options and loss)
 registered under its own name so its models get the registry stage ``healed``, with its own defaults
 (:class:`HealConfig`: the parent reads the bare conversation, and every token of it is distilled):
 ``supertiny train heal --student PRUNED --teacher PARENT --data SNAPSHOT``, or ``supertiny compress prune
@@ -12,9 +12,9 @@ from supertiny.config import Settings
 from supertiny.errors import InvalidInputError
 from supertiny.progress import Progress
 from supertiny.store import Store
-from supertiny.transfer.heal_config import HealConfig
-from supertiny.transfer.kd_trainer import KDTrainer
-from supertiny.transfer.pipeline import TrainedModel
+from supertiny.train.heal_config import HealConfig
+from supertiny.train.kd_trainer import KDTrainer
+from supertiny.train.pipeline import TrainedModel
 
 
 class HealTrainer(KDTrainer):
@@ -39,8 +39,8 @@ def heal_model(
     check_memory: bool = True,
 ) -> TrainedModel:
     """Train ``pruned`` on snapshot ``data`` by distillation from ``teacher`` (default: its parent)."""
-    from supertiny.models.registry import lineage
-    from supertiny.transfer.pipeline import train_model
+    from supertiny.models.versions import lineage
+    from supertiny.train.pipeline import train_model
 
     if teacher is None:
         chain = lineage(store, pruned)

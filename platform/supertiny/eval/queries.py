@@ -61,7 +61,7 @@ def latest_evaluation(store: Store, model: str, domain: str | None = None, split
 def compare(store: Store, models: list[str], domain: str | None = None, split: str | None = None) -> dict[str, Any]:
     """Per-category accuracy of each model's latest evaluation side by side, each with its 95% Wilson interval,
     and each model after the first tested against the first on the tasks both answered (exact McNemar)."""
-    from supertiny.evaluate.stats import wilson_interval
+    from supertiny.eval.stats import wilson_interval
 
     evaluations = [latest_evaluation(store, model, domain, split, with_records=True) for model in models]
     categories = sorted({category for evaluation in evaluations for category in evaluation["per_category"]})
@@ -87,7 +87,7 @@ def compare(store: Store, models: list[str], domain: str | None = None, split: s
 def paired_test(baseline: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     """``other`` against ``baseline`` on the tasks both evaluations judged (matched by content): the accuracy
     difference there and the exact McNemar p-value of the tasks only one of them got right."""
-    from supertiny.evaluate.stats import mcnemar_p
+    from supertiny.eval.stats import mcnemar_p
 
     first = {record["task_hash"]: bool(record["correct"]) for record in baseline.get("records", [])}
     second = {record["task_hash"]: bool(record["correct"]) for record in other.get("records", [])}

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from supertiny.errors import ConfigError, InvalidInputError, NotFoundError, SupertinyError
-from supertiny.route.policy import Policy, PolicyParams
+from supertiny.policy.base import Policy, PolicyParams
 from supertiny.store.engine import Store
 from supertiny.store.tables import RoutingPolicy
 

@@ -3,7 +3,7 @@
 import dataclasses
 
 from supertiny.options import option
-from supertiny.transfer.kd_config import POSITIONS, KDConfig
+from supertiny.train.kd_config import POSITIONS, KDConfig
 
 
 @dataclasses.dataclass

@@ -19,8 +19,8 @@ from supertiny.errors import InvalidInputError
 from supertiny.progress import NullProgress, Progress
 from supertiny.store import Dataset, ModelVersion, Store
 from supertiny.store.tables import MODEL_STAGES
-from supertiny.transfer.base import TrainContext, Trainer
-from supertiny.transfer.train_config import TrainConfig
+from supertiny.train.base import TrainContext, Trainer
+from supertiny.train.train_config import TrainConfig
 
 MAX_NAME = 200
 
@@ -97,10 +97,10 @@ def prepare_run(
 ) -> PreparedRun:
     """Resolve and check everything a run needs; nothing is loaded or trained yet."""
     from supertiny.artifacts.facts import model_facts, model_ref
-    from supertiny.datasets.snapshot import get_snapshot
-    from supertiny.models.registry import find_model_version, get_model_version, require_hf_weights
+    from supertiny.data.snapshot import get_snapshot
+    from supertiny.models.versions import find_model_version, get_model_version, require_hf_weights
     from supertiny.registry import lookup
-    from supertiny.transfer import resources
+    from supertiny.train import resources
 
     trainer: Trainer = lookup("trainer", algorithm)
     config = config if config is not None else trainer.config_class()
@@ -154,8 +154,8 @@ def execute_run(run: PreparedRun, keep_checkpoints: bool = False) -> TrainedMode
     from supertiny.artifacts import weights
     from supertiny.artifacts.facts import DTYPE_BYTES, model_facts, model_ref
     from supertiny.artifacts.hf import save_json, save_model
-    from supertiny.models.registry import register_model_version
-    from supertiny.transfer.hf_loop import remove_checkpoints
+    from supertiny.models.versions import register_model_version
+    from supertiny.train.hf_loop import remove_checkpoints
 
     trainer, context = run.trainer, run.context
     identity_file = context.run_dir / "run.json"
@@ -199,7 +199,7 @@ def stage_of(trainer: Trainer) -> str:
 
 
 def _resolve_teacher(store: Store, trainer: Trainer, teacher: str | None) -> ModelVersion | None:
-    from supertiny.models.registry import get_model_version
+    from supertiny.models.versions import get_model_version
 
     if trainer.teacher == "required" and not teacher:
         raise InvalidInputError(f"{trainer.name} needs a --teacher")

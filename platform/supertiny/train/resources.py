@@ -9,7 +9,7 @@ held beside the student (a kd teacher, a dpo reference) and a fixed runtime over
 from supertiny.artifacts.facts import DTYPE_BYTES, ModelFacts
 from supertiny.artifacts.hardware import fast_dtype, torch_device
 from supertiny.errors import ResourceError
-from supertiny.transfer.train_config import TrainConfig
+from supertiny.train.train_config import TrainConfig
 
 GIB = 1024**3
 RUNTIME_OVERHEAD = 1.5 * GIB  # torch, the tokenizer, allocator slack (measured: 0.5B LoRA, 256 tokens)

@@ -1,5 +1,5 @@
 """The built-in policy kinds that choose a whole answer: tiny, llm, cascade, canary and shadow.
-(The token-level kind, hybrid-token, is in :mod:`supertiny.route.hybrid`.)"""
+(The token-level kind, hybrid-token, is in :mod:`supertiny.policy.hybrid`.)"""
 
 import hashlib
 from collections.abc import Sequence
@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from supertiny.models.backend import Generation
-from supertiny.route.policy import Decision, Policy, PolicyParams, RouteContext, TierError
+from supertiny.policy.base import Decision, Policy, PolicyParams, RouteContext, TierError
 from supertiny.schema import ToolSpec
 
 

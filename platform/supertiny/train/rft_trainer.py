@@ -15,10 +15,10 @@ from typing import Any
 from supertiny.artifacts.facts import ModelRef, model_facts, model_ref
 from supertiny.errors import InvalidInputError
 from supertiny.store import ModelVersion
-from supertiny.transfer.base import TrainContext, Trainer, TrainResult
-from supertiny.transfer.rft_config import RFTConfig
-from supertiny.transfer.sampling import sample_and_snapshot, sampler_label
-from supertiny.transfer.sft_trainer import fine_tune, training_records
+from supertiny.train.base import TrainContext, Trainer, TrainResult
+from supertiny.train.rft_config import RFTConfig
+from supertiny.train.sampling import sample_and_snapshot, sampler_label
+from supertiny.train.sft_trainer import fine_tune, training_records
 
 
 class RFTTrainer(Trainer):
@@ -39,7 +39,7 @@ class RFTTrainer(Trainer):
         import json
 
         from supertiny.artifacts.hf import save_json, save_model
-        from supertiny.datasets.snapshot import snapshot_items
+        from supertiny.data.snapshot import snapshot_items
 
         config: RFTConfig = context.config  # type: ignore[assignment]
         current = model_ref(context.student)

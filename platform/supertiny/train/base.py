@@ -2,7 +2,7 @@
 
 A trainer has a ``name`` (the ``supertiny train <name>`` subcommand and the model stage), a
 ``config_class`` (a :class:`TrainConfig` dataclass: its fields are the command's options) and
-``train(context) -> TrainResult``. The pipeline (:mod:`supertiny.transfer.pipeline`) does everything
+``train(context) -> TrainResult``. The pipeline (:mod:`supertiny.train.pipeline`) does everything
 around it: it resolves and checks the student, teacher and snapshot, checks memory, gives the run a
 directory for resumable checkpoints, then saves the returned model and registers it with its lineage.
 """
@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 from supertiny.config import Settings
 from supertiny.progress import NullProgress, Progress
 from supertiny.store import Dataset, DatasetItem, ModelVersion, Store
-from supertiny.transfer.train_config import TrainConfig
+from supertiny.train.train_config import TrainConfig
 
 TeacherUse = Literal["none", "optional", "required"]
 
@@ -41,7 +41,7 @@ class TrainContext:
 
     def items(self, split: str | None = None) -> list[DatasetItem]:
         """The snapshot's records of ``split`` (default: the config's), first ``config.limit`` only."""
-        from supertiny.datasets.snapshot import snapshot_items
+        from supertiny.data.snapshot import snapshot_items
 
         split = split or self.config.split
         if split not in self._items:
@@ -65,7 +65,7 @@ class TrainContext:
 @dataclasses.dataclass
 class TrainResult:
     """What a trainer hands back: the trained model (adapters merged), its tokenizer, and metrics
-    (``loss_first``, ``loss_last``, ``steps``, ``tokens``, ... see :mod:`supertiny.transfer.hf_loop`)."""
+    (``loss_first``, ``loss_last``, ``steps``, ``tokens``, ... see :mod:`supertiny.train.hf_loop`)."""
 
     model: Any
     tokenizer: Any
