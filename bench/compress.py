@@ -191,9 +191,9 @@ def accuracy(store: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def make_tiny(store: Any, settings: Any) -> list[str]:
     """A tiny student, pruned by a fifth, and quantized to int8."""
-    from supertiny.compress.pipeline import compress_model
     from supertiny.compress.prune_config import PruneConfig
     from supertiny.models.versions import register_external
+    from supertiny.runs.pipeline import compress_model
     from supertiny.testing import build_tiny_model
 
     register_external(store, build_tiny_model(settings.home / "tiny-student", hidden_size=128, intermediate_size=384),
@@ -209,11 +209,11 @@ def make_variants(store: Any, settings: Any, student: str, recipes: list[str]) -
     gguf-TYPE (a GGUF export for llama.cpp: gguf-q8_0, gguf-q4_0, gguf-f16), or several joined by ``+``
     (prune400M+int8 quantizes the pruned model, prune400M+gguf-q4_0 exports it)."""
     from supertiny.compress.gguf_config import GGUFConfig
-    from supertiny.compress.pipeline import compress_model
     from supertiny.compress.prune_config import PruneConfig
     from supertiny.compress.quantize_config import QuantizeConfig
     from supertiny.models.versions import find_model_version
     from supertiny.registry import get_compressors
+    from supertiny.runs.pipeline import compress_model
 
     names = [student]
     for recipe in recipes:

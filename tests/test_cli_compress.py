@@ -1,5 +1,5 @@
 """``supertiny compress``: commands generated from the compressor registry and the config dataclasses, a
-summary table before/after (params, bytes, tokens/s, accuracy), healing, one-line errors."""
+summary table before/after (params, bytes, tokens/s, accuracy), healing a pruned model, one-line errors."""
 
 import json
 
@@ -9,7 +9,8 @@ from conftest import REPO_ROOT
 from helpers import toy_domain
 from helpers.training import harvest_snapshot
 from supertiny.cli import cli
-from supertiny.cli.compress import compressor_command
+from supertiny.cli.compress import compress
+from supertiny.compress.quantize_compressor import QuantizeCompressor
 from supertiny.compress.quantize_config import QuantizeConfig
 from supertiny.runtime.loading import close_models
 from supertiny.store.engine import Store
@@ -35,7 +36,7 @@ def test_compress_lists_the_registered_compressors_with_their_options(invoke):
     listed = invoke("compress", "--help")
     assert listed.exit_code == 0 and "  prune " in listed.output and "  quantize " in listed.output
     prune_help = invoke("compress", "prune", "--help").output
-    for option in ("--target-params", "--ratio", "--drop-kv-groups", "--drop-layers", "--data SNAPSHOT", "--heal",
+    for option in ("--target-params", "--ratio", "--drop-kv-groups", "--drop-layers", "--data SNAPSHOT",
                    "--eval-domain", "--importance [activation|magnitude]"):
         assert option in prune_help
     quantize_help = invoke("compress", "quantize", "--help").output
@@ -67,19 +68,20 @@ def test_quantize_json_output(invoke):
     assert after["size_bytes"] < before["size_bytes"] and after["decode_tok_s"] > 0 and before["decode_tok_s"] > 0
 
 
-def test_prune_heal_distils_the_pruned_model_from_its_parent(invoke):
+def test_a_pruned_model_heals_by_distilling_from_its_parent(invoke):
     harvest_snapshot(invoke.store, "weather")
-    result = invoke("compress", "prune", "--model", "student", "--data", "weather", "--ratio", "0.2", "--name", "p",
-                    "--heal", "--heal-max-steps", "2", "--no-speed", "--json")
+    pruned = invoke("compress", "prune", "--model", "student", "--data", "weather", "--ratio", "0.2", "--name", "p",
+                    "--no-speed", "--json")
+    assert pruned.exit_code == 0, pruned.output
+    result = invoke("train", "heal", "--student", "p", "--data", "weather", "--max-steps", "2", "--json")
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output[result.output.index("{"):])
-    assert payload["healed"]["name"] == "p-healed" and payload["healed"]["metrics"]["steps"] == 2
+    assert payload["name"] == "p-healed" and payload["metrics"]["steps"] == 2 and payload["stage"] == "healed"
     shown = json.loads(invoke("models", "show", "p-healed", "--lineage", "--json").output)
-    trained_with = shown["config"].get("source") or shown["config"]  # the trainer's settings, wherever kept
-    assert shown["stage"] == "healed" and trained_with["teacher"] == "student" and not trained_with["teacher_context"]
-    assert trained_with["positions"] == "all"
+    source = shown["config"]["source"]
+    assert source["algorithm"] == "heal" and source["teacher"] == "student" and source["parent"] == "p"
+    assert source["options"]["positions"] == "all" and not source["options"]["teacher_context"]
     assert [row["name"] for row in shown["lineage"]] == ["p-healed", "p", "student"]
-    assert [row["stage"] for row in payload["models"]] == ["external", "pruned", "healed"]
 
 
 def test_bad_input_is_one_line_and_exit_1(invoke, tmp_path):
@@ -90,8 +92,6 @@ def test_bad_input_is_one_line_and_exit_1(invoke, tmp_path):
         (["prune", "--model", "student", "--ratio", "0.1"], "needs calibration data: give --data SNAPSHOT"),
         (["prune", "--model", "student", "--data", "weather", "--domain", "toy-alerts", "--ratio", "0.1"],
          "not domain 'toy-alerts'"),
-        (["prune", "--model", "student", "--ratio", "0.1", "--importance", "magnitude", "--heal"],
-         "error: --heal distils on a snapshot: give --data"),
         (["prune", "--model", "nope", "--ratio", "0.1"], "error: unknown model 'nope'"),
         (["quantize", "--model", "student", "--group-size", "7"], "--group-size must be one of"),
     ]
@@ -108,11 +108,11 @@ def test_config_fields_must_not_clash_with_the_common_options():
     class Clashing(QuantizeConfig):
         speed: bool = True
 
-    class Compressor:
-        name, description, data, healable, config_class = "clash", "", "none", False, Clashing
+    class ClashingCompressor(QuantizeCompressor):
+        config_class = Clashing
 
-    with pytest.raises(TypeError, match=r"clash with common compress options: \['speed'\]"):
-        compressor_command(Compressor())
+    with pytest.raises(TypeError, match=r"clash with the common options: \['speed'\]"):
+        compress.algorithm_command(ClashingCompressor())
 
 
 def test_the_compression_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch):

@@ -60,7 +60,7 @@ def test_train_sft_prints_a_summary_and_the_lineage_shows_it(invoke):
     shown = json.loads(invoke("models", "show", "tiny-sft", "--lineage", "--json").output)
     assert [row["name"] for row in shown["lineage"]] == ["tiny-sft", "student"]
     assert shown["dataset_id"] == snapshot.id and shown["stage"] == "sft"
-    assert shown["config"]["source"]["lora_r"] == 16 and shown["metrics"]["steps"] == 2
+    assert shown["config"]["source"]["options"]["lora_r"] == 16 and shown["metrics"]["steps"] == 2
 
 
 def test_train_json_output(invoke):

@@ -193,7 +193,7 @@ def test_harvest_and_eval_go_through_the_engine(engine):
 
 def test_rft_rounds_sample_through_engines_and_stop_the_ones_they_started(engine, engine_home):
     from helpers.training import FAST, harvest_snapshot
-    from supertiny.train.pipeline import train_model
+    from supertiny.runs.pipeline import train_model
     from supertiny.train.rft_config import RFTConfig
 
     store, row = engine

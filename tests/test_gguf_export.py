@@ -13,10 +13,10 @@ from safetensors.numpy import load_file, save_file
 from supertiny.cli import cli
 from supertiny.compress.gguf_config import GGUFConfig
 from supertiny.compress.gguf_export import DEFAULT_HEAD_TYPES, export_gguf, gguf_tensor_name
-from supertiny.compress.pipeline import compress_model
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError
 from supertiny.models.versions import get_model_version, register_external
+from supertiny.runs.pipeline import compress_model
 from supertiny.runtime.loading import close_models
 
 TYPES = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,

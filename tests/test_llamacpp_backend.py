@@ -189,8 +189,8 @@ def test_timeouts_and_overlong_prompts_are_clear_errors(chat, exports):
 def test_compressed_model_opens_by_name_once_and_times_itself(sqlite_store, tmp_path, tiny_model_dir):
     pytest.importorskip("llama_cpp")
     from supertiny.compress.gguf_config import GGUFConfig
-    from supertiny.compress.pipeline import compress_model
     from supertiny.compress.report import ReportOptions, model_report
+    from supertiny.runs.pipeline import compress_model
 
     register_external(sqlite_store, tiny_model_dir, name="student")
     settings = Settings(home=tmp_path / "home", database_url=sqlite_store.url)

@@ -11,12 +11,12 @@ import torch
 from helpers import toy_domain
 from helpers.training import harvest_snapshot
 from supertiny.artifacts import weights
-from supertiny.compress.pipeline import compress_model
 from supertiny.compress.prune_config import PruneConfig
 from supertiny.compress.structure import Shape, parse_param_count, solve_shape
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError
 from supertiny.models.versions import get_model_version, register_external
+from supertiny.runs.pipeline import compress_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import toy_domain
-from supertiny.compress.pipeline import compress_model
 from supertiny.compress.quantize_config import QuantizeConfig
 from supertiny.compress.quantized import Int4Linear, Int8Linear
 from supertiny.compress.quantized_io import MANIFEST, WEIGHTS
@@ -16,6 +15,7 @@ from supertiny.config import Settings
 from supertiny.errors import InvalidInputError, ModelError
 from supertiny.models.versions import get_model_version, register_external
 from supertiny.registry import get_backends
+from supertiny.runs.pipeline import compress_model
 from supertiny.runtime.loading import close_models, open_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -14,11 +14,11 @@ from supertiny.artifacts.facts import ModelFacts
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError, NotFoundError, ResourceError
 from supertiny.models.versions import get_model_version, lineage, register_external
+from supertiny.runs.pipeline import run_dir, train_model
 from supertiny.store import Dataset
 from supertiny.train import resources
 from supertiny.train.dpo_config import DPOConfig
 from supertiny.train.kd_config import KDConfig
-from supertiny.train.pipeline import run_dir, train_model
 from supertiny.train.rft_config import RFTConfig
 from supertiny.train.sft_config import SFTConfig
 
@@ -58,7 +58,7 @@ def test_sft_lowers_the_loss_and_registers_a_reloadable_model_with_its_lineage(e
     row = get_model_version(store, "s1")
     assert (row.stage, row.algorithm, row.format, row.backend) == ("sft", "sft", "hf", "transformers")
     assert row.parent_id == get_model_version(store, "student").id and row.dataset_id == snapshot.id
-    assert row.config["source"]["learning_rate"] == 5e-3 and row.config["source"]["data"] == "weather@1"
+    assert row.config["source"]["options"]["learning_rate"] == 5e-3 and row.config["source"]["data"] == "weather@1"
     assert row.param_count == get_model_version(store, "student").param_count and row.size_bytes > 0
     assert [version.name for version in lineage(store, "s1")] == ["s1", "student"]
     assert row.path == str(settings.models_dir / "s1")
@@ -219,7 +219,8 @@ def test_kd_lowers_the_divergence_to_the_teacher(env):
     assert 0.0 <= trained.metrics["teacher_agreement"] <= 1.0
     row = get_model_version(store, "k1")
     source = row.config["source"]
-    assert (row.stage, row.dataset_id, source["teacher"], source["beta"]) == ("kd", snapshot.id, "teacher", 0.5)
+    assert (row.stage, row.dataset_id, source["teacher"]) == ("kd", snapshot.id, "teacher")
+    assert source["options"]["beta"] == 0.5
     _reload_and_generate(row.path)
 
 
@@ -272,7 +273,7 @@ def test_kd_can_distil_the_teacher_where_it_disagrees_with_the_verified_answer(e
     with pytest.raises(InvalidInputError, match="unknown --disagreement 'ignore'"):
         KDConfig(disagreement="ignore").validate()
     trained = _kd_on_two_tasks(env, "k4", KDConfig(**FAST, max_steps=2, learning_rate=5e-3, disagreement="teacher"))
-    assert get_model_version(store, "k4").config["source"]["disagreement"] == "teacher"
+    assert get_model_version(store, "k4").config["source"]["options"]["disagreement"] == "teacher"
     assert trained.metrics["teacher_agreement"] is not None
 
 

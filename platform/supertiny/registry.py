@@ -21,7 +21,8 @@ KINDS = {
 }
 
 
-def _collect(kind: str) -> dict[str, Any]:
+def collect(kind: str) -> dict[str, Any]:
+    """Every registered item of ``kind``, by name."""
     load_plugins()
     items: dict[str, Any] = {}
 
@@ -40,7 +41,7 @@ def _collect(kind: str) -> dict[str, Any]:
 
 def lookup(kind: str, name: str) -> Any:
     """The registered item of ``kind`` called ``name``, or a NotFoundError listing what exists."""
-    items = _collect(kind)
+    items = collect(kind)
     if name in items:
         return items[name]
     known = sorted(items)
@@ -50,24 +51,24 @@ def lookup(kind: str, name: str) -> Any:
 
 
 def get_domains() -> dict[str, Any]:
-    return _collect("domain")
+    return collect("domain")
 
 
 def get_backends() -> dict[str, Any]:
-    return _collect("backend")
+    return collect("backend")
 
 
 def get_trainers() -> dict[str, Any]:
-    return _collect("trainer")
+    return collect("trainer")
 
 
 def get_compressors() -> dict[str, Any]:
-    return _collect("compressor")
+    return collect("compressor")
 
 
 def get_policies() -> dict[str, Any]:
-    return _collect("policy")
+    return collect("policy")
 
 
 def get_token_rewards() -> dict[str, Any]:
-    return _collect("token_reward")
+    return collect("token_reward")

@@ -111,3 +111,25 @@ def serving_line(model: Any) -> str:
     if capabilities.local:
         return f"{capabilities.engine} (no engine runs for it: `supertiny engine start {inner.name}`)"
     return capabilities.engine
+
+
+def format_params(value: int | None) -> str:
+    """A parameter count: ``1.54B``, ``494.0M`` or ``120,000``."""
+    if value is None:
+        return "-"
+    return f"{value / 1e9:.2f}B" if value >= 1e9 else f"{value / 1e6:.1f}M" if value >= 1e6 else f"{value:,}"
+
+
+def format_bytes(value: int | None) -> str:
+    """A size in decimal units: ``988.10 MB``."""
+    if value is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1000
+    return "-"  # pragma: no cover
+
+
+def format_percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"

@@ -2,15 +2,11 @@
 
 import click
 
-from supertiny.cli.app import json_option, pass_settings, print_json, print_table
+from supertiny.cli.app import format_percent, json_option, pass_settings, print_json, print_table
 from supertiny.config import Settings
 from supertiny.eval import queries
 from supertiny.eval.runner import EvalConfig, evaluate
 from supertiny.store.session import open_store
-
-
-def _percent(value) -> str:
-    return "-" if value is None else f"{value:.1%}"
 
 
 @click.group("eval")
@@ -68,7 +64,7 @@ def run_command(settings: Settings, model: str, domain: str, split: str, limit: 
     click.echo(f"evaluation {result['id']}: {model} on {domain}/{split}, served by {details.get('engine')}, "
                f"{details.get('concurrency')} tasks in flight, {details.get('wall_s', 0):.0f} s")
     print_table(rows, ["category", "n", "accuracy", "invalid_rate", "mean_latency_s", "tokens_per_request"],
-                formatters={"accuracy": _percent, "invalid_rate": _percent,
+                formatters={"accuracy": format_percent, "invalid_rate": format_percent,
                             "mean_latency_s": lambda v: f"{v:.2f}", "tokens_per_request": lambda v: f"{v:.0f}"})
 
 
@@ -84,7 +80,7 @@ def list_command(settings: Settings, model: str | None, domain: str | None, as_j
         print_json(rows)
         return
     print_table(rows, ["id", "model", "domain", "split", "n_tasks", "accuracy", "invalid_rate", "mean_latency_s",
-                       "created_at"], formatters={"accuracy": _percent, "invalid_rate": _percent})
+                       "created_at"], formatters={"accuracy": format_percent, "invalid_rate": format_percent})
 
 
 @eval_group.command("compare")

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from supertiny.cli.app import json_option, pass_settings, print_json, print_table
+from supertiny.cli.app import format_bytes, format_params, json_option, pass_settings, print_json, print_table
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError
 
@@ -13,22 +13,6 @@ from supertiny.errors import InvalidInputError
 @click.group()
 def models() -> None:
     """Models: pull the offline defaults, register your own, chat, show lineage."""
-
-
-def _params(value: int | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value / 1e9:.2f}B" if value >= 1e9 else f"{value / 1e6:.1f}M" if value >= 1e6 else f"{value:,}"
-
-
-def _bytes(value: int | None) -> str:
-    if value is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
-        value /= 1000
-    return "-"  # pragma: no cover
 
 
 def _value(value: object) -> str:
@@ -61,14 +45,14 @@ def pull(settings: Settings, name: str | None, pull_all: bool, keep_gguf: bool) 
         result = pull_model(settings, store, model_name, keep_gguf=keep_gguf,
                             report=lambda message: click.echo(message, err=True))
         if result.already_present:
-            click.echo(f"{result.name}: already pulled ({_params(result.param_count)} parameters, "
-                       f"{_bytes(result.size_bytes)}) at {result.path}")
+            click.echo(f"{result.name}: already pulled ({format_params(result.param_count)} parameters, "
+                       f"{format_bytes(result.size_bytes)}) at {result.path}")
         elif not result.timings:
             click.echo(f"{result.name}: registered the converted model found at {result.path}")
         else:
             timings = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in result.timings.items())
-            click.echo(f"{result.name}: pulled {_params(result.param_count)} parameters "
-                       f"({result.param_count:,}), {_bytes(result.size_bytes)} at {result.path} ({timings})")
+            click.echo(f"{result.name}: pulled {format_params(result.param_count)} parameters "
+                       f"({result.param_count:,}), {format_bytes(result.size_bytes)} at {result.path} ({timings})")
 
 
 @models.command()
@@ -82,7 +66,7 @@ def catalog(as_json: bool) -> None:
     if as_json:
         print_json(rows)
     else:
-        print_table(rows, ["name", "role", "gguf", "wheels", "description"], {"gguf": _bytes})
+        print_table(rows, ["name", "role", "gguf", "wheels", "description"], {"gguf": format_bytes})
 
 
 @models.command(name="list")
@@ -101,7 +85,7 @@ def list_models(settings: Settings, stage: str | None, as_json: bool) -> None:
         click.echo("no models registered: `supertiny models pull --all` or `supertiny models register PATH`")
     else:
         columns = ["name", "stage", "parent", "params", "size", "backend", "path", "status", "created"]
-        print_table(rows, columns, {"params": _params, "size": _bytes})
+        print_table(rows, columns, {"params": format_params, "size": format_bytes})
 
 
 @models.command()
@@ -128,15 +112,15 @@ def show(settings: Settings, name: str, with_lineage: bool, as_json: bool) -> No
                 "created"):
         click.echo(f"{key + ':':<12}{_value(head[key])}")
     exact = f" ({head['params']:,})" if head["params"] and head["params"] >= 1e6 else ""
-    click.echo(f"{'params:':<12}{_params(head['params'])}{exact}")
-    click.echo(f"{'size:':<12}{_bytes(head['size'])}")
+    click.echo(f"{'params:':<12}{format_params(head['params'])}{exact}")
+    click.echo(f"{'size:':<12}{format_bytes(head['size'])}")
     for key in ("config", "metrics"):
         if head[key]:
             click.echo(f"{key + ':':<12}{json.dumps(head[key], sort_keys=True)}")
     if with_lineage:
         click.echo("\nlineage (the model first, its root last):")
         columns = ["name", "stage", "algorithm", "dataset_id", "params", "created"]
-        print_table(summaries, columns, {"params": _params})
+        print_table(summaries, columns, {"params": format_params})
 
 
 @models.command()
@@ -163,7 +147,8 @@ def register(settings: Settings, location: str, name: str | None, served_model: 
 
     row = register_external(open_store(settings), location, name, served_model=served_model,
                             api_key_env=api_key_env, parent=parent, replace=replace)
-    details = f"{_params(row.param_count)} parameters, {_bytes(row.size_bytes)}, " if row.param_count else ""
+    details = (f"{format_params(row.param_count)} parameters, {format_bytes(row.size_bytes)}, "
+               if row.param_count else "")
     click.echo(f"registered {row.name}: {row.format} via {row.backend}, {details}{row.path}")
 
 

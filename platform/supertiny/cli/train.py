@@ -5,86 +5,24 @@ from typing import Any
 
 import click
 
-from supertiny.cli.app import config_options, pass_settings, print_json
-from supertiny.config import Settings
-
-COMMON_OPTIONS = ("student", "data", "teacher", "name", "domain", "as_json", "keep_checkpoints", "memory_check")
+from supertiny.cli.algorithms import AlgorithmGroup
+from supertiny.cli.app import print_json
 
 
-class TrainGroup(click.Group):
-    """Subcommands come from the trainer registry, so a plugin's trainer is a command too."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        from supertiny.registry import get_trainers
-
-        return sorted(set(super().list_commands(ctx)) | set(get_trainers()))
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        from supertiny.registry import get_trainers
-
-        command = super().get_command(ctx, cmd_name)
-        if command is not None:
-            return command
-        trainer = get_trainers().get(cmd_name)
-        return trainer_command(trainer) if trainer is not None else None
+def _present(store: Any, result: Any, options: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(summary(result))
 
 
-@click.group(cls=TrainGroup)
+@click.group(cls=AlgorithmGroup, kind="trainer", present=_present, extra_options=list)
 def train() -> None:
-    """Stage 2: train a student on a snapshot (sft, rft, dpo, grpo, kd).
+    """Stage 2: train a student on a snapshot (sft, rft, dpo, grpo, kd, heal).
 
     Every run becomes a new registered model (parent = the student, dataset = the snapshot); re-running
     an interrupted command resumes it from its last checkpoint.
     """
-
-
-def trainer_command(trainer: Any) -> click.Command:
-    """The ``supertiny train <name>`` command of one trainer."""
-    params: list[click.Parameter] = [
-        click.Option(["--student"], required=True, metavar="MODEL", help="Registered model to train."),
-        click.Option(["--data"], required=True, metavar="SNAPSHOT", help="Dataset snapshot: NAME or NAME@VERSION."),
-    ]
-    if trainer.teacher != "none":
-        required = " [required]" if trainer.teacher == "required" else ""
-        params.append(click.Option(["--teacher"], metavar="MODEL",
-                                   help=f"{getattr(trainer, 'teacher_help', 'Teacher model.')}{required}"))
-    params += [
-        click.Option(["--name"], metavar="NEW_NAME", help="Name of the new model (default: "
-                     "<student>-<algorithm>-<snapshot>-v<version>)."),
-        click.Option(["--domain"], help="Refuse the snapshot unless it comes from this domain."),
-        click.Option(["--keep-checkpoints"], is_flag=True, help="Keep the run's checkpoints after the model is saved."),
-        click.Option(["--memory-check/--no-memory-check"], default=True, show_default=True,
-                     help="Refuse to start when the estimated memory exceeds what is available."),
-        click.Option(["--json", "as_json"], is_flag=True, help="Print the result as JSON."),
-        *config_options(trainer.config_class, COMMON_OPTIONS),
-    ]
-
-    @pass_settings
-    def run(settings: Settings, student: str, data: str, name: str | None, domain: str | None,
-            keep_checkpoints: bool, memory_check: bool, as_json: bool, teacher: str | None = None,
-            **options: Any) -> None:
-        from supertiny.progress import BarProgress, quiet_libraries
-        from supertiny.store.session import open_store
-        from supertiny.train.pipeline import train_model
-
-        quiet_libraries()
-        config = trainer.config_class(**options)
-        store = open_store(settings)
-        progress = BarProgress()
-        try:
-            result = train_model(store, settings, trainer.name, student=student, data=data, config=config,
-                                 teacher=teacher, name=name, domain=domain, progress=progress,
-                                 check_memory=memory_check, keep_checkpoints=keep_checkpoints)
-        finally:
-            progress.close()
-        if as_json:
-            print_json(result)
-            return
-        click.echo(summary(result))
-
-    doc = (trainer.config_class.__doc__ or trainer.description or "").strip()
-    return click.Command(trainer.name, callback=run, params=params, help=doc,
-                         short_help=trainer.description or None)
 
 
 def summary(result: Any) -> str:

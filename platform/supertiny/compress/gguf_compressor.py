@@ -6,9 +6,10 @@ memory-bound at four bytes a weight. The result is registered like any other sta
 ``quantized``, parent = the input model), so evaluation, routing and serving open it by name.
 """
 
-from supertiny.compress.base import CompressContext, Compressor, CompressResult
+from supertiny.compress.base import CompressContext, Compressor
 from supertiny.compress.gguf_config import GGUFConfig
 from supertiny.errors import InvalidInputError
+from supertiny.runs.algorithm import Produced
 
 
 class GGUFCompressor(Compressor):
@@ -29,7 +30,7 @@ class GGUFCompressor(Compressor):
                                     hint="export a Hugging Face (safetensors) model instead")
         check_exportable(context.source_ref.path)
 
-    def compress(self, context: CompressContext) -> CompressResult:
+    def compress(self, context: CompressContext) -> Produced:
         from supertiny.artifacts.hf import set_threads
         from supertiny.compress.gguf_export import copy_companion_files, export_gguf
 
@@ -41,5 +42,5 @@ class GGUFCompressor(Compressor):
                              config.type, name=context.name)
         metrics = {"type": config.type, "tensors": export.tensors, "gguf_bytes": export.size_bytes,
                    "companion_files": copied}
-        return CompressResult(param_count=export.param_count, metrics=metrics, format="gguf", backend="llama-cpp",
+        return Produced(param_count=export.param_count, metrics=metrics, format="gguf", backend="llama-cpp",
                               location=export.path)

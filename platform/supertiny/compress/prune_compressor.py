@@ -9,16 +9,16 @@
 3. The most important structures are kept and the result is saved as a plain HF directory (bf16 when
    the source is bf16) with the tokenizer, chat template and generation config.
 
-A pruned model loses accuracy; ``supertiny compress prune --heal`` (or ``supertiny train heal``)
-distils it back towards its parent (the ``heal`` trainer).
+A pruned model loses accuracy; ``supertiny train heal`` distils it back towards its parent.
 """
 
 import time
 from typing import Any
 
-from supertiny.compress.base import CompressContext, Compressor, CompressResult
+from supertiny.compress.base import CompressContext, Compressor
 from supertiny.compress.prune_config import PruneConfig
 from supertiny.errors import InvalidInputError
+from supertiny.runs.algorithm import Produced
 
 
 class PruneCompressor(Compressor):
@@ -29,7 +29,6 @@ class PruneCompressor(Compressor):
     data = "optional"
     data_help = ("Snapshot whose conversations calibrate the importance (the domain's own traffic); needed "
                  "unless --importance magnitude.")
-    healable = True
 
     def name_suffix(self, config: PruneConfig) -> str:  # type: ignore[override]
         budget = f"r{config.ratio:g}" if config.ratio is not None else str(config.target_params).lower()
@@ -52,7 +51,7 @@ class PruneCompressor(Compressor):
             raise InvalidInputError(f"snapshot {context.dataset.name}@{context.dataset.version} has no record in "
                                     f"split {config.calibration_split!r}", hint="choose another --calibration-split")
 
-    def compress(self, context: CompressContext) -> CompressResult:
+    def compress(self, context: CompressContext) -> Produced:
         from supertiny.artifacts.facts import DTYPE_BYTES, compute_dtype, model_facts
         from supertiny.artifacts.hf import load_model, load_tokenizer, save_model, set_threads
         from supertiny.compress.calibration import calibration_sequences, collect_statistics
@@ -100,7 +99,7 @@ class PruneCompressor(Compressor):
         if stats is not None:
             metrics.update({"calibration_sequences": stats.sequences, "calibration_tokens": stats.tokens,
                             "block_influence": [round(value, 5) for value in stats.block_influence()]})
-        return CompressResult(param_count=params, metrics=metrics)
+        return Produced(param_count=params, metrics=metrics)
 
 
 def _check_target(config: PruneConfig, total: int, what: str) -> int:

@@ -17,8 +17,9 @@ compare the logits on a probe prompt before and after).
 import time
 from typing import Any
 
-from supertiny.compress.base import CompressContext, Compressor, CompressResult
+from supertiny.compress.base import CompressContext, Compressor
 from supertiny.compress.quantize_config import QuantizeConfig
+from supertiny.runs.algorithm import Produced
 
 PROBE = [{"role": "system", "content": "You are a helpful assistant that calls tools."},
          {"role": "user", "content": "What is the weather in Paris today, in celsius? Use the tool."}]
@@ -34,7 +35,7 @@ class QuantizeCompressor(Compressor):
     def name_suffix(self, config: QuantizeConfig) -> str:  # type: ignore[override]
         return config.scheme if config.scheme == "int8" else f"{config.scheme}-g{config.group_size}"
 
-    def compress(self, context: CompressContext) -> CompressResult:
+    def compress(self, context: CompressContext) -> Produced:
         import torch
 
         from supertiny.artifacts.hf import load_model, load_tokenizer, set_threads
@@ -69,7 +70,7 @@ class QuantizeCompressor(Compressor):
             "probe_max_abs_logit_diff": round(float((logits - reference).abs().max()), 4),
             "wall_time_s": round(time.perf_counter() - started, 2),
         }
-        return CompressResult(param_count=params, metrics=metrics, format="quantized",
+        return Produced(param_count=params, metrics=metrics, format="quantized",
                               backend="transformers-quantized")
 
 

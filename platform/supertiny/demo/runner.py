@@ -151,9 +151,9 @@ class Demo:
         """The teacher as a q8_0 GGUF for llama.cpp (made once): on a CPU without native bf16 it answers
         several times faster than torch, which computes the bf16 teacher in fp32 there."""
         from supertiny.compress.gguf_config import GGUFConfig
-        from supertiny.compress.pipeline import compress_model
         from supertiny.models.versions import find_model_version
         from supertiny.progress import BarProgress
+        from supertiny.runs.pipeline import compress_model
 
         row = find_model_version(self.store, self.plan.llm)
         if row is not None and Path(row.path).exists():
@@ -238,7 +238,7 @@ class Demo:
     def _train(self, algorithm: str, student: str, config: Any, teacher: str | None, name: str) -> dict[str, Any]:
         from supertiny.models.versions import find_model_version
         from supertiny.progress import BarProgress
-        from supertiny.train.pipeline import train_model
+        from supertiny.runs.pipeline import train_model
 
         if find_model_version(self.store, name) is None:
             progress = BarProgress()
@@ -250,11 +250,10 @@ class Demo:
         return _model_facts(self.store, name)
 
     def prune(self) -> dict[str, Any]:
-        from supertiny.compress.pipeline import compress_model
         from supertiny.compress.prune_config import PruneConfig
         from supertiny.models.versions import find_model_version
         from supertiny.progress import BarProgress
-        from supertiny.train.heal_trainer import heal_model
+        from supertiny.runs.pipeline import compress_model, train_model
 
         pruned, healed = self.plan.model_name("prune", "pruned"), self.plan.model_name("prune", "healed")
         progress = BarProgress()
@@ -264,18 +263,18 @@ class Demo:
                                config=PruneConfig(target_params=self.plan.prune_to), name=pruned,
                                domain=self.plan.domain, progress=progress)
             if find_model_version(self.store, healed) is None:
-                heal_model(self.store, self.settings, pruned, data=self.data_ref(), teacher=self.trained(),
-                           name=healed, config=self.plan.heal_config(),
-                           domain=self.plan.domain, progress=progress)
+                train_model(self.store, self.settings, "heal", student=pruned, data=self.data_ref(),
+                            teacher=self.trained(), name=healed, config=self.plan.heal_config(),
+                            domain=self.plan.domain, progress=progress)
         finally:
             progress.close()
         return _model_facts(self.store, healed)
 
     def quantize(self) -> dict[str, Any]:
-        from supertiny.compress.pipeline import compress_model
         from supertiny.compress.quantize_config import QuantizeConfig
         from supertiny.models.versions import find_model_version
         from supertiny.progress import BarProgress
+        from supertiny.runs.pipeline import compress_model
 
         source = self.model("prune") if self.plan.prune_to else self.trained()
         name = self.plan.model_name("quantize", self.plan.quantize)

@@ -1,53 +1,35 @@
 """The trainer interface: what a plugin registers through ``register_trainers``.
 
-A trainer has a ``name`` (the ``supertiny train <name>`` subcommand and the model stage), a
-``config_class`` (a :class:`TrainConfig` dataclass: its fields are the command's options) and
-``train(context) -> TrainResult``. The pipeline (:mod:`supertiny.train.pipeline`) does everything
-around it: it resolves and checks the student, teacher and snapshot, checks memory, gives the run a
-directory for resumable checkpoints, then saves the returned model and registers it with its lineage.
+A trainer is an :class:`~supertiny.runs.algorithm.Algorithm` with a ``name`` (the ``supertiny train
+<name>`` subcommand and, by default, the model stage), a ``config_class`` (a :class:`TrainConfig`
+dataclass: its fields are the command's options) and ``train(context) -> TrainResult``. The pipeline
+(:mod:`supertiny.runs.pipeline`) does everything around it: it resolves and checks the student,
+teacher and snapshot, checks memory, gives the run a directory for resumable checkpoints, then saves
+the returned model and registers it with its lineage.
 """
 
 import abc
 import dataclasses
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from supertiny.config import Settings
-from supertiny.progress import NullProgress, Progress
-from supertiny.store import Dataset, DatasetItem, ModelVersion, Store
+from supertiny.errors import InvalidInputError
+from supertiny.runs.algorithm import Algorithm, Produced, RunContext, Use
+from supertiny.store import Dataset, DatasetItem, ModelVersion
 from supertiny.train.train_config import TrainConfig
-
-TeacherUse = Literal["none", "optional", "required"]
 
 
 @dataclasses.dataclass
-class TrainContext:
-    """Everything a trainer needs, resolved and checked by the pipeline."""
+class TrainContext(RunContext):
+    """A run's context as a trainer reads it: ``student`` is the input model."""
 
-    store: Store
-    settings: Settings
-    config: TrainConfig
-    student: ModelVersion
-    dataset: Dataset
-    name: str  # the new model version's name
-    run_dir: Path  # this run's checkpoints and intermediate files (re-running resumes from them)
-    teacher: ModelVersion | None = None
-    domain: str | None = None
-    progress: Progress = dataclasses.field(default_factory=NullProgress)
-    # a model name or HF directory -> a LangChain chat model (sampling for rft / dpo); tests swap it
-    open_chat_model: Callable[[str], Any] | None = None
-    _items: dict[str | None, list[DatasetItem]] = dataclasses.field(default_factory=dict, repr=False)
+    @property
+    def student(self) -> ModelVersion:
+        return self.model
 
     def items(self, split: str | None = None) -> list[DatasetItem]:
         """The snapshot's records of ``split`` (default: the config's), first ``config.limit`` only."""
-        from supertiny.data.snapshot import snapshot_items
-
-        split = split or self.config.split
-        if split not in self._items:
-            items = snapshot_items(self.store, self.dataset, split)
-            self._items[split] = items[: self.config.limit] if self.config.limit else items
-        return self._items[split]
+        items = self.snapshot_items(split or self.config.split)
+        return items[: self.config.limit] if self.config.limit else items
 
     def chat_model(self, name: str) -> Any:
         """A LangChain chat model over a registered model or an HF directory, for sampling. Opened
@@ -72,26 +54,62 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-class Trainer(abc.ABC):
+class Trainer(Algorithm):
     """Base class of a stage-2 algorithm."""
 
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
+    kind = "trainer"
     config_class: ClassVar[type[TrainConfig]] = TrainConfig
-    teacher: ClassVar[TeacherUse] = "none"
-    teacher_help: ClassVar[str] = "Teacher model."  # the --teacher option's help
-    # the registry stage of the models it makes (one of MODEL_STAGES); default: the trainer's name
-    stage: ClassVar[str | None] = None
-    # the snapshot's domain must be known (the trainer samples the domain's tasks)
-    needs_domain: ClassVar[bool] = False
+    context_class = TrainContext
+    name_pattern = "<student>-<algorithm>-<snapshot>-v<version>"
+    model_option = "student"
+    model_help = "Registered model to train."
+    purpose = "training"
+    data: ClassVar[Use] = "required"
+    data_help = "Dataset snapshot: NAME or NAME@VERSION."
+    resumable = True
+    checks_memory = True
 
-    def check(self, context: TrainContext) -> None:  # noqa: B027 - optional hook
-        """Refuse bad input before any training starts (raise InvalidInputError); the pipeline has
-        already checked the snapshot, the models and the memory."""
+    def default_name(self, model: ModelVersion, dataset: Dataset | None, config: Any) -> str:
+        assert dataset is not None  # a trainer always takes a snapshot
+        return f"{model.name}-{self.name}-{dataset.name}-v{dataset.version}"
+
+    def check_inputs(self, context: RunContext) -> None:
+        assert isinstance(context, TrainContext)
+        if not context.items():
+            raise InvalidInputError(f"snapshot {context.dataset.name}@{context.dataset.version} has no record in "
+                                    f"split {context.config.split!r}", hint="choose another --split")
 
     def resident_models(self, context: TrainContext) -> list[ModelVersion]:
         """Models held in memory beside the student while it trains (a kd teacher, a dpo reference)."""
         return []
+
+    def check_resources(self, context: RunContext) -> None:
+        from supertiny.artifacts.facts import model_facts, model_ref
+        from supertiny.train import resources
+
+        assert isinstance(context, TrainContext)
+        resident = [model_facts(model_ref(row)) for row in self.resident_models(context)]
+        resources.check_memory(context.config, model_facts(context.model_ref), resident,
+                               f"{self.name} of {context.student.name}")
+
+    def run(self, context: RunContext) -> Produced:
+        """Train (resuming), then save the model as an HF directory in ``context.output_dir``."""
+        from supertiny.artifacts import weights
+        from supertiny.artifacts.facts import DTYPE_BYTES, model_facts
+        from supertiny.artifacts.hf import save_model
+
+        assert isinstance(context, TrainContext)
+        result = self.train(context)
+        context.progress.phase(f"saving {context.name}")
+        save_dtype = model_facts(context.model_ref).dtype
+        save_model(result.model, result.tokenizer, context.output_dir,
+                   save_dtype if save_dtype in DTYPE_BYTES else "float32")
+        return Produced(param_count=weights.count_safetensors_parameters(context.output_dir), metrics=result.metrics)
+
+    def clean_up(self, context: RunContext) -> None:
+        from supertiny.train.hf_loop import remove_checkpoints
+
+        remove_checkpoints(context.run_dir)
 
     @abc.abstractmethod
     def train(self, context: TrainContext) -> TrainResult:

@@ -1,0 +1,1 @@
+"""Runs of registered algorithms: each turns a registered model into a new model version."""
