@@ -381,11 +381,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
     from supertiny.config import get_settings
     from supertiny.errors import InvalidInputError
-    from supertiny.eval.selection import select_tasks
     from supertiny.policy.calibrate import cascade_curve
     from supertiny.registry import lookup
     from supertiny.runtime.loading import close_models, open_model
     from supertiny.store.session import open_store
+    from supertiny.task_selection import select_tasks
 
     if args.threads:
         torch.set_num_threads(args.threads)

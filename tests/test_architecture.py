@@ -3,7 +3,6 @@ the model-artifacts layer, not on stage 2 (``train``)."""
 
 import ast
 from collections import defaultdict
-from pathlib import Path
 
 from conftest import REPO_ROOT
 

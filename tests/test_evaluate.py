@@ -10,8 +10,8 @@ from supertiny.domain import DomainTask
 from supertiny.errors import NotFoundError
 from supertiny.eval import queries
 from supertiny.eval.runner import EvalConfig, evaluate, summarize
-from supertiny.eval.selection import select_tasks
 from supertiny.models.versions import register_external
+from supertiny.task_selection import select_tasks
 
 
 @pytest.fixture

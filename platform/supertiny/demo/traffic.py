@@ -17,7 +17,7 @@ from supertiny.schema.tools import ParsedCall
 def fresh_test_tasks(domain: Domain, skip_per_category: int, count: int) -> list[DomainTask]:
     """``count`` test tasks round-robin over the categories, past the first ``skip_per_category`` of each
     (those the evaluations used)."""
-    from supertiny.eval.selection import round_robin, select_tasks
+    from supertiny.task_selection import round_robin, select_tasks
 
     used = {task.content_hash() for task in select_tasks(domain, "test", per_category=skip_per_category)}
     per_category = skip_per_category + count

@@ -15,9 +15,9 @@ from typing import Any
 
 from supertiny.domain import Domain, DomainTask, Verdict
 from supertiny.errors import InvalidInputError
-from supertiny.eval.selection import select_tasks
 from supertiny.models.backend import ChatModel, Generation, GenerationOptions
 from supertiny.store import Evaluation, Store
+from supertiny.task_selection import select_tasks
 
 ProgressCallback = Callable[[int, int], None]  # (done, total)
 

@@ -6,7 +6,9 @@ import sqlalchemy as sa
 
 from supertiny.domain import Domain, DomainTask
 from supertiny.errors import InvalidInputError
+from supertiny.prototype.agent import task_tools
 from supertiny.store import Store, Task
+from supertiny.task_selection import select_tasks
 
 
 def check_tool_schemas(tools: list[dict[str, Any]], where: str) -> None:
@@ -32,9 +34,6 @@ def sync_tasks(store: Store, domain: Domain, split: str, limit: int | None = Non
     Tasks with the same content hash are one task, stored and harvested once. With ``limit``, the
     first N distinct tasks taken round-robin over the categories, so a small harvest covers them all.
     """
-    from supertiny.eval.selection import select_tasks
-    from supertiny.prototype.agent import task_tools
-
     chosen: dict[str, DomainTask] = {}
     for task in select_tasks(domain, split, limit=limit):
         check_tool_schemas(task_tools(domain, task), f"domain {domain.name!r}, task {task.external_id!r}")
