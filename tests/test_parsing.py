@@ -1,7 +1,8 @@
 """Tool-call parsing of what real Qwen models write, and validation against the tools' schemas."""
 
 import pytest
-from supertiny.models.parsing import normalize_json_schema, parse_tool_calls, validate_calls
+from supertiny.models.parsing import parse_tool_calls
+from supertiny.models.tool_schemas import normalize_json_schema, validate_calls
 from supertiny.schema import FunctionSpec, ParsedCall, ToolSpec
 
 WEATHER = ParsedCall(name="get_weather", arguments={"city": "Paris"})

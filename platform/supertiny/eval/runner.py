@@ -51,7 +51,7 @@ def _record(task: DomainTask, verdict: Verdict, valid: bool, confidence: float |
 def judge(domain: Domain, task: DomainTask, tools: list[dict[str, Any]],
           generation: Generation) -> tuple[Verdict, bool]:
     """(the domain's verdict, whether the calls parse and fit the tools' schemas) of one single-shot answer."""
-    from supertiny.models.parsing import validate_calls
+    from supertiny.models.tool_schemas import validate_calls
 
     calls = generation.parse.calls
     valid = generation.parse.ok and not validate_calls(calls, tools)

@@ -15,7 +15,7 @@ def check_tool_schemas(tools: list[dict[str, Any]], where: str) -> None:
     """Raise InvalidInputError unless every tool is a well-formed OpenAI tool with a valid JSON Schema."""
     import jsonschema
 
-    from supertiny.models.parsing import normalize_json_schema
+    from supertiny.models.tool_schemas import normalize_json_schema
     from supertiny.schema import ToolSpec
 
     for tool in tools:

@@ -27,13 +27,14 @@ answers are the plain argmax and log-probabilities are those of the untempered d
 
 import contextlib
 import dataclasses
+import json
 import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from supertiny.artifacts.chat_template import DECODE_KWARGS, render_chat_prompt, require_chat_template, stop_token_ids
+from supertiny.artifacts.chat_template import render_chat_prompt, require_chat_template, stop_token_ids
 from supertiny.artifacts.hardware import fast_dtype
 from supertiny.artifacts.hf import first_line
 from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError
@@ -45,12 +46,17 @@ from supertiny.models.backend import (
     backend_config,
     check_context_length,
     cut_at_stops,
-    finish_reason,
-    parse_answer,
-    truncate_at_stops,
 )
 from supertiny.models.batching import BatchRequest, DynamicBatcher
 from supertiny.models.deadlines import PastDeadline, deadline_criterion, install_deadline_hooks
+from supertiny.models.transformers_generation import (
+    context_length,
+    generation_config,
+    make_streamer,
+    row_generation,
+    seeded,
+    token_logprobs,
+)
 from supertiny.schema.messages import MessageLike
 from supertiny.schema.tools import ToolLike
 
@@ -234,7 +240,7 @@ class TransformersChatModel(ChatModel):
         """Yield text deltas while the model writes (from a generation thread), then the Generation."""
         options = options or GenerationOptions()
         prompt = self._checked_prompt(messages, tools, options)
-        streamer = _make_streamer(self.tokenizer, self.stop_token_ids)
+        streamer = make_streamer(self.tokenizer, self.stop_token_ids)
         outcome: dict[str, Any] = {}
 
         def run() -> None:
@@ -274,42 +280,26 @@ class TransformersChatModel(ChatModel):
                          options: GenerationOptions, streamer: Any, budgets: list[int] | None,
                          deadlines: list[float | None], cache: Any = None) -> list[Generation | Exception]:
         import torch
-        from transformers import GenerationConfig, StoppingCriteriaList
+        from transformers import StoppingCriteriaList
 
         started = time.perf_counter()
         if options.max_new_tokens < 1:
             raise InvalidInputError("max_new_tokens must be at least 1")
-        def timed_out() -> BackendTimeoutError:  # one per row: each caller raises its own
-            return BackendTimeoutError(f"{self.name} did not answer within the request's time limit")
-
         if all(deadline is not None and deadline <= time.monotonic() for deadline in deadlines):
-            return [timed_out() for _ in prompts]  # waited past its time: no work for nothing
+            return [self._timed_out() for _ in prompts]  # waited past its time: no work for nothing
         # left padding: batched generation appends right after each prompt
         inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
                                 add_special_tokens=False)
         inputs = inputs.to(self.model.device)
-        sampled = options.temperature > 0
         stops = [stop for stop in options.stop if stop]
-        # top_k=0 and repetition_penalty=1.0 override what the model's generation_config would add
-        sampling = {"temperature": options.temperature, "top_p": options.top_p, "top_k": 0} if sampled else {}
-        generation_config = GenerationConfig(
-            max_new_tokens=options.max_new_tokens,
-            do_sample=sampled,
-            **sampling,
-            repetition_penalty=1.0,
-            eos_token_id=sorted(self.stop_token_ids),
-            pad_token_id=self.tokenizer.pad_token_id,
-            return_dict_in_generate=True,
-            output_logits=options.logprobs,
-            stop_strings=stops or None,
-        )
+        config = generation_config(options, self.stop_token_ids, self.tokenizer.pad_token_id)
         deadline = deadline_criterion(deadlines)
         try:
             # the hooks end the forward pass itself (prefill included) once every row is past its deadline
-            with torch.inference_mode(), _seeded(options.seed, self.model.device), self._cancel.until(deadlines):
+            with torch.inference_mode(), seeded(options.seed, self.model.device), self._cancel.until(deadlines):
                 output = self.model.generate(
                     **inputs,
-                    generation_config=generation_config,
+                    generation_config=config,
                     stopping_criteria=StoppingCriteriaList([deadline]),
                     streamer=streamer,
                     tokenizer=self.tokenizer if stops else None,
@@ -318,46 +308,28 @@ class TransformersChatModel(ChatModel):
         except PastDeadline:
             if streamer is not None:
                 streamer.end()
-            return [timed_out() for _ in prompts]
+            return [self._timed_out() for _ in prompts]
         latency = time.perf_counter() - started
 
-        prompt_width = inputs["input_ids"].shape[1]
-        completions = output.sequences[:, prompt_width:]
-        logprobs = None
-        if options.logprobs and output.logits:
-            # one (batch, vocab) tensor per step, the model's raw logits before any sampling warper
-            logprobs = torch.stack([
-                torch.log_softmax(step.float(), dim=-1).gather(1, completions[:, index:index + 1]).squeeze(1)
-                for index, step in enumerate(output.logits)
-            ], dim=1)
+        completions = output.sequences[:, inputs["input_ids"].shape[1]:]
+        logprobs = token_logprobs(output.logits, completions) if options.logprobs and output.logits else None
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         generations: list[Generation | Exception] = []
         for row, tools in enumerate(tools_per_row):
             if row in deadline.expired:
-                generations.append(timed_out())
+                generations.append(self._timed_out())
                 continue
-            budget = budgets[row] if budgets else options.max_new_tokens
-            ids = completions[row].tolist()[:budget]
-            length = next((index + 1 for index, token in enumerate(ids) if token in self.stop_token_ids),
-                          None)
-            hit_max_tokens = length is None and len(ids) >= budget
-            length = length or len(ids)
-            ids = ids[:length]
-            text_ids = ids[:-1] if ids and ids[-1] in self.stop_token_ids else ids
-            text = truncate_at_stops(self.tokenizer.decode(text_ids, **DECODE_KWARGS), stops)
-            parse, message = parse_answer(text, tools)
-            generations.append(Generation(
-                text=text,
-                message=message,
-                parse=parse,
-                prompt_tokens=int(prompt_tokens[row]),
-                completion_tokens=len(ids),
-                latency_s=latency,
-                finish_reason=finish_reason(parse, hit_max_tokens),
-                token_ids=ids,
-                token_logprobs=logprobs[row, :length].tolist() if logprobs is not None else None,
+            generations.append(row_generation(
+                self.tokenizer, self.stop_token_ids, completions[row].tolist(),
+                budgets[row] if budgets else options.max_new_tokens, stops, tools,
+                prompt_tokens=int(prompt_tokens[row]), latency_s=latency,
+                logprobs=logprobs[row] if logprobs is not None else None,
             ))
         return generations
+
+    def _timed_out(self) -> BackendTimeoutError:
+        """The error of a request past its deadline (a new one per row: each caller raises its own)."""
+        return BackendTimeoutError(f"{self.name} did not answer within the request's time limit")
 
 
 def batching_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -371,8 +343,6 @@ def batching_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _resolve_dtype(name: str, path: Path, gguf_file: str | None) -> Any:
-    import json
-
     import torch
 
     if name not in DTYPES:
@@ -387,50 +357,3 @@ def _resolve_dtype(name: str, path: Path, gguf_file: str | None) -> Any:
         declared = config.get("dtype") or config.get("torch_dtype")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return getattr(torch, fast_dtype(str(declared), device))
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None, device: Any) -> Iterator[None]:
-    """Seed sampling without disturbing the caller's global random state."""
-    if seed is None:
-        yield
-        return
-    import torch
-
-    with torch.random.fork_rng(devices=[device] if getattr(device, "type", "cpu") == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
-def context_length(model: Any, tokenizer: Any) -> int | None:
-    """The model's context window in tokens: its config's position limit, or the tokenizer's, or None."""
-    for value in (getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)):
-        if isinstance(value, int) and 0 < value < 10_000_000:  # tokenizers without a limit say 1e30
-            return value
-    return None
-
-
-def _make_streamer(tokenizer: Any, stop_token_ids: set[int]) -> Any:
-    from transformers import TextIteratorStreamer
-
-    class Streamer(TextIteratorStreamer):
-        """Streams the completion without its end-of-turn token (and the padding after it), so the
-        deltas join to exactly :attr:`Generation.text`."""
-
-        def __init__(self) -> None:
-            super().__init__(tokenizer, skip_prompt=True, **DECODE_KWARGS)
-            self.stopped = False
-
-        def put(self, value: Any) -> None:
-            if self.next_tokens_are_prompt:
-                super().put(value)
-                return
-            keep = []
-            for token in value.reshape(-1).tolist():
-                self.stopped = self.stopped or token in stop_token_ids
-                if not self.stopped:
-                    keep.append(token)
-            if keep:
-                super().put(value.new_tensor(keep))
-
-    return Streamer()

@@ -16,7 +16,7 @@ def answer_problem(generation: Generation, tools: Sequence[ToolSpec] | None, cal
     """Why an answer cannot be served as it is: ``invalid_call`` (the calls do not parse), ``schema``
     (they break the tools' JSON Schemas or name an unknown function), ``no_call`` (a call was
     required); None when it is fine."""
-    from supertiny.models.parsing import validate_calls
+    from supertiny.models.tool_schemas import validate_calls
 
     if not generation.parse.ok:
         return "invalid_call"

@@ -79,7 +79,7 @@ def load_tools_file(path: str | Path) -> list[ToolSpec]:
 def chat_once(store: Store, model: str, message: str, *, tools: list[ToolSpec] | None = None,
               system: str | None = None, options: GenerationOptions | None = None) -> ChatTurn:
     """Open ``model`` (registered name or path), answer ``message`` and validate its tool calls."""
-    from supertiny.models.parsing import validate_calls
+    from supertiny.models.tool_schemas import validate_calls
     from supertiny.runtime.loading import open_model
 
     if not message.strip():

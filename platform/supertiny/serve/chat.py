@@ -143,7 +143,7 @@ def _check_tools(chat: ChatCompletionRequest) -> None:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
 
-    from supertiny.models.parsing import normalize_json_schema
+    from supertiny.models.tool_schemas import normalize_json_schema
 
     seen: set[str] = set()
     for index, tool in enumerate(chat.tools or []):
