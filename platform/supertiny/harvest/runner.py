@@ -218,11 +218,8 @@ def _record_counts(store: Store, run_id: int, counts: dict[str, Any], lock: thre
 def run_harvest(store: Store, config: HarvestConfig, open_teacher: Callable[[], Any],
                 progress: ProgressCallback | None = None) -> HarvestResult:
     """Harvest ``config`` into ``store``; ``open_teacher()`` returns the LangChain chat model."""
-    from supertiny.registry import lookup
-
     config.validate()
-    domain: Domain = (traffic_domain(store, config.domain.removeprefix(LOGS_PREFIX))
-                      if config.domain.startswith(LOGS_PREFIX) else lookup("domain", config.domain))
+    domain = _harvest_domain(store, config)
     examples = verified_examples(store, config.examples_from, config.examples) if config.examples_from else None
     if config.use_prompt and not config.prompt_digest:
         digest = _prompt_digest(domain) + (examples_digest(examples) if examples else "")
@@ -231,43 +228,14 @@ def run_harvest(store: Store, config: HarvestConfig, open_teacher: Callable[[], 
     planned = len(task_ids) * config.samples_per_task
     run = _get_or_create_run(store, config, planned)
     done, passed = _done_pairs(store, run.id)
-    todo = [(task_id, missing) for task_id in task_ids
-            if (missing := [index for index in range(config.samples_per_task) if (task_id, index) not in done])]
+    todo = _missing_samples(task_ids, done, config.samples_per_task)
     started = time.perf_counter()
-    counts = {"done": len(done), "passed": passed, "new": 0}
-    lock = threading.Lock()
-    if progress:
-        progress(counts["done"], counts["passed"], planned)
+    tally = _Tally({"done": len(done), "passed": passed, "new": 0}, planned, progress)
+    tally.report()
     status, error = "completed", None
     try:
         if todo:
-            chat_model = open_teacher()
-            with store.session() as session:
-                rows = {row.id: row for row in session.scalars(sa.select(Task).where(Task.id.in_(task_ids)))}
-
-            def work(unit: tuple[int, list[int]]) -> None:
-                task_id, indices = unit
-                for sample in harvest_task(chat_model, domain, rows[task_id], run.id, indices, config, examples):
-                    written = _write_sample(store, sample)
-                    with lock:
-                        if written:
-                            counts["done"] += 1
-                            counts["new"] += 1
-                            counts["passed"] += sample.verdict == "pass"
-                        if progress:
-                            progress(counts["done"], counts["passed"], planned)
-                _record_counts(store, run.id, counts, lock)
-
-            workers = min(len(todo), tasks_in_flight(chat_model, config))
-            with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(work, unit) for unit in todo]
-                try:
-                    for future in concurrent.futures.as_completed(futures):
-                        future.result()
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
+            _harvest_missing(store, config, domain, examples, run.id, todo, open_teacher(), tally)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -276,13 +244,83 @@ def run_harvest(store: Store, config: HarvestConfig, open_teacher: Callable[[], 
         raise
     finally:
         elapsed = time.perf_counter() - started
-        done_now, passed_now = _done_pairs(store, run.id)
-        with store.session() as session:
-            row = session.get(HarvestRun, run.id)
-            row.status, row.error = status, error
-            row.n_done, row.n_passed = len(done_now), passed_now
-            row.elapsed_s = (row.elapsed_s or 0.0) + elapsed
-            if status == "completed":
-                row.finished_at = dt.datetime.now(dt.UTC)
-    return HarvestResult(run_id=run.id, planned=planned, done=len(done_now), passed=passed_now,
-                         newly_done=counts["new"], elapsed_s=elapsed)
+        done_now, passed_now = _close_run(store, run.id, status, error, elapsed)
+    return HarvestResult(run_id=run.id, planned=planned, done=done_now, passed=passed_now,
+                         newly_done=tally.counts["new"], elapsed_s=elapsed)
+
+
+def _harvest_domain(store: Store, config: HarvestConfig) -> Domain:
+    """The registered domain ``config.domain`` names, or one over logged traffic (``logs:`` prefix)."""
+    from supertiny.registry import lookup
+
+    if config.domain.startswith(LOGS_PREFIX):
+        return traffic_domain(store, config.domain.removeprefix(LOGS_PREFIX))
+    return lookup("domain", config.domain)
+
+
+def _missing_samples(task_ids: list[int], done: set[tuple[int, int]],
+                     samples_per_task: int) -> list[tuple[int, list[int]]]:
+    """(task id, sample indices not written yet) for each task that misses any, in task order."""
+    return [(task_id, missing) for task_id in task_ids
+            if (missing := [index for index in range(samples_per_task) if (task_id, index) not in done])]
+
+
+@dataclasses.dataclass
+class _Tally:
+    """The run's done / passed / newly written counts, shared by the worker threads, and its progress."""
+
+    counts: dict[str, Any]
+    planned: int
+    progress: ProgressCallback | None
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def report(self) -> None:
+        if self.progress:
+            self.progress(self.counts["done"], self.counts["passed"], self.planned)
+
+    def add(self, sample: Sample, written: bool) -> None:
+        with self.lock:
+            if written:
+                self.counts["done"] += 1
+                self.counts["new"] += 1
+                self.counts["passed"] += sample.verdict == "pass"
+            self.report()
+
+
+def _harvest_missing(store: Store, config: HarvestConfig, domain: Domain, examples: list[Example] | None,
+                     run_id: int, todo: list[tuple[int, list[int]]], chat_model: Any, tally: _Tally) -> None:
+    """Harvest and write the missing samples of ``todo``, many tasks in flight at once; the first failure
+    cancels the tasks not started and is raised."""
+    with store.session() as session:
+        task_ids = [task_id for task_id, _ in todo]
+        rows = {row.id: row for row in session.scalars(sa.select(Task).where(Task.id.in_(task_ids)))}
+
+    def work(unit: tuple[int, list[int]]) -> None:
+        task_id, indices = unit
+        for sample in harvest_task(chat_model, domain, rows[task_id], run_id, indices, config, examples):
+            tally.add(sample, _write_sample(store, sample))
+        _record_counts(store, run_id, tally.counts, tally.lock)
+
+    workers = min(len(todo), tasks_in_flight(chat_model, config))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(work, unit) for unit in todo]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _close_run(store: Store, run_id: int, status: str, error: str | None, elapsed: float) -> tuple[int, int]:
+    """Record how the run ended and its counts; returns (samples done, samples passed)."""
+    done, passed = _done_pairs(store, run_id)
+    with store.session() as session:
+        row = session.get(HarvestRun, run_id)
+        row.status, row.error = status, error
+        row.n_done, row.n_passed = len(done), passed
+        row.elapsed_s = (row.elapsed_s or 0.0) + elapsed
+        if status == "completed":
+            row.finished_at = dt.datetime.now(dt.UTC)
+    return len(done), passed

@@ -113,16 +113,48 @@ def _pick(logprobs: Any, options: GenerationOptions, generator: Any) -> int:
     return int(torch.multinomial(probs, 1, generator=generator).item())
 
 
-def hybrid_generate(tiny: Any, llm: Any, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None,
-                    options: GenerationOptions, threshold: float, reward: TokenReward, top_k: int = 5) -> HybridResult:
-    """Decode one answer token by token, the tiny model proposing and the LLM supplying low-reward tokens.
+@dataclasses.dataclass
+class HybridDecoding:
+    """One answer being decoded: both tiers' prompt ids, the stop tokens, the clock, and what is written so far
+    (each token with its log-probability and its source, and the reward of each tiny proposal)."""
 
-    Raises TierError naming the model whose forward pass failed, or BackendTimeoutError (as the LLM's
-    TierError once the LLM took part) when ``options.timeout_s`` runs out.
-    """
-    import torch
-    from transformers import DynamicCache
+    tiny_prompt: list[int]
+    llm_prompt: list[int]
+    stops: set[int]
+    started: float
+    deadline: float | None
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    sources: list[str] = dataclasses.field(default_factory=list)
+    scores: list[float] = dataclasses.field(default_factory=list)
 
+    def write(self, token: int, logprob: float, source: str) -> None:
+        self.tokens.append(token)
+        self.logprobs.append(logprob)
+        self.sources.append(source)
+
+    def result(self, tokenizer: Any, tools: Sequence[ToolLike] | None, options: GenerationOptions) -> HybridResult:
+        """The answer written: text up to the end of turn or the first stop string, parsed."""
+        tokens, stops = self.tokens, self.stops
+        hit_max = bool(tokens) and tokens[-1] not in stops and len(tokens) >= options.max_new_tokens
+        text_ids = tokens[:-1] if tokens and tokens[-1] in stops else tokens
+        text = tokenizer.decode(text_ids, **DECODE_KWARGS)
+        for stop in options.stop:
+            if stop and stop in text:
+                text = text[: text.index(stop)]
+        parse, message = parse_answer(text, tools)
+        generation = Generation(
+            text=text, message=message, parse=parse, prompt_tokens=len(self.tiny_prompt),
+            completion_tokens=len(tokens), latency_s=time.perf_counter() - self.started,
+            finish_reason=finish_reason(parse, hit_max), token_ids=tokens, token_logprobs=self.logprobs,
+        )
+        return HybridResult(generation=generation, sources="".join(self.sources), scores=self.scores)
+
+
+def start_decoding(tiny: Any, llm: Any, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None,
+                   options: GenerationOptions) -> HybridDecoding:
+    """Check the pair and the options, start the clock and render the prompt for both tiers: the setup of
+    hybrid decoding in process and on engines."""
     check_compatible(tiny, llm)
     if options.max_new_tokens < 1:
         raise InvalidInputError("max_new_tokens must be at least 1")
@@ -131,78 +163,112 @@ def hybrid_generate(tiny: Any, llm: Any, messages: Sequence[MessageLike], tools:
     tiny_prompt = tiny.tokenizer(tiny.render_prompt(messages, tools), add_special_tokens=False)["input_ids"]
     llm_prompt = llm.tokenizer(llm.render_prompt(messages, tools), add_special_tokens=False)["input_ids"]
     stops = set(tiny.stop_token_ids) | set(llm.stop_token_ids)
+    return HybridDecoding(tiny_prompt=tiny_prompt, llm_prompt=llm_prompt, stops=stops, started=started,
+                          deadline=deadline)
+
+
+def timeout_error(role: str, model_name: str, options: GenerationOptions) -> TierError:
+    """The TierError of hybrid decoding that ran past ``options.timeout_s``."""
+    return TierError(role, model_name, BackendTimeoutError(
+        f"hybrid decoding did not finish within {options.timeout_s:g}s"))
+
+
+def hybrid_generate(tiny: Any, llm: Any, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None,
+                    options: GenerationOptions, threshold: float, reward: TokenReward, top_k: int = 5) -> HybridResult:
+    """Decode one answer token by token, the tiny model proposing and the LLM supplying low-reward tokens.
+
+    Raises TierError naming the model whose forward pass failed, or BackendTimeoutError (as the LLM's
+    TierError once the LLM took part) when ``options.timeout_s`` runs out.
+    """
+    import torch
+
+    decoding = start_decoding(tiny, llm, messages, tools, options)
     width = min(tiny.model.get_output_embeddings().weight.shape[0], llm.model.get_output_embeddings().weight.shape[0])
-    generator = None
-    if options.temperature > 0:
-        generator = torch.Generator(device="cpu")
-        generator.manual_seed(options.seed if options.seed is not None else int(time.time_ns() % 2**31))
-
-    def forward(role: str, chat_model: Any, ids: list[int], cache: Any) -> Any:
-        try:
-            input_ids = torch.tensor([ids], dtype=torch.long, device=chat_model.model.device)
-            output = chat_model.model(input_ids=input_ids, past_key_values=cache, use_cache=True)
-            return torch.log_softmax(output.logits[0, -1, :width].float().cpu(), dim=-1)
-        except Exception as exc:
-            raise TierError(role, chat_model.name, exc) from exc
-
-    tokens: list[int] = []
-    logprobs: list[float] = []
-    sources: list[str] = []
-    scores: list[float] = []
+    generator = _generator(options)
     with torch.inference_mode():
-        tiny_cache = DynamicCache(config=tiny.model.config)
-        llm_cache = None
-        llm_pending = list(llm_prompt)  # tokens the LLM has not seen yet
-        tiny_logprobs = forward("tiny", tiny, tiny_prompt, tiny_cache)
+        tiny_cache = _new_cache(tiny)
+        lazy_llm = _LazyLLM(llm, decoding.llm_prompt, width)
+        tiny_logprobs = _forward("tiny", tiny, decoding.tiny_prompt, tiny_cache, width)
         for position in range(options.max_new_tokens):
-            if deadline is not None and time.monotonic() > deadline:
-                role, model = ("llm", llm) if llm_cache is not None else ("tiny", tiny)
-                raise TierError(role, model.name, BackendTimeoutError(
-                    f"hybrid decoding did not finish within {options.timeout_s:g}s"))
-            proposed = _pick(tiny_logprobs, options, generator)
-            top = torch.topk(tiny_logprobs, k=min(top_k, width)).values.tolist()
-            proposal = TokenProposal(token_id=proposed, logprob=float(tiny_logprobs[proposed]),
-                                     top_logprobs=tuple(top), position=position)
+            if decoding.deadline is not None and time.monotonic() > decoding.deadline:
+                role, model = ("llm", llm) if lazy_llm.took_part else ("tiny", tiny)
+                raise timeout_error(role, model.name, options)
+            proposal = _proposal(tiny_logprobs, options, generator, min(top_k, width), position)
             score = float(reward.score(proposal))
-            scores.append(score)
+            decoding.scores.append(score)
             if score >= threshold:
-                token, logprob, source = proposed, proposal.logprob, "t"
+                token, logprob, source = proposal.token_id, proposal.logprob, "t"
             else:
-                if llm_cache is None:
-                    llm_cache = DynamicCache(config=llm.model.config)
-                llm_logprobs = forward("llm", llm, llm_pending, llm_cache)
-                llm_pending = []
+                llm_logprobs = lazy_llm.catch_up()
                 token = _pick(llm_logprobs, options, generator)
                 logprob, source = float(llm_logprobs[token]), "L"
-            tokens.append(token)
-            logprobs.append(logprob)
-            sources.append(source)
-            llm_pending.append(token)
-            if token in stops or position + 1 == options.max_new_tokens:
+            decoding.write(token, logprob, source)
+            lazy_llm.pending.append(token)
+            if token in decoding.stops or position + 1 == options.max_new_tokens:
                 break
-            tiny_logprobs = forward("tiny", tiny, [token], tiny_cache)
-
-    return hybrid_result(tiny.tokenizer, tools, options, stops, len(tiny_prompt), started, tokens, logprobs,
-                         sources, scores)
+            tiny_logprobs = _forward("tiny", tiny, [token], tiny_cache, width)
+    return decoding.result(tiny.tokenizer, tools, options)
 
 
-def hybrid_result(tokenizer: Any, tools: Sequence[ToolLike] | None, options: GenerationOptions, stops: set[int],
-                  prompt_tokens: int, started: float, tokens: list[int], logprobs: list[float], sources: list[str],
-                  scores: list[float]) -> HybridResult:
-    """The answer hybrid decoding wrote: text up to the end of turn or the first stop string, parsed."""
-    hit_max = bool(tokens) and tokens[-1] not in stops and len(tokens) >= options.max_new_tokens
-    text_ids = tokens[:-1] if tokens and tokens[-1] in stops else tokens
-    text = tokenizer.decode(text_ids, **DECODE_KWARGS)
-    for stop in options.stop:
-        if stop and stop in text:
-            text = text[: text.index(stop)]
-    parse, message = parse_answer(text, tools)
-    generation = Generation(
-        text=text, message=message, parse=parse, prompt_tokens=prompt_tokens, completion_tokens=len(tokens),
-        latency_s=time.perf_counter() - started, finish_reason=finish_reason(parse, hit_max), token_ids=tokens,
-        token_logprobs=logprobs,
-    )
-    return HybridResult(generation=generation, sources="".join(sources), scores=scores)
+def _generator(options: GenerationOptions) -> Any:
+    """The torch generator a sampled answer draws from (seeded by ``options.seed`` where given); None for greedy."""
+    import torch
+
+    if options.temperature <= 0:
+        return None
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(options.seed if options.seed is not None else int(time.time_ns() % 2**31))
+    return generator
+
+
+def _new_cache(chat_model: Any) -> Any:
+    from transformers import DynamicCache
+
+    return DynamicCache(config=chat_model.model.config)
+
+
+def _forward(role: str, chat_model: Any, ids: list[int], cache: Any, width: int) -> Any:
+    """Log-probabilities (over the first ``width`` tokens) of the token after ``ids``, which extend ``cache``."""
+    import torch
+
+    try:
+        input_ids = torch.tensor([ids], dtype=torch.long, device=chat_model.model.device)
+        output = chat_model.model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        return torch.log_softmax(output.logits[0, -1, :width].float().cpu(), dim=-1)
+    except Exception as exc:
+        raise TierError(role, chat_model.name, exc) from exc
+
+
+def _proposal(logprobs: Any, options: GenerationOptions, generator: Any, top_k: int, position: int) -> TokenProposal:
+    """The tiny model's pick from ``logprobs``, with the ``top_k`` highest log-probabilities a reward sees."""
+    import torch
+
+    proposed = _pick(logprobs, options, generator)
+    top = torch.topk(logprobs, k=top_k).values.tolist()
+    return TokenProposal(token_id=proposed, logprob=float(logprobs[proposed]), top_logprobs=tuple(top),
+                         position=position)
+
+
+class _LazyLLM:
+    """The LLM in in-process hybrid decoding: it runs only when its token is needed, one forward pass over the
+    tokens it has not seen yet (``pending``: at first its prompt)."""
+
+    def __init__(self, llm: Any, prompt: list[int], width: int) -> None:
+        self.llm, self.width = llm, width
+        self.pending = list(prompt)
+        self.cache: Any = None
+
+    @property
+    def took_part(self) -> bool:
+        return self.cache is not None
+
+    def catch_up(self) -> Any:
+        """The LLM's log-probabilities of the next token after all that is written."""
+        if self.cache is None:
+            self.cache = _new_cache(self.llm)
+        logprobs = _forward("llm", self.llm, self.pending, self.cache, self.width)
+        self.pending = []
+        return logprobs
 
 
 class HybridTokenPolicy(Policy):

@@ -149,8 +149,6 @@ def make_distillation_trainer(*, model: Any, teacher: Any, tokenizer: Any, confi
     import torch
     from transformers import Trainer as HFTrainer
 
-    from supertiny.train.kd_loss import corrected_loss, distillation_loss
-
     stop_ids = _stop_ids(model, tokenizer)
 
     class DistillationTrainer(HFTrainer):
@@ -162,28 +160,10 @@ def make_distillation_trainer(*, model: Any, teacher: Any, tokenizer: Any, confi
             if config.on_policy > 0 and self._draw() < config.on_policy:
                 inputs = self._on_policy(model, inputs)
                 self.on_policy_batches += 1
-            student_logits = trained_logits(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
-            with torch.no_grad():
-                teacher_logits = trained_logits(teacher, inputs["teacher_input_ids"].to(teacher.device),
-                                                inputs["teacher_attention_mask"].to(teacher.device),
-                                                inputs["teacher_labels"].to(teacher.device))
-            vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
-            student_logits = student_logits[:, :vocab]
-            teacher_logits = teacher_logits[:, :vocab].to(student_logits.device)
-            targets = inputs["labels"][:, 1:]
-            targets = targets[targets != IGNORE_INDEX]
-            if config.disagreement == "label" and config.positions == "answers":
-                loss, agree = corrected_loss(student_logits, teacher_logits, targets, beta=config.beta,
-                                             temperature=config.temperature)
-            else:
-                loss = distillation_loss(student_logits, teacher_logits, beta=config.beta,
-                                         temperature=config.temperature)
-                agree = teacher_logits.argmax(dim=-1) == targets
+            loss, student_logits, agree = distillation_step(model, teacher, inputs, config)
             if model.training:
                 self.positions += agree.numel()
                 self.agreeing += int(agree.sum())
-            if config.sft_weight > 0:
-                loss = loss + config.sft_weight * torch.nn.functional.cross_entropy(student_logits.float(), targets)
             return (loss, {"logits": student_logits}) if return_outputs else loss
 
         def _draw(self) -> float:
@@ -193,32 +173,68 @@ def make_distillation_trainer(*, model: Any, teacher: Any, tokenizer: Any, confi
         @torch.no_grad()
         def _on_policy(self, model, inputs):
             """Replace each row's last assistant turn by a completion the student samples now."""
-            was_training = model.training
-            model.eval()
-            rows = []
-            try:
-                for row in range(inputs["input_ids"].shape[0]):
-                    prompt = inputs["input_ids"][row, : int(inputs["prompt_length"][row])].unsqueeze(0)
-                    generated = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
-                                               do_sample=True, temperature=config.sample_temperature, top_k=0,
-                                               top_p=1.0, max_new_tokens=config.max_new_tokens,
-                                               eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
-                                               use_cache=True)[0, prompt.shape[1]:].tolist()
-                    end = next((index + 1 for index, token in enumerate(generated) if token in stop_ids),
-                               len(generated))
-                    completion = generated[:end][: max(config.max_length - prompt.shape[1], 1)]
-                    teacher_prompt = inputs["teacher_input_ids"][row, : int(inputs["teacher_prompt_length"][row])]
-                    rows.append(_with_completion("", prompt[0].tolist(), completion)
-                                | _with_completion("teacher_", teacher_prompt.tolist(), completion))
-            finally:
-                model.train(was_training)
-            batch = collate(rows, tokenizer.pad_token_id)
-            return {key: value.to(inputs["input_ids"].device) for key, value in batch.items()}
+            return on_policy_batch(model, inputs, config, tokenizer, stop_ids)
 
     trainer = DistillationTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                   data_collator=lambda examples: collate(examples, tokenizer.pad_token_id))
     trainer.model_accepts_loss_kwargs = False  # the loss is a per-token mean: let the trainer scale accumulation
     return trainer
+
+
+def distillation_step(model: Any, teacher: Any, inputs: dict[str, Any], config: KDConfig) -> tuple[Any, Any, Any]:
+    """(loss, the student's logits at the trained positions, whether the teacher ranked each trained token
+    first) of one collated batch."""
+    import torch
+
+    from supertiny.train.kd_loss import corrected_loss, distillation_loss
+
+    student_logits = trained_logits(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+    with torch.no_grad():
+        teacher_logits = trained_logits(teacher, inputs["teacher_input_ids"].to(teacher.device),
+                                        inputs["teacher_attention_mask"].to(teacher.device),
+                                        inputs["teacher_labels"].to(teacher.device))
+    vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
+    student_logits = student_logits[:, :vocab]
+    teacher_logits = teacher_logits[:, :vocab].to(student_logits.device)
+    targets = inputs["labels"][:, 1:]
+    targets = targets[targets != IGNORE_INDEX]
+    if config.disagreement == "label" and config.positions == "answers":
+        loss, agree = corrected_loss(student_logits, teacher_logits, targets, beta=config.beta,
+                                     temperature=config.temperature)
+    else:
+        loss = distillation_loss(student_logits, teacher_logits, beta=config.beta, temperature=config.temperature)
+        agree = teacher_logits.argmax(dim=-1) == targets
+    if config.sft_weight > 0:
+        loss = loss + config.sft_weight * torch.nn.functional.cross_entropy(student_logits.float(), targets)
+    return loss, student_logits, agree
+
+
+def on_policy_batch(model: Any, inputs: dict[str, Any], config: KDConfig, tokenizer: Any,
+                    stop_ids: list[int]) -> dict[str, Any]:
+    """``inputs`` with each row's last assistant turn replaced by a completion ``model`` samples now (for the
+    student and the teacher alike); call it without gradients."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    rows = []
+    try:
+        for row in range(inputs["input_ids"].shape[0]):
+            prompt = inputs["input_ids"][row, : int(inputs["prompt_length"][row])].unsqueeze(0)
+            generated = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
+                                       do_sample=True, temperature=config.sample_temperature, top_k=0,
+                                       top_p=1.0, max_new_tokens=config.max_new_tokens,
+                                       eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
+                                       use_cache=True)[0, prompt.shape[1]:].tolist()
+            end = next((index + 1 for index, token in enumerate(generated) if token in stop_ids), len(generated))
+            completion = generated[:end][: max(config.max_length - prompt.shape[1], 1)]
+            teacher_prompt = inputs["teacher_input_ids"][row, : int(inputs["teacher_prompt_length"][row])]
+            rows.append(_with_completion("", prompt[0].tolist(), completion)
+                        | _with_completion("teacher_", teacher_prompt.tolist(), completion))
+    finally:
+        model.train(was_training)
+    batch = collate(rows, tokenizer.pad_token_id)
+    return {key: value.to(inputs["input_ids"].device) for key, value in batch.items()}
 
 
 def _with_completion(prefix: str, prompt: list[int], completion: list[int]) -> dict[str, Any]:

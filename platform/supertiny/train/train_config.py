@@ -41,8 +41,7 @@ class TrainConfig:
                                choices=("cosine", "linear", "constant", "constant_with_warmup"))
     warmup: float = option(0.03, "Warm-up: a fraction of the steps (< 1) or a number of steps.")
     weight_decay: float = option(0.0, "AdamW weight decay.")
-    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass: less memory, slower "
-                                          "steps.")
+    gradient_checkpointing: bool = option(False, "Recompute activations in backward passes: less memory, slower steps.")
     call_prose: bool = option(False, "Also train on the text a teacher writes around its tool calls (by default an "
                               "assistant turn that calls tools is trained on its calls alone, so a teacher's "
                               "narration does not teach the student to answer in prose).")
