@@ -1,5 +1,6 @@
 """Evaluation: per-category accuracy stored, compared, and the CLI on the tiny model."""
 
+import contextlib
 import json
 
 import pytest
@@ -98,7 +99,7 @@ def test_a_task_waits_for_its_answer_as_long_as_the_evaluation_allows(store, toy
     from supertiny.eval import runner
 
     slow = ScriptedModel("slow", delay_s=0.3)
-    monkeypatch.setattr("supertiny.runtime.loading.open_model", lambda store, name: slow)
+    monkeypatch.setattr("supertiny.runtime.loading.lease_model", lambda store, name: contextlib.nullcontext(slow))
     register_external_like(store, "slow")
     evaluation = runner.evaluate(store, EvalConfig(model="slow", domain="toy-weather", limit=2, concurrency=2))
     assert evaluation.n_tasks == 2  # the default waits far longer than a busy engine needs

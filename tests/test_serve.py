@@ -46,6 +46,7 @@ def server(sqlite_store, tiny_pair, tmp_path):
         live.app = app
         live.store = sqlite_store
         yield live
+    pool.close()
 
 
 def _calls_when_told(messages) -> str:
@@ -132,6 +133,10 @@ def test_models_health_and_metrics(server):
     client(server).chat.completions.create(model="weather", messages=QUESTION, tools=[WEATHER_TOOL])
     health = httpx.get(f"{server.url}/health").json()
     assert health["status"] == "ok" and health["database"] == "ok"
+    memory = health["model_memory"]
+    resident = {model["name"]: model for model in memory["models_resident"]}
+    assert resident["student"]["bytes"] > 0 and resident["caller"]["bytes"] == 0  # an in-process model, a scripted one
+    assert 0 < memory["used_bytes"] <= memory["budget_bytes"]
     text = httpx.get(f"{server.url}/metrics").text
     assert 'supertiny_requests_total{route="weather",status="200"} 1.0' in text
     assert 'supertiny_tier_share{route="weather",tier="tiny"} 1.0' in text

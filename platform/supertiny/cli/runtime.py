@@ -6,6 +6,7 @@ from supertiny.cli.app import pass_settings
 from supertiny.config import Settings
 from supertiny.demo.plan import ENGINE_CHOICES, LLM_RUNTIMES, DemoPlan
 from supertiny.errors import SupertinyError
+from supertiny.runtime.model_memory import format_bytes, memory_budget
 from supertiny.serve.auth import AUTH_MODES
 from supertiny.store.engine import describe_url
 
@@ -19,6 +20,10 @@ from supertiny.store.engine import describe_url
 @click.option("--model-concurrency", type=int,
               help="Requests one in-process model takes at once (default: its dynamic batch size, or 1 without "
                    "dynamic batching). Models on an engine take up to 64.")
+@click.option("--model-memory", metavar="SIZE",
+              help="Memory the opened models may take (8GiB, 8000MB, bytes, or 40% of system memory); past it the "
+                   "least recently used models not answering are closed. Default: SUPERTINY_MODEL_MEMORY, else "
+                   "half of system memory.")
 @click.option("--max-tokens-limit", default=4096, show_default=True, type=int)
 @click.option("--auth", type=click.Choice(AUTH_MODES), default="auto", show_default=True,
               help="required: every request needs an API key; open: none does; auto: required from the first "
@@ -30,7 +35,7 @@ from supertiny.store.engine import describe_url
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @pass_settings
 def serve(settings: Settings, host: str, port: int, workers: int, preload: bool, model_concurrency: int | None,
-          max_tokens_limit: int, auth: str, outage_grace_s: float, log_level: str) -> None:
+          model_memory: str | None, max_tokens_limit: int, auth: str, outage_grace_s: float, log_level: str) -> None:
     """Serve the OpenAI-compatible API, routing each request by its route's stored policy.
 
     \b
@@ -50,11 +55,13 @@ def serve(settings: Settings, host: str, port: int, workers: int, preload: bool,
 
     if workers < 1:
         raise SupertinyError("--workers must be at least 1")
+    budget = memory_budget(model_memory) if model_memory else settings.model_memory_bytes  # a bad size fails here
     open_store(settings)  # migrate once, before any worker starts
-    options = ServeOptions(preload=preload, local_model_concurrency=model_concurrency,
+    options = ServeOptions(preload=preload, local_model_concurrency=model_concurrency, model_memory=model_memory,
                            max_tokens_limit=max_tokens_limit, auth=auth, outage_grace_s=outage_grace_s)
     click.echo(f"supertiny serving on http://{host}:{port}/v1 ({workers} worker{'s' if workers > 1 else ''}, "
-               f"store {describe_url(settings.database_url)})", err=True)
+               f"store {describe_url(settings.database_url)}, models within {format_bytes(budget)} per worker)",
+               err=True)
     if workers == 1:
         os.environ.pop(MULTIPROCESS_ENV, None)  # one process: its own registry, as in tests and embedding
         uvicorn.run(create_app(settings, options), host=host, port=port, log_level=log_level)

@@ -45,15 +45,15 @@ def model_report(store: Store, name: str, options: ReportOptions, progress: Eval
 
 def _speed(store: Store, name: str, options: ReportOptions) -> dict[str, Any]:
     from supertiny.artifacts.speed import measure_speed
-    from supertiny.runtime.loading import open_model
+    from supertiny.runtime.loading import lease_model
 
-    chat = open_model(store, name, in_process=True)  # the weights' own speed, not an engine's
-    if hasattr(chat, "measure_speed"):  # a backend that runs its own network (llama.cpp) times itself
-        speed = chat.measure_speed(options.prompt_tokens, options.new_tokens)
-    elif chat.capabilities.token_access:
-        speed = measure_speed(chat.model, chat.tokenizer, options.prompt_tokens, options.new_tokens)  # type: ignore[attr-defined]
-    else:
-        return {"speed_error": f"{chat.backend} models are not measured in-process"}
+    with lease_model(store, name, in_process=True) as chat:  # the weights' own speed, not an engine's
+        if hasattr(chat, "measure_speed"):  # a backend that runs its own network (llama.cpp) times itself
+            speed = chat.measure_speed(options.prompt_tokens, options.new_tokens)
+        elif chat.capabilities.token_access:
+            speed = measure_speed(chat.model, chat.tokenizer, options.prompt_tokens, options.new_tokens)  # type: ignore[attr-defined]
+        else:
+            return {"speed_error": f"{chat.backend} models are not measured in-process"}
     return {"prefill_tok_s": round(speed.prefill_tok_s, 2), "decode_tok_s": round(speed.decode_tok_s, 2)}
 
 

@@ -136,27 +136,29 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate(store: Store, config: EvalConfig, progress: ProgressCallback | None = None) -> Evaluation:
-    """Evaluate ``config.model`` on ``config.domain`` and store the result."""
+    """Evaluate ``config.model`` on ``config.domain`` and store the result; the model is leased from the model
+    cache while it answers."""
     from supertiny.models.versions import get_model_version
     from supertiny.registry import lookup
-    from supertiny.runtime.loading import open_model
+    from supertiny.runtime.loading import lease_model
 
     domain: Domain = lookup("domain", config.domain)
     version = get_model_version(store, config.model)
     tasks = select_tasks(domain, config.split, config.per_category, config.limit, config.categories)
     if not tasks:
         raise InvalidInputError(f"domain {domain.name!r} has no tasks in split {config.split!r} for these filters")
-    model = open_model(store, config.model)
-    if progress:
-        progress(0, len(tasks))
-    started = time.perf_counter()
-    concurrency = config.concurrency or model.capabilities.max_concurrency
-    if domain.environment(tasks[0]) is None:
-        records = _single_shot(model, domain, tasks, config, concurrency, progress)
-    else:
-        from supertiny.models.langchain_adapter import SupertinyChatModel
+    with lease_model(store, config.model) as model:
+        if progress:
+            progress(0, len(tasks))
+        started = time.perf_counter()
+        concurrency = config.concurrency or model.capabilities.max_concurrency
+        if domain.environment(tasks[0]) is None:
+            records = _single_shot(model, domain, tasks, config, concurrency, progress)
+        else:
+            from supertiny.models.langchain_adapter import SupertinyChatModel
 
-        records = _agentic(SupertinyChatModel(model=model), domain, tasks, config, concurrency, progress)
+            records = _agentic(SupertinyChatModel(model=model), domain, tasks, config, concurrency, progress)
+        wall_s, engine = time.perf_counter() - started, model.capabilities.engine
     summary = summarize(records)
     overall = summary["overall"]
     with store.session() as session:
@@ -166,8 +168,6 @@ def evaluate(store: Store, config: EvalConfig, progress: ProgressCallback | None
             invalid_rate=overall["invalid_rate"], mean_latency_s=overall["mean_latency_s"],
             tokens_per_request=overall["tokens_per_request"], size_bytes=version.size_bytes,
             details={"config": {**dataclasses.asdict(config), "categories": list(config.categories)},
-                     "wall_s": time.perf_counter() - started, "engine": model.capabilities.engine,
-                     "concurrency": concurrency, "records": records})
+                     "wall_s": wall_s, "engine": engine, "concurrency": concurrency, "records": records})
         session.add(evaluation)
     return evaluation
-

@@ -98,7 +98,8 @@ class RouteContext(Protocol):
         ...
 
     def hold(self, *roles: str, in_process: bool = False) -> Any:
-        """A context manager holding the serving slots of ``roles``' models (for direct model use)."""
+        """A context manager holding a lease on ``roles``' models (never closed while held) and a serving slot of
+        each, for direct model use; it gives model name -> leased model."""
         ...
 
 

@@ -290,7 +290,8 @@ class HybridTokenPolicy(Policy):
             tiny, llm = context.model("tiny", in_process=True), context.model("llm", in_process=True)
         generate = hybrid_generate if in_process else hybrid_generate_on_engines
         started = time.monotonic()
-        with context.hold("tiny", "llm", in_process=in_process):
+        with context.hold("tiny", "llm", in_process=in_process) as held:
+            tiny, llm = held[context.model_name("tiny")], held[context.model_name("llm")]  # leased while decoding
             remaining = max(0.001, params.timeout_s - (time.monotonic() - started))
             timeout = remaining if context.options.timeout_s is None else min(remaining, context.options.timeout_s)
             options = dataclasses.replace(context.options, timeout_s=timeout)

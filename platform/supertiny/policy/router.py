@@ -108,6 +108,7 @@ class _Context:
             raise TierError(role, name, exc) from exc
 
     def hold(self, *roles: str, in_process: bool = False) -> Any:
+        """Lease ``roles``' models and hold a serving slot of each; gives model name -> leased model."""
         return self.pool.slot([self.model_name(role) for role in roles], self.params.timeout_s, in_process)
 
     def _failed(self, role: str, model: ChatModel, exc: Exception) -> TierError:
@@ -124,7 +125,8 @@ class _Context:
         model = self.model(role)
         started = time.monotonic()
         try:
-            with self.hold(role):
+            with self.hold(role) as held:
+                model = held[self.model_name(role)]  # leased: not closed while it answers
                 generation = model.generate(messages or self.messages, self.tools, self._options(started))
         except InvalidInputError:
             raise  # the request itself is unusable: no other tier would do better
@@ -138,7 +140,8 @@ class _Context:
         model = self.model(role)
         started = time.monotonic()
         try:
-            with self.hold(role):
+            with self.hold(role) as held:
+                model = held[self.model_name(role)]  # leased: not closed while it streams
                 yield from model.stream(self.messages, self.tools, self._options(started))
         except InvalidInputError:
             raise

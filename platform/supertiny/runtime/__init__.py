@@ -1,2 +1,2 @@
-"""Where models run: each opened on its running engine or in-process through its backend, kept in one cache,
-and one checked chat turn with a model."""
+"""Where models run: each opened on its running engine or in-process through its backend, kept in one cache
+within a memory budget, and one checked chat turn with a model."""

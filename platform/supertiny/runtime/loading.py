@@ -1,20 +1,24 @@
-"""Open a model by registered name or by path, once per process.
+"""Open a model by registered name or by path, through the process-wide model cache.
 
 ``open_model(store, "qwen2.5-coder-0.5b-instruct")`` looks the name up in ``model_versions`` and
 opens it on its running engine (``supertiny engine start``) when it has one, else through the registered
 backend of that row; a path to an HF directory or a ``.gguf`` file
-that is not registered opens with the ``transformers`` backend. Opened models are cached per
-(name, location, config): the server, the router and the evaluator share one copy in memory.
+that is not registered opens with the ``transformers`` backend. Opened models live in one process-wide
+:class:`~supertiny.runtime.model_cache.ModelCache`, keyed by (name, backend, location, config): the server, the
+router, the evaluator and the demo share one copy in memory, within one memory budget.
 """
 
 import dataclasses
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from supertiny.errors import NotFoundError
 from supertiny.models.backend import ChatModel
+from supertiny.runtime.model_cache import Lease, ModelCache
+from supertiny.runtime.model_memory import location_bytes
 from supertiny.store.engine import Store
 
 
@@ -32,8 +36,7 @@ class ModelLocation:
         return self.name, self.backend, self.location, json.dumps(self.config, sort_keys=True, default=str)
 
 
-_cache: dict[tuple[str, str, str, str], ChatModel] = {}
-_locks: dict[tuple[str, str, str, str], threading.Lock] = {}
+_cache: ModelCache | None = None
 _guard = threading.Lock()
 
 
@@ -67,47 +70,67 @@ def resolve_model(store: Store, name_or_path: str | Path, *, in_process: bool = 
     raise NotFoundError(f"unknown model {text!r}")  # pragma: no cover - get_model_version raised
 
 
+def model_cache() -> ModelCache:
+    """The process-wide model cache (created on first use, with the default budget)."""
+    global _cache
+    with _guard:
+        if _cache is None:
+            _cache = ModelCache()
+        return _cache
+
+
+def set_model_cache(cache: ModelCache | None) -> ModelCache | None:
+    """Make ``cache`` the process-wide model cache (None: a fresh default one on next use); returns the one
+    it replaces, without closing its models."""
+    global _cache
+    with _guard:
+        previous, _cache = _cache, cache
+        return previous
+
+
 def open_model(store: Store, name_or_path: str | Path, *, in_process: bool = False, **overrides: Any) -> ChatModel:
     """The opened model for a registered name or a path, from the process-wide cache when there: through its
     engine when one runs, else in-process (``in_process=True`` always opens it in-process).
 
     ``overrides`` are merged over the registered backend config (e.g. ``dtype="float32"``) and are
-    part of the cache key."""
-    from supertiny.registry import lookup
-
+    part of the cache key. The model is not leased: the cache may close it once the memory budget needs its
+    room; use :func:`lease_model` while using it."""
     where = resolve_model(store, name_or_path, in_process=in_process, **overrides)
-    with _guard:
-        if where.key in _cache:
-            return _cache[where.key]
-        lock = _locks.setdefault(where.key, threading.Lock())
-    with lock:  # one load per key; other keys load in parallel
-        if where.key in _cache:
-            return _cache[where.key]
-        backend = lookup("backend", where.backend)
-        model = backend.open(where.location, dict(where.config))
-        _cache[where.key] = model
-        return model
+    return model_cache().open(where.key, _opener(where), name=where.name, size_hint=_size_hint(where))
+
+
+def lease_model(store: Store, name_or_path: str | Path, *, in_process: bool = False, **overrides: Any) -> Lease:
+    """A lease on the model :func:`open_model` gives: ``with lease_model(store, name) as model:`` keeps it
+    open, never evicted, until the block ends."""
+    where = resolve_model(store, name_or_path, in_process=in_process, **overrides)
+    return model_cache().lease(where.key, _opener(where), name=where.name, size_hint=_size_hint(where))
+
+
+def _opener(where: ModelLocation) -> Callable[[], ChatModel]:
+    def open_with_backend() -> ChatModel:
+        from supertiny.registry import lookup
+
+        return lookup("backend", where.backend).open(where.location, dict(where.config))
+
+    return open_with_backend
+
+
+def _size_hint(where: ModelLocation) -> Callable[[], int]:
+    return lambda: location_bytes(where.location, where.config)
 
 
 def forget_model(model: ChatModel) -> None:
-    """Drop ``model`` from the cache (its engine went away): the next ``open_model`` resolves it anew."""
-    with _guard:
-        for key in [key for key, cached in _cache.items() if cached is model]:
-            del _cache[key]
-            _locks.pop(key, None)
+    """Drop ``model`` from the cache without closing it (its engine went away): the next ``open_model`` resolves
+    it anew."""
+    model_cache().forget(model)
 
 
 def cached_models() -> list[tuple[str, ChatModel]]:
-    """(name, model) of every model opened in this process."""
-    with _guard:
-        return [(key[0], model) for key, model in _cache.items()]
+    """(name, model) of every model open in this process's cache."""
+    return model_cache().models()
 
 
 def close_models() -> None:
-    """Close and forget every cached model (tests, server shutdown)."""
-    with _guard:
-        models = list(_cache.values())
-        _cache.clear()
-        _locks.clear()
-    for model in models:
-        model.close()
+    """Close and forget every cached model (tests, between demo steps, server shutdown); one in use is closed
+    when its lease ends."""
+    model_cache().clear()

@@ -2,7 +2,8 @@
 pool, policy store, router, log writer, metrics, key checker) lives on ``app.state``.
 
 Routes: ``POST /v1/chat/completions`` (JSON or SSE), ``GET /v1/models`` (the routes with an active
-policy), ``GET /health``, ``GET /metrics`` (Prometheus text). Every error is an OpenAI-style body.
+policy), ``GET /health`` (with the model memory budget, the bytes in use and the resident models),
+``GET /metrics`` (Prometheus text). Every error is an OpenAI-style body.
 """
 
 import contextlib
@@ -23,6 +24,7 @@ from supertiny.config import Settings, get_settings
 from supertiny.policy.policy_store import PolicyStore
 from supertiny.policy.pool import ModelPool
 from supertiny.policy.router import Router
+from supertiny.runtime.model_memory import memory_budget
 from supertiny.schema.openai import ModelCard, ModelList
 from supertiny.serve.auth import AuthenticationError, KeyChecker
 from supertiny.serve.chat import chat_completions
@@ -61,6 +63,7 @@ class ServeOptions:
     log_max_pending: int = 100_000
     log_close_timeout_s: float = 10.0
     preload: bool = False  # open the models of every active route at startup (in the background)
+    model_memory: str | None = None  # the model memory budget (8GiB, 8000MB, bytes, 40%); None: the settings'
 
     @classmethod
     def from_env(cls) -> "ServeOptions":
@@ -88,6 +91,7 @@ def create_app(settings: Settings | None = None, options: ServeOptions | None = 
         store = open_store(settings)
     pool = pool or ModelPool.for_store(store, local_concurrency=options.local_model_concurrency,
                                        remote_concurrency=options.remote_model_concurrency)
+    _apply_model_memory(pool, settings, options)
     metrics = Metrics()
     writer = RequestLogWriter(store, batch_size=options.log_batch_size, flush_interval_s=options.log_flush_interval_s,
                               max_pending=options.log_max_pending)
@@ -129,6 +133,14 @@ def create_app(settings: Settings | None = None, options: ServeOptions | None = 
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"])
     install_openapi(app)
     return app
+
+
+def _apply_model_memory(pool: ModelPool, settings: Settings, options: ServeOptions) -> None:
+    """Give the pool's model cache the budget ``--model-memory`` or ``SUPERTINY_MODEL_MEMORY`` sets, if any."""
+    if options.model_memory:
+        pool.cache.budget_bytes = memory_budget(options.model_memory)
+    elif settings.model_memory:
+        pool.cache.budget_bytes = settings.model_memory_bytes
 
 
 def app_from_env() -> FastAPI:
@@ -197,6 +209,7 @@ async def health(request: Request) -> Response:
         "status": "ok" if database else "degraded", "version": __version__,
         "database": "ok" if database else "unavailable",
         "uptime_s": round(time.time() - state.started, 1), "models_loaded": state.models.loaded(),
+        "model_memory": state.models.memory(),
         "request_log": {"pending": state.log_writer.pending, **dataclasses.asdict(state.log_writer.stats)},
     }
     return JSONResponse(body)
