@@ -6,6 +6,7 @@
     python -m bench.compress --models a,b --eval          # these models, with their stored BFCL test accuracy
     python -m bench.compress --make int8,int4 --new-tokens 24   # quantize the student into a scratch store first
     python -m bench.compress --make gguf-q8_0,gguf-q4_0,prune400M+gguf-q4_0 --threads 2   # torch vs llama.cpp
+    python -m bench.compress --make gguf-q4_0,gguf-q4_0-max --eval-run 10   # q4_0 scales: searched vs llama.cpp's
 
 It measures the machine's memory-read bandwidth (a sum over a 1 GiB buffer, best of 3), then, for each model in
 a subprocess of its own (so peak RAM is that model's alone): parameters, bytes on disk, prefill and decode
@@ -17,7 +18,9 @@ CPU-second (on a shared machine, with ``--threads 1``, the fairer comparison: se
 :mod:`supertiny.artifacts.speed`) and peak RSS (VmHWM: load + measurement, with torch's own ~0.3 GiB). torch and
 llama.cpp run on the same number of threads (``--threads``, else torch's default). With ``--eval``, accuracy
 per category from the latest stored evaluation on ``--eval-domain`` / ``--eval-split`` (``--eval-run N``
-evaluates N tasks a category where none is stored, or where the stored one has fewer).
+evaluates N tasks a category where none is stored, or where the stored one has fewer): each accuracy with its
+95% Wilson interval, the share of invalid answers, the tokens per answer (a model that does not stop writes up to
+the budget) and, against the first evaluated model, an exact McNemar test on the tasks both answered.
 
 Writes ``bench/results/compress/compress-<timestamp>.json``, ``.md`` (a table) and ``.png`` (accuracy, or
 decode tokens/s without --eval, against bytes).
@@ -167,7 +170,7 @@ def accuracy(store: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
     from supertiny.eval.queries import latest_evaluation
 
     try:
-        stored = latest_evaluation(store, name, args.eval_domain, args.eval_split)
+        stored = latest_evaluation(store, name, args.eval_domain, args.eval_split, with_records=True)
     except SupertinyError:
         if not args.eval_run:
             return {}
@@ -184,9 +187,20 @@ def accuracy(store: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
             return {"eval_error": str(exc)}
         finally:
             close_models()
-        stored = latest_evaluation(store, name, args.eval_domain, args.eval_split)
+        stored = latest_evaluation(store, name, args.eval_domain, args.eval_split, with_records=True)
     return {"accuracy": stored["accuracy"], "eval_tasks": stored["n_tasks"], "evaluation_id": stored["id"],
-            "per_category": {category: stats["accuracy"] for category, stats in stored["per_category"].items()}}
+            "correct": round(stored["accuracy"] * stored["n_tasks"]), "invalid_rate": stored["invalid_rate"],
+            "tokens_per_request": stored["tokens_per_request"],
+            "per_category": {category: stats["accuracy"] for category, stats in stored["per_category"].items()},
+            "evaluation": stored}
+
+
+def paired_tests(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each evaluated model against the first evaluated one, on the tasks both answered (exact McNemar)."""
+    from supertiny.eval.queries import paired_test
+
+    evaluated = [row["evaluation"] for row in models if row.get("evaluation")]
+    return [paired_test(evaluated[0], other) for other in evaluated[1:]]
 
 
 def make_tiny(store: Any, settings: Any) -> list[str]:
@@ -206,7 +220,8 @@ def make_tiny(store: Any, settings: Any) -> list[str]:
 def make_variants(store: Any, settings: Any, student: str, recipes: list[str]) -> list[str]:
     """Compress ``student`` (registered in the real store) into this scratch store. A recipe is int8, int4,
     pruneN (magnitude pruning to N parameters, e.g. prune400M: for speed only, no calibration, no healing) or
-    gguf-TYPE (a GGUF export for llama.cpp: gguf-q8_0, gguf-q4_0, gguf-f16), or several joined by ``+``
+    gguf-TYPE (a GGUF export for llama.cpp: gguf-q8_0, gguf-q4_0, gguf-f16; gguf-q4_0-max with llama.cpp's
+    reference q4_0 scales), or several joined by ``+``
     (prune400M+int8 quantizes the pruned model, prune400M+gguf-q4_0 exports it)."""
     from supertiny.compress.gguf_config import GGUFConfig
     from supertiny.compress.prune_config import PruneConfig
@@ -223,7 +238,8 @@ def make_variants(store: Any, settings: Any, student: str, recipes: list[str]) -
                 algorithm, config = "prune", PruneConfig(target_params=step[len("prune"):] or "0.4B",
                                                          importance="magnitude")
             elif step.startswith("gguf-"):
-                algorithm, config = "gguf", GGUFConfig(type=step[len("gguf-"):])
+                out_type, _, scales = step[len("gguf-"):].partition("-")
+                algorithm, config = "gguf", GGUFConfig(type=out_type, q4_scales=scales or "search")
             else:
                 algorithm, config = "quantize", QuantizeConfig(scheme=step)
             name = f"{source}-{get_compressors()[algorithm].name_suffix(config)}"
@@ -283,7 +299,7 @@ def markdown(result: dict[str, Any]) -> str:
     categories = sorted({category for row in result["models"] for category in row.get("per_category", {})})
     header = ["model", "stage", "params", "MB on disk", "MB read/token", "prefill tok/s", "decode tok/s",
               "decode tok/CPU-s", "bound tok/s", "of bound", "peak RSS GiB",
-              *(["accuracy", *categories] if categories else [])]
+              *(["accuracy [95% interval]", "invalid", "tokens / answer", *categories] if categories else [])]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in result["models"]:
         if "error" in row:
@@ -294,13 +310,28 @@ def markdown(result: dict[str, Any]) -> str:
                  f"{row['decode_cpu_tok_s']:.1f}", f"{row['bound_tok_s']:.1f}", f"{row['fraction_of_bound']:.0%}",
                  f"{row['peak_rss_bytes'] / 2**30:.2f}"]
         if categories:
-            cells += [_percent(row.get("accuracy"))] + [_percent(row.get("per_category", {}).get(c))
-                                                        for c in categories]
+            cells += [_accuracy(row), _percent(row.get("invalid_rate")),
+                      "-" if row.get("tokens_per_request") is None else f"{row['tokens_per_request']:.0f}"]
+            cells += [_percent(row.get("per_category", {}).get(c)) for c in categories]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "bound = bandwidth / bytes read per decode step; tok/CPU-s = tokens per second of this process's "
               "CPU time (with one thread: the speed on an idle core, when the machine is shared); peak RSS (VmHWM) "
               "includes the Python process and torch."]
+    if result.get("paired"):
+        baseline = result["paired"][0]["baseline"]
+        lines += ["", f"Paired against {baseline} on the tasks both answered (exact McNemar):", ""]
+        lines += [f"- {test['model']}: {test['difference'] * 100:+.1f} points on {test['shared_tasks']} tasks "
+                  f"({test['only_model']} right only for it, {test['only_baseline']} only for the baseline), "
+                  f"p = {test['p_value']:.3g}" for test in result["paired"] if test["difference"] is not None]
     return "\n".join(lines) + "\n"
+
+
+def _accuracy(row: dict[str, Any]) -> str:
+    if row.get("accuracy") is None:
+        return "-"
+    from supertiny.eval.stats import format_accuracy
+
+    return format_accuracy(row["correct"], row["eval_tasks"])
 
 
 def _percent(value: float | None) -> str:
@@ -393,7 +424,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          f"{', '.join(f'{value:.1f}' for value in os.getloadavg())}",
               "bandwidth_gb_s": round(bandwidth, 2), "prompt_tokens": args.prompt_tokens,
               "new_tokens": args.new_tokens, "repeats": args.repeats, "threads": args.threads,
-              "eval": f"{args.eval_domain} {args.eval_split}" if args.eval else None, "models": models}
+              "eval": f"{args.eval_domain} {args.eval_split}" if args.eval else None, "models": models,
+              "paired": paired_tests(models) if args.eval else []}
+    for row in models:
+        row.pop("evaluation", None)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"compress-{dt.datetime.now():%Y%m%d-%H%M%S}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))

@@ -21,7 +21,8 @@ from supertiny.runtime.loading import close_models
 
 TYPES = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
          "q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}
-TOLERANCE = {"f32": 0.0, "f16": 1e-3, "q8_0": 1e-2, "q4_0": 0.13}  # q4_0: max/8 (-max clips to 7 steps)
+# q4_0: the searched scales may clip a block's largest weight by up to 20% when that lowers the block's error
+TOLERANCE = {"f32": 0.0, "f16": 1e-3, "q8_0": 1e-2, "q4_0": 0.2}
 
 
 @pytest.fixture

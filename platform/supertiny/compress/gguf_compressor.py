@@ -20,7 +20,8 @@ class GGUFCompressor(Compressor):
     data = "none"
 
     def name_suffix(self, config: GGUFConfig) -> str:  # type: ignore[override]
-        return f"gguf-{config.type}"
+        reference_scales = config.type == "q4_0" and config.q4_scales == "max"
+        return f"gguf-{config.type}-max" if reference_scales else f"gguf-{config.type}"
 
     def check(self, context: CompressContext) -> None:
         from supertiny.compress.gguf_export import check_exportable
@@ -39,8 +40,8 @@ class GGUFCompressor(Compressor):
         context.progress.phase(f"writing {context.name} ({config.type})")
         copied = copy_companion_files(context.source_ref.path, context.output_dir)
         export = export_gguf(context.source_ref.path, context.output_dir / f"{context.output_dir.name}.gguf",
-                             config.type, name=context.name)
-        metrics = {"type": config.type, "tensors": export.tensors, "gguf_bytes": export.size_bytes,
-                   "companion_files": copied}
+                             config.type, name=context.name, q4_scales=config.q4_scales)
+        metrics = {"type": config.type, "q4_scales": config.q4_scales, "tensors": export.tensors,
+                   "gguf_bytes": export.size_bytes, "companion_files": copied}
         return Produced(param_count=export.param_count, metrics=metrics, format="gguf", backend="llama-cpp",
                               location=export.path)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from supertiny.artifacts.weights import read_model_config
+from supertiny.compress.q4_scales import SCALE_CHOICES, quantize_q4_0
 from supertiny.errors import InvalidInputError
 
 OUT_TYPES = ("f32", "f16", "q8_0", "q4_0")
@@ -59,17 +60,20 @@ class GGUFExport:
 
 
 def export_gguf(model_dir: Path, path: Path, out_type: str = "q8_0", *, head_type: str | None = None,
-                name: str | None = None) -> GGUFExport:
+                name: str | None = None, q4_scales: str = "search") -> GGUFExport:
     """Write the Qwen2 model in ``model_dir`` to the GGUF file ``path``.
 
     ``out_type`` is the type of the 2-D weights; ``head_type`` overrides it for the output head (published
     GGUFs often store the head in another type than the body; default: :data:`DEFAULT_HEAD_TYPES`, else
     ``out_type``). The head is ``lm_head``, or the input embedding when the model ties the two. A matrix whose
-    rows q8_0 / q4_0 cannot split into 32-wide blocks is written f16, as llama.cpp's converter does."""
+    rows q8_0 / q4_0 cannot split into 32-wide blocks is written f16, as llama.cpp's converter does.
+    ``q4_scales`` picks how q4_0 blocks are scaled (:mod:`supertiny.compress.q4_scales`)."""
     import gguf
     import numpy as np
 
     config = check_exportable(model_dir)
+    if q4_scales not in SCALE_CHOICES:
+        raise InvalidInputError(f"unknown q4_0 scales {q4_scales!r}", hint=f"one of {', '.join(SCALE_CHOICES)}")
     qtype = _quant_type(out_type)
     head_qtype = _quant_type(head_type or DEFAULT_HEAD_TYPES.get(out_type, out_type))
     tokenizer = _read_tokenizer(model_dir, config)
@@ -95,7 +99,7 @@ def export_gguf(model_dir: Path, path: Path, out_type: str = "q8_0", *, head_typ
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for tensor_type, data in zip(types, _read_tensors(model_dir), strict=True):
-            writer.write_tensor_data(_encode(data, tensor_type))
+            writer.write_tensor_data(_encode(data, tensor_type, q4_scales))
     except BaseException:
         writer.close()
         partial.unlink(missing_ok=True)
@@ -287,7 +291,7 @@ def _tensor_type(shape: list[int], wanted: Any) -> Any:
     return wanted
 
 
-def _encode(data: Any, tensor_type: Any) -> Any:
+def _encode(data: Any, tensor_type: Any, q4_scales: str) -> Any:
     import gguf
     import numpy as np
 
@@ -299,7 +303,9 @@ def _encode(data: Any, tensor_type: Any) -> Any:
     rows = data.reshape(-1, data.shape[-1])
     out = np.empty(gguf.quants.quant_shape_to_byte_shape(rows.shape, tensor_type), dtype=np.uint8)
     for start in range(0, rows.shape[0], QUANT_CHUNK_ROWS):
-        out[start:start + QUANT_CHUNK_ROWS] = gguf.quants.quantize(rows[start:start + QUANT_CHUNK_ROWS], tensor_type)
+        chunk = rows[start:start + QUANT_CHUNK_ROWS]
+        out[start:start + QUANT_CHUNK_ROWS] = quantize_q4_0(chunk, q4_scales) \
+            if tensor_type == gguf.GGMLQuantizationType.Q4_0 else gguf.quants.quantize(chunk, tensor_type)
     return out
 
 
