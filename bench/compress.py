@@ -189,10 +189,18 @@ def accuracy(store: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
             close_models()
         stored = latest_evaluation(store, name, args.eval_domain, args.eval_split, with_records=True)
     return {"accuracy": stored["accuracy"], "eval_tasks": stored["n_tasks"], "evaluation_id": stored["id"],
-            "correct": round(stored["accuracy"] * stored["n_tasks"]), "invalid_rate": stored["invalid_rate"],
-            "tokens_per_request": stored["tokens_per_request"],
+            "correct": round(stored["accuracy"] * stored["n_tasks"]), "invalid_rate": stored.get("invalid_rate"),
+            "tokens_per_request": stored.get("tokens_per_request"), "at_budget": _answers_at_budget(stored),
             "per_category": {category: stats["accuracy"] for category, stats in stored["per_category"].items()},
             "evaluation": stored}
+
+
+def _answers_at_budget(stored: dict[str, Any]) -> int | None:
+    """How many answers used the whole token budget: a model that does not stop after its calls does."""
+    budget = (stored.get("config") or {}).get("max_new_tokens")
+    if not budget:
+        return None
+    return sum((record.get("completion_tokens") or 0) >= budget for record in stored.get("records", []))
 
 
 def paired_tests(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -299,7 +307,8 @@ def markdown(result: dict[str, Any]) -> str:
     categories = sorted({category for row in result["models"] for category in row.get("per_category", {})})
     header = ["model", "stage", "params", "MB on disk", "MB read/token", "prefill tok/s", "decode tok/s",
               "decode tok/CPU-s", "bound tok/s", "of bound", "peak RSS GiB",
-              *(["accuracy [95% interval]", "invalid", "tokens / answer", *categories] if categories else [])]
+              *(["accuracy [95% interval]", "invalid", "tokens / answer", "at the token budget", *categories]
+                if categories else [])]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in result["models"]:
         if "error" in row:
@@ -311,7 +320,8 @@ def markdown(result: dict[str, Any]) -> str:
                  f"{row['peak_rss_bytes'] / 2**30:.2f}"]
         if categories:
             cells += [_accuracy(row), _percent(row.get("invalid_rate")),
-                      "-" if row.get("tokens_per_request") is None else f"{row['tokens_per_request']:.0f}"]
+                      "-" if row.get("tokens_per_request") is None else f"{row['tokens_per_request']:.0f}",
+                      "-" if row.get("at_budget") is None else f"{row['at_budget']} of {row['eval_tasks']}"]
             cells += [_percent(row.get("per_category", {}).get(c)) for c in categories]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "bound = bandwidth / bytes read per decode step; tok/CPU-s = tokens per second of this process's "
@@ -351,10 +361,17 @@ def plot(result: dict[str, Any], path: Path) -> None:
         value = row.get("accuracy") if with_accuracy else row["decode_tok_s"]
         if value is None:
             continue
-        axis.scatter(row["size_bytes"] / 1e6, value, s=40)
+        if with_accuracy:
+            from supertiny.eval.stats import wilson_interval
+
+            low, high = wilson_interval(row["correct"], row["eval_tasks"])
+            axis.errorbar(row["size_bytes"] / 1e6, value, yerr=[[value - low], [high - value]], fmt="o", capsize=4)
+        else:
+            axis.scatter(row["size_bytes"] / 1e6, value, s=40)
         axis.annotate(row["name"], (row["size_bytes"] / 1e6, value), fontsize=7, xytext=(4, 4),
                       textcoords="offset points")
-    axis.set(xlabel="MB on disk", ylabel=f"{result['eval']} accuracy" if with_accuracy else "decode tokens / s",
+    axis.set(xlabel="MB on disk",
+             ylabel=f"{result['eval']} accuracy (95% interval)" if with_accuracy else "decode tokens / s",
              title=f"compression: {'accuracy' if with_accuracy else 'decode speed'} vs size")
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -149,15 +149,19 @@ def test_the_benchmark_makes_gguf_variants_and_reads_their_decode_bytes(sqlite_s
     register_external(sqlite_store, tiny_model_dir, name="student")
     settings = Settings(home=tmp_path / "home", database_url=sqlite_store.url)
     try:
-        names = make_variants(sqlite_store, settings, "student", ["gguf-q4_0", "gguf-f16", "gguf-q4_0"])
+        names = make_variants(sqlite_store, settings, "student",
+                              ["gguf-q4_0", "gguf-f16", "gguf-q4_0", "gguf-q4_0-max"])
     finally:
         close_models()
-    assert names == ["student", "student-gguf-q4_0", "student-gguf-f16"]
+    assert names == ["student", "student-gguf-q4_0", "student-gguf-f16", "student-gguf-q4_0-max"]
+    scales = {name: get_model_version(sqlite_store, name).config["source"]["options"].get("q4_scales")
+              for name in ("student-gguf-q4_0", "student-gguf-q4_0-max")}
+    assert scales == {"student-gguf-q4_0": "search", "student-gguf-q4_0-max": "max"}
     for name in names[1:]:
         row = get_model_version(sqlite_store, name)
         assert (row.stage, row.backend, row.format) == ("quantized", "llama-cpp", "gguf")
         assert row.stage in COMPRESSED_STAGES and "tokenizer" in LOAD_KEYS
-    q4, f16 = (get_model_version(sqlite_store, name).path for name in names[1:])
+    q4, f16 = (get_model_version(sqlite_store, name).path for name in names[1:3])
     assert gguf_bytes_per_token(q4) < gguf_bytes_per_token(f16) / 2
 
     sizes = {tensor.name: int(tensor.n_bytes) for tensor in gguf.GGUFReader(f16).tensors}
@@ -213,3 +217,37 @@ def test_the_benchmark_re_evaluates_where_the_stored_evaluation_is_smaller(monke
     assert accuracy(None, "m", argparse.Namespace(**{**vars(args), "eval_run": 10}))["eval_tasks"] == 20
     assert run == [10]
     assert accuracy(None, "m", argparse.Namespace(**{**vars(args), "eval_run": 0}))["eval_tasks"] == 20
+
+
+def test_the_benchmark_table_gives_intervals_the_token_budget_and_paired_tests(monkeypatch):
+    import argparse
+
+    import supertiny.eval.queries as queries
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    from bench.compress import accuracy, markdown, paired_tests
+
+    def stored(name, right, budget_hits):
+        records = [{"task_hash": f"t{index}", "correct": index < right,
+                    "completion_tokens": 256 if index < budget_hits else 40} for index in range(50)]
+        return {"id": 1, "model": name, "accuracy": right / 50, "n_tasks": 50, "invalid_rate": 0.1,
+                "tokens_per_request": 50.0, "per_category": {"simple": {"accuracy": right / 50}},
+                "config": {"max_new_tokens": 256}, "records": records}
+
+    evaluations = {"parent": stored("parent", 30, 0), "child": stored("child", 10, 50)}
+    monkeypatch.setattr(queries, "latest_evaluation", lambda store, name, *args, **kwargs: evaluations[name])
+    args = argparse.Namespace(eval_domain="bfcl", eval_split="test", eval_run=0)
+    models = []
+    for name in evaluations:
+        row = {"name": name, "stage": "pruned", "params": 1, "size_bytes": 1, "bytes_per_token": 1,
+               "prefill_tok_s": 1.0, "decode_tok_s": 1.0, "decode_cpu_tok_s": 1.0, "bound_tok_s": 1.0,
+               "fraction_of_bound": 1.0, "peak_rss_bytes": 1}
+        row.update(accuracy(None, name, args))
+        models.append(row)
+    assert (models[0]["correct"], models[0]["at_budget"], models[1]["at_budget"]) == (30, 0, 50)
+    paired = paired_tests(models)
+    assert (paired[0]["only_baseline"], paired[0]["only_model"], paired[0]["shared_tasks"]) == (20, 0, 50)
+    table = markdown({"created": "now", "machine": "m", "bandwidth_gb_s": 1.0, "prompt_tokens": 1, "new_tokens": 1,
+                      "repeats": 1, "models": models, "paired": paired})
+    assert "| 60.0% [46.2, 72.4] (n=50) | 10.0% | 50 | 0 of 50 |" in table
+    assert "| 20.0% [11.2, 33.0] (n=50) | 10.0% | 50 | 50 of 50 |" in table
+    assert "- child: -40.0 points on 50 tasks (0 right only for it, 20 only for the baseline), p = 2e-06" in table
