@@ -58,6 +58,8 @@ def test_unknown_scales_are_refused(tiny_model_dir, tmp_path):
         export_gguf(tiny_model_dir, tmp_path / "x.gguf", "q4_0", q4_scales="median")
     with pytest.raises(InvalidInputError, match="unknown q4_0 scales"):
         GGUFConfig(type="q4_0", q4_scales="median").validate()
+    with pytest.raises(InvalidInputError, match="unknown q4_0 scales"):
+        quantize_q4_0(np.zeros((1, 32), dtype=np.float32), "median")
     assert not (tmp_path / "x.gguf").exists()
 
 

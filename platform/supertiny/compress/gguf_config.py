@@ -4,7 +4,7 @@ import dataclasses
 
 from supertiny.compress.compress_config import CompressConfig
 from supertiny.compress.gguf_export import OUT_TYPES
-from supertiny.compress.q4_scales import SCALE_CHOICES
+from supertiny.compress.q4_scales import SCALE_CHOICES, check_q4_scales
 from supertiny.errors import InvalidInputError
 from supertiny.options import option
 
@@ -25,6 +25,4 @@ class GGUFConfig(CompressConfig):
         super().validate()
         if self.type not in OUT_TYPES:
             raise InvalidInputError(f"unknown GGUF type {self.type!r}", hint=f"one of {', '.join(OUT_TYPES)}")
-        if self.q4_scales not in SCALE_CHOICES:
-            raise InvalidInputError(f"unknown q4_0 scales {self.q4_scales!r}",
-                                    hint=f"one of {', '.join(SCALE_CHOICES)}")
+        check_q4_scales(self.q4_scales)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from supertiny.artifacts.weights import read_model_config
-from supertiny.compress.q4_scales import SCALE_CHOICES, quantize_q4_0
+from supertiny.compress.q4_scales import check_q4_scales, quantize_q4_0
 from supertiny.errors import InvalidInputError
 
 OUT_TYPES = ("f32", "f16", "q8_0", "q4_0")
@@ -72,8 +72,7 @@ def export_gguf(model_dir: Path, path: Path, out_type: str = "q8_0", *, head_typ
     import numpy as np
 
     config = check_exportable(model_dir)
-    if q4_scales not in SCALE_CHOICES:
-        raise InvalidInputError(f"unknown q4_0 scales {q4_scales!r}", hint=f"one of {', '.join(SCALE_CHOICES)}")
+    check_q4_scales(q4_scales)
     qtype = _quant_type(out_type)
     head_qtype = _quant_type(head_type or DEFAULT_HEAD_TYPES.get(out_type, out_type))
     tokenizer = _read_tokenizer(model_dir, config)

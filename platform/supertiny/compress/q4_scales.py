@@ -11,10 +11,18 @@ written changes. ``scales="max"`` writes the reference blocks.
 
 from typing import Any
 
+from supertiny.errors import InvalidInputError
+
 Q4_0_BLOCK = 32
 SCALE_CHOICES = ("search", "max")
 # multiples of the reference scale m / -8 that are tried for each block
 SEARCH_FACTORS = tuple(0.80 + 0.02 * step for step in range(21))
+
+
+def check_q4_scales(scales: str) -> None:
+    """One clear error for a scale rule that is not one of :data:`SCALE_CHOICES`."""
+    if scales not in SCALE_CHOICES:
+        raise InvalidInputError(f"unknown q4_0 scales {scales!r}", hint=f"one of {', '.join(SCALE_CHOICES)}")
 
 
 def quantize_q4_0(rows: Any, scales: str = "search") -> Any:
@@ -22,10 +30,9 @@ def quantize_q4_0(rows: Any, scales: str = "search") -> Any:
     import gguf
     import numpy as np
 
+    check_q4_scales(scales)
     if scales == "max":
         return gguf.quants.quantize(rows, gguf.GGMLQuantizationType.Q4_0)
-    if scales != "search":
-        raise ValueError(f"unknown q4_0 scales {scales!r}: one of {', '.join(SCALE_CHOICES)}")
     count, width = rows.shape
     blocks = np.asarray(rows, dtype=np.float32).reshape(-1, Q4_0_BLOCK)
     scale = searched_scales(blocks)
