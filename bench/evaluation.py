@@ -64,8 +64,8 @@ def markdown(result: dict[str, Any]) -> str:
         versus = f"{diff['differ']} of {diff['tasks']} (p={diff['mcnemar_p']:.2f})" if diff else "-"
         lines.append(f"| {run['engine']} | {run['wall_s']} | {run['tasks_per_min']} | {run['concurrency']} "
                      f"| {format_accuracy(run['correct'], run['tasks'])} | {versus} |")
-    if len(runs) > 1:
-        fastest, slowest = min(runs, key=lambda run: run["wall_s"]), max(runs, key=lambda run: run["wall_s"])
+    fastest, slowest = min(runs, key=lambda run: run["wall_s"]), max(runs, key=lambda run: run["wall_s"])
+    if len(runs) > 1 and slowest["wall_s"] > 0:  # a tiny run can round to 0 s
         lines += ["", f"- {fastest['engine']} took {fastest['wall_s'] / slowest['wall_s']:.2f}x the wall time of "
                   f"{slowest['engine']}."]
     return "\n".join(lines) + "\n"

@@ -29,7 +29,22 @@ def test_harvest_bench_reports_each_engine_and_samples_count(bench, tiny_model_d
     assert all(run["wall_s"] > 0 and run["tasks"] == 4 and "in-process" in run["served_by"] for run in result["runs"])
     (stem,) = {path.with_suffix("") for path in tmp_path.glob("harvest-*")}
     assert json.loads(stem.with_suffix(".json").read_text())["runs"] == result["runs"]
-    assert "| batched | 2 |" in stem.with_suffix(".md").read_text() and stem.with_suffix(".png").exists()
+    text = stem.with_suffix(".md").read_text()
+    assert "| batched | free | 2 |" in text and stem.with_suffix(".png").exists()
+    assert {"celsius", "fahrenheit"} == set(result["runs"][0]["categories"]) and "| celsius | " in text
+    assert result["comparisons"] == []  # no guided run: nothing to pair
+
+
+def _run(decoding: str, passed: list[int], samples: int = 1) -> dict:
+    return {"engine": "vllm", "decoding": decoding, "samples_per_task": samples, "task_ids": list(range(10)),
+            "passed_task_ids": passed, "pass_at_n": len(passed) / 10}
+
+
+def test_guided_runs_are_paired_with_the_free_run_of_the_same_engine_and_n(bench):
+    runs = [_run("free", [0, 1, 2]), _run("guided", [0, 1, 3, 4, 5, 6, 7, 8]), _run("free", [0], 4)]
+    (comparison,) = bench.harvest.paired_comparisons(runs)
+    assert (comparison["only_guided"], comparison["only_free"], comparison["samples_per_task"]) == (6, 1, 1)
+    assert comparison["p"] == pytest.approx(mcnemar_p(6, 1))
 
 
 def test_evaluation_bench_compares_engines_on_the_same_tasks(bench, tiny_model_dir, tmp_path):

@@ -35,8 +35,13 @@ def test_harvest_with_the_tiny_model_then_snapshot_and_export(invoke, tiny_model
     assert status["done"] == 3 and status["status"] == "completed"
     assert sum(row["samples"] for row in status["categories"]) == 3
     assert all(row["mean_completion_tokens"] > 0 for row in status["categories"])
+    table = invoke("harvest", "status", "1")
+    assert table.exit_code == 0 and "PASS@1" in table.output and "0.0% [" in table.output  # one column, interval
     runs = json.loads(invoke("harvest", "list", "--json").output)
     assert [run["id"] for run in runs] == [1]
+    guided = invoke("harvest", "run", "--domain", "toy-weather", "--teacher", str(tiny_model_dir), "--limit", "3",
+                    "--guided")
+    assert guided.exit_code == 1 and "--guided needs a teacher" in guided.output
 
     # the tiny random model fails every task, so a pass-only snapshot is refused as empty
     empty = invoke("data", "snapshot", "--name", "toy", "--run", "1", "--verdict", "pass")

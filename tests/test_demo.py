@@ -99,6 +99,9 @@ def test_a_changed_plan_makes_its_own_models(env):
     same = [step for step in base if base[step] == more_kd[step]]
     assert same == ["models", "harvest", "snapshot", "eval-teacher", "eval-base", "train-sft", "eval-sft"]
     assert DemoPlan(harvest_tasks=31).model_name("train-sft") != DemoPlan().model_name("train-sft")
+    # free and guided decoding harvest different data; with no engine there is no guided decoding to tell apart
+    assert DemoPlan(guided=False).step_keys()["harvest"] != DemoPlan().step_keys()["harvest"]
+    assert DemoPlan(guided=False, engine="off").step_keys()["harvest"] == DemoPlan(engine="off").step_keys()["harvest"]
 
 
 def test_a_changed_plan_reuses_the_steps_it_does_not_change(env):

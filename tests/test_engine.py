@@ -119,6 +119,32 @@ def test_n_samples_seeds_and_stop_sequences(engine):
     assert "".join(deltas[:-1]) == final.text and final.token_logprobs and final.completion_tokens >= 1
 
 
+def test_guided_answers_are_calls_the_tools_schemas_accept(engine):
+    import json
+
+    from jsonschema import Draft202012Validator
+    from supertiny.models.guided_calls import answer_schema
+
+    store, _ = engine
+    model = open_model(store, MODEL)
+    assert model.capabilities.guided
+    # arguments of enums and booleans only: a random model's calls end, while its strings would not
+    switch = {"type": "function", "function": {"name": "set_mode", "parameters": {
+        "type": "object", "properties": {"mode": {"type": "string", "enum": ["eco", "boost"]},
+                                         "silent": {"type": "boolean"}}, "required": ["mode"]}}}
+    options = GenerationOptions(max_new_tokens=160, temperature=1.0, seed=11, guided=True)
+    samples = model.generate_samples(QUESTION, [switch], options, n=16)
+    schema = Draft202012Validator(answer_schema([switch]))
+    finished = [sample for sample in samples if sample.finish_reason != "length"]
+    assert any(sample.parse.calls for sample in finished)
+    for sample in finished:
+        assert schema.is_valid(json.loads(sample.text)) and sample.parse.ok and sample.parse.format == "guided_json"
+        assert all(call.function.name == "set_mode" for call in sample.message.tool_calls or [])
+    free = model.generate_samples(QUESTION, [switch], GenerationOptions(max_new_tokens=160, temperature=1.0, seed=11),
+                                  n=16)
+    assert not any(sample.parse.calls for sample in free)  # the random model never calls on its own
+
+
 def test_concurrent_seeded_long_prompts_leave_the_engine_healthy(engine):
     import concurrent.futures
 
@@ -189,6 +215,13 @@ def test_harvest_and_eval_go_through_the_engine(engine):
     evaluation = evaluate(store, EvalConfig(model=MODEL, domain="toy-weather", split="test", limit=4,
                                             max_new_tokens=8))
     assert evaluation.n_tasks == 4 and evaluation.details["engine"].startswith("vllm engine at")
+    guided = run_harvest(store, HarvestConfig(domain="toy-weather", teacher=MODEL, limit=2, max_new_tokens=12,
+                                              guided=True), lambda: open_chat_model(store, MODEL))
+    assert guided.done == guided.planned == 2 and guided.run_id != result.run_id
+    guided_eval = evaluate(store, EvalConfig(model=MODEL, domain="toy-weather", split="test", limit=4,
+                                             max_new_tokens=8, guided=True))
+    assert guided_eval.n_tasks == 4 and guided_eval.details["config"]["guided"] is True
+    assert all(record["answer"].startswith("{") for record in guided_eval.details["records"])
 
 
 def test_rft_rounds_sample_through_engines_and_stop_the_ones_they_started(engine, engine_home):

@@ -79,6 +79,9 @@ def test_eval_cli(toy, tiny_model_dir, tmp_path):
     assert compared.exit_code == 0 and "overall" in compared.output
     unknown = run("eval", "run", "--model", "nope", "--domain", "toy-weather")
     assert unknown.exit_code == 1 and "nope" in unknown.output
+    guided = run("eval", "run", "--model", "tiny", "--domain", "toy-weather", "--limit", "2", "--guided")
+    assert guided.exit_code == 1 and "--guided needs a model that decodes under JSON Schemas" in guided.output
+    assert len(json.loads(run("eval", "list", "--json").output)) == 1  # refused before anything was stored
 
 
 def test_the_paired_test_counts_only_the_tasks_both_judged_and_where_they_disagree():

@@ -27,18 +27,20 @@ def eval_group() -> None:
 @click.option("--with-prompt", is_flag=True, help="Add the domain's system prompt and few-shot examples.")
 @click.option("--timeout-s", default=3600.0, show_default=True, type=float, help="Seconds a task waits for its "
               "answer; the tasks in flight share the model, so each takes longer the more there are.")
+@click.option("--guided", is_flag=True, help="Decode every answer under the task's tools' JSON Schemas (the "
+              "engine's guided decoding, as `harvest run --guided`). Needs MODEL on an engine.")
 @json_option
 @pass_settings
 def run_command(settings: Settings, model: str, domain: str, split: str, limit: int | None, per_category: int | None,
                 categories: tuple[str, ...], max_new_tokens: int, concurrency: int | None, with_prompt: bool,
-                timeout_s: float, as_json: bool) -> None:
+                timeout_s: float, guided: bool, as_json: bool) -> None:
     """Evaluate MODEL on a domain split and store the result."""
     from tqdm import tqdm
 
     store = open_store(settings)
     config = EvalConfig(model=model, domain=domain, split=split, per_category=per_category, limit=limit,
                         categories=categories, max_new_tokens=max_new_tokens, concurrency=concurrency,
-                        use_prompt=with_prompt, timeout_s=timeout_s)
+                        use_prompt=with_prompt, timeout_s=timeout_s, guided=guided)
     bars: list[tqdm] = []
 
     def progress(done: int, total: int) -> None:

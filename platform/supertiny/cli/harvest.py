@@ -36,11 +36,14 @@ def harvest() -> None:
               "(round-robin over the categories, shortest answers first).")
 @click.option("--agreement", type=float, metavar="SHARE", help="Where the verifier has no verdict (logged "
               "traffic), an answer given by at least SHARE of a task's samples passes, the others fail.")
+@click.option("--guided", is_flag=True, help="Decode every answer under the task's tools' JSON Schemas (the "
+              "engine's guided decoding): the teacher decides whether and which function to call, then fills the "
+              "arguments under its schema. Needs the teacher on an engine (`supertiny engine start`).")
 @pass_settings
 def run_command(settings: Settings, domain: str | None, logs_route: str | None, teacher: str, split: str,
                 samples_per_task: int, temperature: float, limit: int | None, concurrency: int | None,
                 max_new_tokens: int, no_prompt: bool, examples_from: int | None, examples: int,
-                agreement: float | None) -> None:
+                agreement: float | None, guided: bool) -> None:
     """Harvest a domain with a teacher. Re-running the same command resumes the same run."""
     from tqdm import tqdm
 
@@ -53,7 +56,7 @@ def run_command(settings: Settings, domain: str | None, logs_route: str | None, 
                            samples_per_task=samples_per_task,
                            temperature=temperature, limit=limit, max_new_tokens=max_new_tokens,
                            use_prompt=not no_prompt, concurrency=concurrency, examples_from=examples_from,
-                           examples=examples, agreement=agreement)
+                           examples=examples, agreement=agreement, guided=guided)
     bars: list[tqdm] = []  # created on the first progress report, after the inputs are checked
 
     def progress(done: int, passed: int, planned: int) -> None:
@@ -94,20 +97,26 @@ def status_command(settings: Settings, run_id: int, as_json: bool) -> None:
         print_json(status)
         return
     click.echo(f"run {status['id']}  domain {status['domain']}  teacher {status['teacher']}  "
-               f"split {status['split']}  status {status['status']}  {status['done']}/{status['planned']} samples  "
-               f"{status['elapsed_s']:.0f}s")
+               f"split {status['split']}  decoding {'guided' if status['params'].get('guided') else 'free'}  "
+               f"status {status['status']}  {status['done']}/{status['planned']} samples  {status['elapsed_s']:.0f}s")
     samples_per_task = status["params"].get("samples_per_task", 1)
     total = {"category": "TOTAL", "samples": status["done"], "passed": status["passed"],
              "pass_rate": status["pass_rate"], "mean_latency_s": status["s_per_sample"], "tasks": status["tasks"],
              "pass_at_n": status["pass_at_n"], "pass_at_n_interval": status["pass_at_n_interval"],
              "kept": status["kept"]}
-    rows = [{**row, "pass@1": row["pass_rate"], f"pass@{samples_per_task}": _with_interval(row)}
+    # one sample a task: pass@1 is the share of tasks with a pass, shown with its interval
+    pass_at_1 = _with_interval if samples_per_task == 1 else _percent
+    rows = [{**row, "pass@1": pass_at_1(row), f"pass@{samples_per_task}": _with_interval(row)}
             for row in [*status["categories"], total]]
-    print_table(rows, ["category", "tasks", "samples", "pass@1", f"pass@{samples_per_task}", "kept",
+    pass_columns = ["pass@1"] if samples_per_task == 1 else ["pass@1", f"pass@{samples_per_task}"]
+    print_table(rows, ["category", "tasks", "samples", *pass_columns, "kept",
                        "mean_latency_s", "mean_completion_tokens"],
-                formatters={"pass@1": lambda v: "-" if v is None else f"{v:.1%}",
-                            "mean_latency_s": lambda v: "-" if v is None else f"{v:.2f}",
+                formatters={"mean_latency_s": lambda v: "-" if v is None else f"{v:.2f}",
                             "mean_completion_tokens": lambda v: "-" if v is None else f"{v:.0f}"})
+
+
+def _percent(row: dict) -> str:
+    return "-" if row.get("pass_rate") is None else f"{row['pass_rate']:.1%}"
 
 
 def _with_interval(row: dict) -> str:

@@ -105,6 +105,8 @@ _DEMO, _QUICK = DemoPlan(), DemoPlan.quick()
 @click.option("--engine", type=click.Choice(ENGINE_CHOICES), help="auto (the default): the teacher, and students "
               "evaluated on enough tasks, answer through a vLLM engine where one can be installed and run here "
               "(built once under the data dir); off: every model in-process.")
+@click.option("--guided/--no-guided", default=None, help="Where the teacher harvests on an engine, decode its "
+              "answers under the tools' JSON Schemas (the default), or freely.")
 @click.option("--route", help="Route the demo's policy is stored under (default demo).")
 @pass_settings
 def demo(settings: Settings, quick: bool, quantize: str | None, **sizes: object) -> None:
@@ -121,7 +123,8 @@ def demo(settings: Settings, quick: bool, quantize: str | None, **sizes: object)
     """
     from supertiny.demo.runner import run_demo
 
-    overrides = {key: value for key, value in sizes.items() if value is not None and value is not False}
+    overrides = {key: value for key, value in sizes.items()
+                 if value is not None and (value is not False or key == "guided")}
     if quantize is not None:
         overrides["quantize"] = "" if quantize == "none" else quantize
     for key in ("harvest_tasks", "eval_per_category", "requests"):

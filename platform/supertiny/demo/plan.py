@@ -51,6 +51,8 @@ class DemoPlan:
     # "auto": the teacher (and students evaluated on enough tasks) answer through a vLLM engine where one can be
     # installed and run here; "off": every model in-process
     engine: str = "auto"
+    # where the teacher harvests on an engine, it decodes under the tools' JSON Schemas (harvest run --guided)
+    guided: bool = True
 
     @classmethod
     def quick(cls, **overrides: Any) -> "DemoPlan":
@@ -101,7 +103,8 @@ class DemoPlan:
         keys["models"] = _digest({"student": self.student, "teacher": self.teacher, "llm": self.llm,
                                   "domain": self.domain})
         keys["harvest"] = _digest({"teacher": self.llm, "domain": self.domain, "tasks": self.harvest_tasks,
-                                   "max_new_tokens": self.max_new_tokens})
+                                   "max_new_tokens": self.max_new_tokens,
+                                   **({"guided": True} if self.guided and self.engine != "off" else {})})
         keys["snapshot"] = _digest({"harvest": keys["harvest"]})
         keys["eval-teacher"] = _digest({"model": self.llm, **evaluation})
         keys["eval-base"] = _digest({"model": self.student, **evaluation})

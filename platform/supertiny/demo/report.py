@@ -181,7 +181,8 @@ def write_report(demo: Any) -> Path:
              f"{time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} ({platform.machine()}, "
              f"{_cpu()}); store `{demo.settings.database_url}`.", ""]
     if harvest:
-        lines += [f"Harvest: the teacher `{plan.llm}` answered {harvest['done']} BFCL train tasks; "
+        decoding = " under its tools' JSON Schemas (guided decoding)" if harvest.get("guided") else ""
+        lines += [f"Harvest: the teacher `{plan.llm}` answered {harvest['done']} BFCL train tasks{decoding}; "
                   f"{harvest['passed']} passed the verifier ({harvest['pass_rate']:.0%}) and became the training "
                   f"snapshot `{state.result('snapshot')['ref']}`.", ""]
     if rows:

@@ -170,8 +170,10 @@ class Demo:
         from supertiny.harvest.runner import HarvestConfig, run_harvest
         from supertiny.prototype.teacher import open_chat_model
 
+        engine = self.engines.use(self.plan.llm) if self.open_teacher is None else {"served_by": "scripted"}
         config = HarvestConfig(domain=self.plan.domain, teacher=self.plan.llm, split="train",
-                               limit=self.plan.harvest_tasks, max_new_tokens=self.plan.max_new_tokens)
+                               limit=self.plan.harvest_tasks, max_new_tokens=self.plan.max_new_tokens,
+                               guided=self.plan.guided and bool(engine.get("on_engine")))
         with _bar("harvest", "sample") as bar:
             def progress(done: int, passed: int, planned: int) -> None:
                 bar.total = planned
@@ -179,13 +181,13 @@ class Demo:
                 bar.set_postfix(pass_rate=f"{passed / done:.0%}" if done else "-", refresh=False)
                 bar.refresh()
 
-            engine = self.engines.use(self.plan.llm) if self.open_teacher is None else {"served_by": "scripted"}
             open_teacher = self.open_teacher or (lambda: open_chat_model(self.store, self.plan.llm))
             result = run_harvest(self.store, config, open_teacher, progress)
         if result.passed == 0:
             raise InvalidInputError(f"the teacher passed none of the {result.done} harvested tasks: "
                                     "nothing to train on", hint="see `supertiny harvest status` for the reasons")
         return {"run_id": result.run_id, "done": result.done, "passed": result.passed, "engine": engine,
+                "guided": config.guided,
                 "pass_rate": result.passed / result.done, "s_per_sample": result.elapsed_s / max(result.newly_done, 1)}
 
     def snapshot(self) -> dict[str, Any]:

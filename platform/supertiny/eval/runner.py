@@ -38,6 +38,8 @@ class EvalConfig:
     # seconds a task waits for its answer: the tasks in flight share the model (an engine decodes them together),
     # so one task's wall time grows with their number; a batch job waits for its own queue
     timeout_s: float = 3600.0
+    # decode under the tools' JSON Schemas (models on an engine; see supertiny.models.guided_calls)
+    guided: bool = False
 
 
 def _record(task: DomainTask, verdict: Verdict, valid: bool, confidence: float | None, latency_s: float,
@@ -85,14 +87,17 @@ def _in_flight(tasks: list[DomainTask], answer: Callable[[DomainTask], dict[str,
 
 def _single_shot(model: ChatModel, domain: Domain, tasks: list[DomainTask], config: EvalConfig, concurrency: int,
                  progress: ProgressCallback | None) -> list[dict[str, Any]]:
+    from supertiny.models.guided_calls import with_guided_instruction
     from supertiny.prototype.agent import prompt_messages, task_tools
 
     options = GenerationOptions(max_new_tokens=config.max_new_tokens, temperature=0.0, logprobs=True,
-                                timeout_s=config.timeout_s)
+                                timeout_s=config.timeout_s, guided=config.guided)
 
     def answer(task: DomainTask) -> dict[str, Any]:
         messages = (prompt_messages(domain, task) if config.use_prompt else []) + task.messages
         tools = task_tools(domain, task)
+        if config.guided and tools:
+            messages = with_guided_instruction(messages)
         generation = model.generate(messages, tools, options)
         verdict, valid = judge(domain, task, tools, generation)
         return _record(task, verdict, valid, generation.confidence, generation.latency_s,
@@ -106,8 +111,8 @@ def _agentic(chat_model: Any, domain: Domain, tasks: list[DomainTask], config: E
     from supertiny.prototype.agent import run_agent
 
     def answer(task: DomainTask) -> dict[str, Any]:
-        run = run_agent(chat_model, domain, task, use_prompt=config.use_prompt, temperature=0.0,
-                        max_tokens=config.max_new_tokens)
+        run = run_agent(chat_model, domain, task, use_prompt=config.use_prompt, guided=config.guided,
+                        temperature=0.0, max_tokens=config.max_new_tokens)
         if run.finished:
             try:
                 verdict = domain.verify(task, run.calls, run.trajectory, run.environment)
@@ -148,6 +153,10 @@ def evaluate(store: Store, config: EvalConfig, progress: ProgressCallback | None
     if not tasks:
         raise InvalidInputError(f"domain {domain.name!r} has no tasks in split {config.split!r} for these filters")
     with lease_model(store, config.model) as model:
+        if config.guided and not model.capabilities.guided:
+            raise InvalidInputError(f"--guided needs a model that decodes under JSON Schemas; {config.model} runs on "
+                                    f"{model.capabilities.engine or model.backend}",
+                                    hint=f"serve it on an engine first: supertiny engine start {config.model}")
         if progress:
             progress(0, len(tasks))
         started = time.perf_counter()

@@ -25,6 +25,7 @@ from supertiny.errors import EngineUnavailableError, InvalidInputError
 from supertiny.harvest.agreement import LOGS_PREFIX, judge_by_agreement, traffic_domain
 from supertiny.harvest.tasks import domain_task, sync_tasks
 from supertiny.models.backend import ChatModel
+from supertiny.models.guided_calls import GUIDED_INSTRUCTION
 from supertiny.prototype.agent import run_agent_samples
 from supertiny.prototype.examples import Example, examples_digest, examples_for, verified_examples
 from supertiny.store import HarvestRun, Sample, Store, Task
@@ -52,6 +53,8 @@ class HarvestConfig:
     examples: int = 3
     # where the verifier has no verdict: an answer given by at least this share of a task's samples passes
     agreement: float | None = None
+    # decode every answer under the task's tools' JSON Schemas (the teacher must be on an engine)
+    guided: bool = False
 
     def validate(self) -> None:
         if self.samples_per_task < 1:
@@ -76,6 +79,10 @@ class HarvestConfig:
         """Identity of the run: every parameter that changes which samples it holds (not concurrency)."""
         fields = dataclasses.asdict(self)
         fields.pop("concurrency")
+        if self.guided:  # the instruction that asks for the guided shape steers the teacher too
+            fields["guided"] = hashlib.sha256(GUIDED_INSTRUCTION.encode()).hexdigest()[:16]
+        else:  # runs from before the option keep their identity
+            fields.pop("guided")
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -158,7 +165,7 @@ def harvest_task(chat_model: Any, domain: Domain, task_row: Task, run_id: int, s
     started = time.perf_counter()
     try:
         runs = run_agent_samples(chat_model, domain, task, len(sample_indices), use_prompt=config.use_prompt,
-                                 few_shot=few_shot, **generation)
+                                 few_shot=few_shot, guided=config.guided, **generation)
     except Exception as exc:
         if is_outage(exc):
             raise
@@ -197,6 +204,15 @@ def tasks_in_flight(chat_model: Any, config: HarvestConfig) -> int:
     inner = getattr(chat_model, "model", None)  # a supertiny model behind the LangChain adapter
     capacity = inner.capabilities.max_concurrency if isinstance(inner, ChatModel) else 4
     return max(1, capacity // config.samples_per_task)
+
+
+def check_guided(chat_model: Any, teacher: str) -> None:
+    """InvalidInputError, before any sample, when the teacher cannot decode guided tool calls."""
+    inner = getattr(chat_model, "model", None)
+    if not (isinstance(inner, ChatModel) and inner.capabilities.guided):
+        where = inner.capabilities.engine if isinstance(inner, ChatModel) else type(chat_model).__name__
+        raise InvalidInputError(f"--guided needs a teacher that decodes under JSON Schemas; {teacher} runs on "
+                                f"{where}", hint=f"serve it on an engine first: supertiny engine start {teacher}")
 
 
 _COUNTS_EVERY_S = 5.0
@@ -301,6 +317,8 @@ def _harvest_missing(store: Store, config: HarvestConfig, domain: Domain, exampl
             tally.add(sample, _write_sample(store, sample))
         _record_counts(store, run_id, tally.counts, tally.lock)
 
+    if config.guided:
+        check_guided(chat_model, config.teacher)
     workers = min(len(todo), tasks_in_flight(chat_model, config))
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(work, unit) for unit in todo]

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from supertiny.errors import ContextLengthError, InvalidInputError
+from supertiny.models.guided_calls import read_guided_answer
 from supertiny.models.parsing import ParseResult, parse_tool_calls
 from supertiny.schema import Message, ToolCall
 from supertiny.schema.messages import MessageLike
@@ -32,6 +33,8 @@ class Capabilities:
       top log-probabilities (token-level hybrid decoding through an engine).
     - ``max_concurrency``: requests worth having in flight at once.
     - ``engine``: a short label of what runs the model (``transformers``, ``vllm http://...``).
+    - ``guided``: ``GenerationOptions.guided`` is honoured: the answer is decoded under the tools' JSON Schemas
+      (see :mod:`supertiny.models.guided_calls`).
     """
 
     local: bool
@@ -42,6 +45,7 @@ class Capabilities:
     token_continuation: bool = False
     max_concurrency: int = 1
     engine: str = ""
+    guided: bool = False
 
 
 @dataclasses.dataclass
@@ -54,6 +58,8 @@ class GenerationOptions:
     stop: Sequence[str] = ()
     timeout_s: float | None = None
     max_prompt_tokens: int | None = None  # a caller's cap below the model's context (a route's policy)
+    # with tools offered, decode the answer under their JSON Schemas (models whose capabilities say ``guided``)
+    guided: bool = False
 
 
 @dataclasses.dataclass
@@ -157,6 +163,15 @@ def parse_answer(text: str, tools: Sequence[ToolLike] | None) -> tuple[ParseResu
         tool_calls = [ToolCall.from_parsed(call) for call in parse.calls]
         return parse, Message(role="assistant", content=parse.content, tool_calls=tool_calls)
     return parse, Message(role="assistant", content=text)
+
+
+def guided_answer(text: str) -> tuple[ParseResult, Message]:
+    """The assistant message of an answer decoded under :func:`supertiny.models.guided_calls.answer_schema`."""
+    parse = read_guided_answer(text)
+    if parse.ok and parse.calls:
+        return parse, Message(role="assistant", content=None,
+                              tool_calls=[ToolCall.from_parsed(call) for call in parse.calls])
+    return parse, Message(role="assistant", content=parse.content if parse.ok else text)
 
 
 def check_context_length(name: str, context_length: int | None, prompt_tokens: int, max_new_tokens: int,

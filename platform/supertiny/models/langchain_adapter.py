@@ -7,7 +7,7 @@ per-token log-probabilities and their geometric-mean ``confidence``).
 
 ``tool_choice`` can only narrow the tools offered (``"none"`` offers none, a tool name offers that one):
 a local model cannot be forced to call. Per-call keyword arguments (``max_tokens``, ``temperature``,
-``top_p``, ``seed``, ``timeout_s``, ``logprobs``) override the model's fields; ``n`` asks for that many
+``top_p``, ``seed``, ``timeout_s``, ``logprobs``, ``guided``) override the model's fields; ``n`` asks for that many
 answers to the same conversation in one request (``generate([messages], n=8)`` has them all).
 """
 
@@ -40,7 +40,7 @@ _ROLES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assi
           "system": "system", "developer": "system", "tool": "tool"}
 _OPTION_KWARGS = {"max_tokens": "max_new_tokens", "max_new_tokens": "max_new_tokens",
                   "temperature": "temperature", "top_p": "top_p", "seed": "seed",
-                  "timeout_s": "timeout_s", "logprobs": "logprobs"}
+                  "timeout_s": "timeout_s", "logprobs": "logprobs", "guided": "guided"}
 
 
 class SupertinyChatModel(BaseChatModel):
@@ -128,7 +128,12 @@ class SupertinyChatModel(BaseChatModel):
                                     top_p=self.top_p, seed=self.seed, logprobs=self.logprobs,
                                     timeout_s=self.timeout_s, stop=tuple(stop or ()))
         overrides = {_OPTION_KWARGS[key]: value for key, value in kwargs.items() if key in _OPTION_KWARGS}
-        return dataclasses.replace(options, **overrides)
+        options = dataclasses.replace(options, **overrides)
+        if options.guided and not self.model.capabilities.guided:
+            raise InvalidInputError(f"{self.model.name} cannot decode guided tool calls on its "
+                                    f"{self.model.capabilities.engine or self.model.backend} backend",
+                                    hint=f"serve it on an engine: supertiny engine start {self.model.name}")
+        return options
 
 
 def to_openai_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:

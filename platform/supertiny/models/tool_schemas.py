@@ -65,7 +65,7 @@ def _normalize_types(value: Any) -> Any:
     return mapped if isinstance(value, list) else mapped[0]
 
 
-def _tool_functions(tools: Sequence[ToolSpec | Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def tool_functions(tools: Sequence[ToolSpec | Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Function name -> its parameters schema, from OpenAI tools or bare function dicts (BFCL)."""
     functions: dict[str, dict[str, Any]] = {}
     for tool in tools:
@@ -82,7 +82,7 @@ def _tool_functions(tools: Sequence[ToolSpec | Mapping[str, Any]]) -> dict[str, 
 
 def validate_calls(calls: Sequence[ParsedCall], tools: Sequence[ToolSpec | Mapping[str, Any]]) -> list[str]:
     """One message per problem: a call to an unknown function, or arguments its schema rejects."""
-    functions = _tool_functions(tools)
+    functions = tool_functions(tools)
     problems = []
     for index, call in enumerate(calls, start=1):
         where = f"call {index} ({call.name})" if len(calls) > 1 else f"call {call.name}"

@@ -4,7 +4,8 @@ the engine's OpenAI-compatible completions API.
 supertiny renders the prompt with the model's own chat template (so a model sees exactly the text it
 sees in-process and in training), and parses and validates the answer itself; the engine batches
 continuously, shares the prefill of ``n`` samples and caches prefixes. Answers carry every generated
-token's id and log-probability.
+token's id and log-probability. With ``GenerationOptions.guided`` the engine decodes under the JSON Schema of
+:mod:`supertiny.models.guided_calls` (vLLM's structured outputs).
 
 The location is the engine's base URL (``http://127.0.0.1:8100/v1``). Config keys:
 
@@ -42,8 +43,10 @@ from supertiny.models.backend import (
     backend_config,
     check_context_length,
     finish_reason,
+    guided_answer,
     parse_answer,
 )
+from supertiny.models.guided_calls import answer_schema
 from supertiny.schema.messages import MessageLike
 from supertiny.schema.tools import ToolLike
 
@@ -100,7 +103,7 @@ class VLLMChatModel(ChatModel):
     def capabilities(self) -> Capabilities:
         return Capabilities(local=False, logprobs=True, token_access=False, batching=True, tokenizer=True,
                             token_continuation=True, max_concurrency=self.max_concurrency,
-                            engine=f"vllm engine at {self.base_url}")
+                            engine=f"vllm engine at {self.base_url}", guided=True)
 
     def render_prompt(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None) -> str:
         return render_chat_prompt(self.tokenizer, self.name, messages, tools)
@@ -129,7 +132,7 @@ class VLLMChatModel(ChatModel):
             raise InvalidInputError("n must be at least 1")
         prompt = self._checked_prompt(messages, tools, options)
         started = time.perf_counter()
-        answer = self._post(self._body(prompt, options, n), options)
+        answer = self._post(self._body(prompt, options, n, tools), options)
         latency = time.perf_counter() - started
         prompt_tokens = int((answer.get("usage") or {}).get("prompt_tokens") or 0)
         choices = sorted(answer.get("choices") or [], key=lambda choice: choice.get("index", 0))
@@ -148,7 +151,7 @@ class VLLMChatModel(ChatModel):
         """Text deltas as the engine writes them, then the Generation."""
         options = options or GenerationOptions()
         prompt = self._checked_prompt(messages, tools, options)
-        body = {**self._body(prompt, options, 1), "stream": True, "stream_options": {"include_usage": True}}
+        body = {**self._body(prompt, options, 1, tools), "stream": True, "stream_options": {"include_usage": True}}
         started = time.perf_counter()
         merged: dict[str, Any] = {"text": "", "logprobs": {"tokens": [], "token_logprobs": []}, "finish_reason": None}
         prompt_tokens = 0
@@ -192,7 +195,8 @@ class VLLMChatModel(ChatModel):
 
     # --- HTTP -----------------------------------------------------------------------------------
 
-    def _body(self, prompt: str, options: GenerationOptions, n: int) -> dict[str, Any]:
+    def _body(self, prompt: str, options: GenerationOptions, n: int,
+              tools: Sequence[ToolLike] | None = None) -> dict[str, Any]:
         if options.max_new_tokens < 1:
             raise InvalidInputError("max_new_tokens must be at least 1")
         body: dict[str, Any] = {
@@ -206,6 +210,9 @@ class VLLMChatModel(ChatModel):
             body["seed"] = int(options.seed)
         if options.stop:
             body["stop"] = [stop for stop in options.stop if stop]
+        if options.guided and tools:
+            # compact separators: any-whitespace JSON lets a model pad with newlines until its budget runs out
+            body["structured_outputs"] = {"json": answer_schema(tools), "disable_any_whitespace": True}
         return body
 
     def _post(self, body: dict[str, Any], options: GenerationOptions) -> dict[str, Any]:
@@ -285,7 +292,7 @@ def _generation(choice: dict[str, Any], tools: Sequence[ToolLike] | None, prompt
     values = logprobs.get("token_logprobs") or []
     token_logprobs = [float(value) if value is not None else float("-inf") for value in values] \
         if options.logprobs and values else None
-    parse, message = parse_answer(text, tools)
+    parse, message = guided_answer(text) if options.guided and tools else parse_answer(text, tools)
     return Generation(
         text=text, message=message, parse=parse, prompt_tokens=prompt_tokens,
         completion_tokens=len(token_ids) or len(values),

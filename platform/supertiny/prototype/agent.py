@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from supertiny.domain import Domain, DomainTask, ToolEnvironment
+from supertiny.models.guided_calls import with_guided_instruction
 from supertiny.schema import ParsedCall
 
 
@@ -59,23 +60,31 @@ def _tool_result_text(result: Any) -> str:
     return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False, default=str)
 
 
-def run_agent(chat_model: Any, domain: Domain, task: DomainTask, *, use_prompt: bool = True,
+def run_agent(chat_model: Any, domain: Domain, task: DomainTask, *, use_prompt: bool = True, guided: bool = False,
               **generation_kwargs: Any) -> AgentRun:
     """Run ``chat_model`` (any LangChain chat model with ``bind_tools``) on one task."""
-    return run_agent_samples(chat_model, domain, task, 1, use_prompt=use_prompt, **generation_kwargs)[0]
+    return run_agent_samples(chat_model, domain, task, 1, use_prompt=use_prompt, guided=guided,
+                             **generation_kwargs)[0]
 
 
 def run_agent_samples(chat_model: Any, domain: Domain, task: DomainTask, n: int, *, use_prompt: bool = True,
-                      few_shot: Sequence[dict[str, Any]] | None = None, **generation_kwargs: Any) -> list[AgentRun]:
+                      few_shot: Sequence[dict[str, Any]] | None = None, guided: bool = False,
+                      **generation_kwargs: Any) -> list[AgentRun]:
     """``n`` independent runs of ``chat_model`` on one task whose first answers come from one request
     (``n`` samples of the same prompt: an engine computes the prompt once); each run then goes on alone,
-    with its own tool environment. ``few_shot`` replaces the domain's few-shot turns."""
+    with its own tool environment. ``few_shot`` replaces the domain's few-shot turns. ``guided`` decodes
+    every answer under the task's tools' JSON Schemas (:mod:`supertiny.models.guided_calls`): the model
+    decides whether and which function to call, then fills the arguments under the function's schema."""
     from langchain_core.messages import convert_to_messages
     from langchain_core.utils.function_calling import convert_to_openai_tool
 
     tools = [convert_to_openai_tool(tool) for tool in task_tools(domain, task)]
     prefix = prompt_messages(domain, task, few_shot) if use_prompt else []
-    conversation = convert_to_messages(prefix + list(task.messages))
+    messages = prefix + list(task.messages)
+    if guided and tools:
+        messages = with_guided_instruction(messages)
+        generation_kwargs = {**generation_kwargs, "guided": True}
+    conversation = convert_to_messages(messages)
     started = time.perf_counter()
     first = _first_answers(chat_model, conversation, tools, n, generation_kwargs)
     first_s = time.perf_counter() - started

@@ -1,0 +1,89 @@
+"""Guided tool calls: an answer decoded under a grammar built from the offered tools' JSON Schemas.
+
+The answer is one JSON object, and the grammar makes the model take the prototype pipeline's steps in
+order: decide whether to call (``{"tool_calls": ...`` or ``{"reply": ...``), which function (each call's
+``name`` is one of the offered functions), then fill the arguments under that function's parameter schema.
+An engine that decodes under a JSON Schema (vLLM's structured outputs) cannot write an answer outside it,
+so a guided answer never rambles past its calls and never calls an unknown function or misses a required
+argument; what it can still get wrong is the choice and the values.
+
+The model reads the expected shape from :data:`GUIDED_INSTRUCTION`, which the caller puts in the prompt.
+"""
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from supertiny.models.parsing import ParseResult
+from supertiny.models.tool_schemas import normalize_json_schema, tool_functions
+from supertiny.schema import ParsedCall
+from supertiny.schema.tools import ToolLike
+
+GUIDED_FORMAT = "guided_json"
+GUIDED_INSTRUCTION = (
+    'Answer with one JSON object. When none of the functions can do what the user asks, call none and say so: '
+    '{"reply": <your answer>}. Otherwise call them: {"tool_calls": [{"name": <function name>, "arguments": '
+    '{<argument>: <value>, ...}}, ...]}, one entry per call, several when the request needs several. After the '
+    'functions have answered, reply with {"reply": <your answer>}.'
+)
+
+
+def answer_schema(tools: Sequence[ToolLike]) -> dict[str, Any]:
+    """The JSON Schema of a guided answer to a request offering ``tools``: calls to those functions with
+    arguments their schemas accept, or a reply."""
+    calls = [{
+        "type": "object",
+        "properties": {"name": {"const": name}, "arguments": _arguments_schema(parameters)},
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    } for name, parameters in tool_functions(tools).items()]
+    reply = {"type": "object", "properties": {"reply": {"type": "string"}}, "required": ["reply"],
+             "additionalProperties": False}
+    if not calls:
+        return reply
+    call_list = {"type": "object",
+                 "properties": {"tool_calls": {"type": "array", "items": {"anyOf": calls}, "minItems": 1}},
+                 "required": ["tool_calls"], "additionalProperties": False}
+    return {"anyOf": [call_list, reply]}
+
+
+def _arguments_schema(parameters: Any) -> dict[str, Any]:
+    """The function's parameter schema, closed to arguments it does not name (a guided model cannot invent
+    one) unless the schema says otherwise."""
+    schema = normalize_json_schema(parameters) if isinstance(parameters, dict) else {}
+    schema = {"type": "object", **{key: value for key, value in schema.items() if key != "$schema"}}
+    if "properties" in schema:
+        schema.setdefault("additionalProperties", False)
+    return schema
+
+
+def read_guided_answer(text: str) -> ParseResult:
+    """The calls or the reply of a guided answer; ``ok=False`` with the reason when the text is not a whole
+    answer (the token budget ran out mid-object)."""
+    try:
+        answer = json.loads(text)
+    except ValueError as exc:
+        return ParseResult(calls=[], content=text, ok=False, format=GUIDED_FORMAT,
+                           reason=f"the guided answer is not complete JSON: {exc}")
+    if isinstance(answer, dict) and isinstance(answer.get("tool_calls"), list):
+        entries = answer["tool_calls"]
+        if all(isinstance(call, dict) and isinstance(call.get("name"), str)
+               and isinstance(call.get("arguments", {}), dict) for call in entries):
+            calls = [ParsedCall(name=call["name"], arguments=call.get("arguments") or {}) for call in entries]
+            return ParseResult(calls=calls, content=None, ok=True, format=GUIDED_FORMAT)
+    elif isinstance(answer, dict) and isinstance(answer.get("reply"), str):
+        return ParseResult(calls=[], content=answer["reply"], ok=True, format=GUIDED_FORMAT)
+    return ParseResult(calls=[], content=text, ok=False, format=GUIDED_FORMAT,
+                       reason="the guided answer holds neither tool_calls nor a reply")
+
+
+def with_guided_instruction(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` with :data:`GUIDED_INSTRUCTION` at the end of their system message (a new one when they
+    have none)."""
+    out = [dict(message) for message in messages]
+    if out and out[0].get("role") == "system":
+        content = out[0].get("content") or ""
+        out[0]["content"] = f"{content}\n\n{GUIDED_INSTRUCTION}" if content else GUIDED_INSTRUCTION
+    else:
+        out.insert(0, {"role": "system", "content": GUIDED_INSTRUCTION})
+    return out

@@ -1,0 +1,145 @@
+"""Guided tool calls: the answer schema the engine decodes under, reading a guided answer back, and the
+prototype pipeline asking for it (instruction in the prompt, the option down to the backend, a teacher
+that cannot honour it refused before any sample). The engine's own decoding under the schema is in
+test_engine.py."""
+
+import json
+
+import pytest
+import sqlalchemy as sa
+from helpers import toy_domain
+from helpers.chat_models import WEATHER_TOOL
+from jsonschema import Draft202012Validator
+from supertiny.errors import InvalidInputError
+from supertiny.harvest.runner import HarvestConfig, run_harvest
+from supertiny.models.backend import Capabilities, ChatModel, Generation, GenerationOptions, guided_answer
+from supertiny.models.guided_calls import (
+    GUIDED_FORMAT,
+    GUIDED_INSTRUCTION,
+    answer_schema,
+    read_guided_answer,
+    with_guided_instruction,
+)
+from supertiny.models.langchain_adapter import SupertinyChatModel
+from supertiny.store import HarvestRun, Sample
+
+BFCL_STYLE_TOOL = {"name": "area", "description": "Area of a shape.",
+                   "parameters": {"type": "dict", "properties": {"base": {"type": "float"},
+                                                                 "unit": {"type": "string", "enum": ["cm", "m"]}},
+                                  "required": ["base"]}}
+
+
+def _valid(schema, answer) -> bool:
+    return Draft202012Validator(schema).is_valid(answer)
+
+
+def test_the_schema_takes_calls_to_offered_functions_with_valid_arguments_or_a_reply():
+    schema = answer_schema([WEATHER_TOOL, BFCL_STYLE_TOOL])
+    Draft202012Validator.check_schema(schema)
+    assert _valid(schema, {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}},
+                                          {"name": "area", "arguments": {"base": 2.5, "unit": "cm"}}]})
+    assert _valid(schema, {"reply": "None of these functions can book a flight."})
+    for wrong in ({"tool_calls": []},  # deciding to call means at least one call
+                  {"tool_calls": [{"name": "book_flight", "arguments": {}}]},  # not offered
+                  {"tool_calls": [{"name": "get_weather", "arguments": {}}]},  # required argument missing
+                  {"tool_calls": [{"name": "area", "arguments": {"base": "two"}}]},  # BFCL float -> number
+                  {"tool_calls": [{"name": "area", "arguments": {"base": 1, "unit": "inch"}}]},  # not in the enum
+                  {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo", "when": "now"}}]},
+                  {"reply": "hi", "tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]},
+                  {"answer": "hi"}):
+        assert not _valid(schema, wrong), wrong
+
+
+def test_without_functions_the_schema_is_a_reply():
+    assert answer_schema([]) == {"type": "object", "properties": {"reply": {"type": "string"}},
+                                 "required": ["reply"], "additionalProperties": False}
+
+
+def test_a_guided_answer_reads_back_as_calls_or_content():
+    calls = read_guided_answer('{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}')
+    assert calls.ok and calls.format == GUIDED_FORMAT and calls.content is None
+    assert [(call.name, call.arguments) for call in calls.calls] == [("get_weather", {"city": "Paris"})]
+    parse, message = guided_answer('{"tool_calls": [{"name": "area", "arguments": {"base": 2}}, '
+                                   '{"name": "area", "arguments": {"base": 3}}]}')
+    assert parse.ok and [json.loads(call.function.arguments) for call in message.tool_calls] == [{"base": 2},
+                                                                                                  {"base": 3}]
+    parse, message = guided_answer('{"reply": "I cannot book flights."}')
+    assert parse.ok and not parse.calls and message.content == "I cannot book flights." and not message.tool_calls
+
+
+@pytest.mark.parametrize("text", ['{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Pa',
+                                  '{"answer": 1}', '{"tool_calls": [{"name": 3}]}', '[1, 2]', ''])
+def test_a_cut_or_foreign_answer_is_not_ok_and_keeps_its_text(text):
+    parse, message = guided_answer(text)
+    assert not parse.ok and parse.reason and not parse.calls and message.content == text
+
+
+def test_the_instruction_joins_the_system_message_or_becomes_one():
+    task = [{"role": "user", "content": "Weather in Oslo?"}]
+    assert with_guided_instruction(task) == [{"role": "system", "content": GUIDED_INSTRUCTION}, *task]
+    steered = with_guided_instruction([{"role": "system", "content": "Use the tools."}, *task])
+    assert steered[0]["content"] == f"Use the tools.\n\n{GUIDED_INSTRUCTION}" and steered[1:] == task
+
+
+class GuidedTeacher(ChatModel):
+    """Answers toy-weather tasks right, in the guided JSON shape, and records what it was asked."""
+
+    name = backend = "guided-scripted"
+
+    def __init__(self):
+        self.seen: list[tuple[list, GenerationOptions]] = []
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(local=False, logprobs=False, guided=True)
+
+    def generate(self, messages, tools=None, options=None) -> Generation:
+        self.seen.append((list(messages), options))
+        city, unit = messages[-1]["content"].split(" in ")[1:3]
+        text = json.dumps({"tool_calls": [{"name": "get_weather", "arguments": {"city": city,
+                                                                                 "unit": unit.rstrip("?")}}]})
+        parse, message = guided_answer(text)
+        return Generation(text=text, message=message, parse=parse, prompt_tokens=20, completion_tokens=12,
+                          latency_s=0.01)
+
+
+class FreeTeacher(GuidedTeacher):
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(local=True, logprobs=False, engine="transformers")
+
+
+@pytest.fixture
+def toy(register_plugin):
+    register_plugin(toy_domain, name="toy-domains")
+
+
+def test_a_guided_harvest_steers_the_teacher_and_stores_plain_tool_calls(store, toy):
+    teacher = GuidedTeacher()
+    config = HarvestConfig(domain="toy-weather", teacher="guided", limit=5, guided=True)
+    result = run_harvest(store, config, lambda: SupertinyChatModel(model=teacher))
+    assert result.done == result.passed == 5
+    messages, options = teacher.seen[0]
+    assert options.guided and messages[0]["role"] == "system" and messages[0]["content"].endswith(GUIDED_INSTRUCTION)
+    assert messages[0]["content"].startswith(toy_domain.ToyWeather.system_prompt)
+    with store.session() as session:
+        sample = session.scalars(sa.select(Sample).where(Sample.run_id == result.run_id)).first()
+        run = session.get(HarvestRun, result.run_id)
+        assert run.params["guided"] is True
+    assert [message["role"] for message in sample.trajectory] == ["user", "assistant"]  # the instruction is not data
+    assert sample.trajectory[-1]["tool_calls"][0]["function"]["name"] == "get_weather"
+    free = run_harvest(store, HarvestConfig(domain="toy-weather", teacher="guided", limit=5),
+                       lambda: SupertinyChatModel(model=GuidedTeacher()))
+    assert free.run_id != result.run_id  # guided and free decoding are two runs, never mixed
+
+
+def test_a_teacher_that_cannot_decode_guided_is_refused_before_any_sample(store, toy):
+    config = HarvestConfig(domain="toy-weather", teacher="in-process", limit=3, guided=True)
+    with pytest.raises(InvalidInputError, match="--guided needs a teacher") as raised:
+        run_harvest(store, config, lambda: SupertinyChatModel(model=FreeTeacher()))
+    assert "supertiny engine start in-process" in str(raised.value.hint)
+    with store.session() as session:
+        assert session.scalar(sa.select(sa.func.count(Sample.id))) == 0
+        assert session.scalars(sa.select(HarvestRun.status)).one() == "failed"
+    with pytest.raises(InvalidInputError, match="cannot decode guided tool calls"):
+        SupertinyChatModel(model=FreeTeacher()).invoke("Weather in Oslo in celsius?", guided=True)
