@@ -69,6 +69,41 @@ def test_the_demo_runs_every_step_and_reports(env):
     assert sum("reused" in line for line in again) == 12
 
 
+def test_where_the_teacher_decodes_guided_the_demo_harvests_both_ways_and_keeps_what_passes(env):
+    import json as json_module
+
+    from supertiny.models.backend import Capabilities, ChatModel, Generation, guided_answer, parse_answer
+    from supertiny.models.langchain_adapter import SupertinyChatModel
+
+    class EngineTeacher(ChatModel):
+        name = backend = "engine-teacher"
+        capabilities = Capabilities(local=False, logprobs=False, guided=True)
+
+        def generate(self, messages, tools=None, options=None):
+            city, unit = messages[-1]["content"].split(" in ")[1:3]
+            call = {"name": "get_weather", "arguments": {"city": city, "unit": unit.rstrip("?")}}
+            if options.guided:
+                text = json_module.dumps({"tool_calls": [call]})
+                parse, message = guided_answer(text)
+            else:
+                text = f"<tool_call>\n{json_module.dumps(call)}\n</tool_call>"
+                parse, message = parse_answer(text, tools)
+            return Generation(text=text, message=message, parse=parse, prompt_tokens=9, completion_tokens=9,
+                              latency_s=0.01)
+
+    store, settings = env
+    plan = DemoPlan(**{**PLAN.__dict__, "kd_epochs": 0.0, "quantize": "", "requests": 1})
+    demo = Demo(settings, store, plan, echo=lambda line: None)
+    demo.open_teacher = lambda: SupertinyChatModel(model=EngineTeacher())
+    report = demo.run()
+    state = json.loads((report.parent / "state.json").read_text())["steps"]
+    harvest = state["harvest"]["result"]
+    assert len(harvest["run_ids"]) == 2 and harvest["guided"] and harvest["done"] == harvest["passed"] == 8
+    assert harvest["tasks_with_a_pass"] == 4
+    assert state["snapshot"]["result"]["items"] == 4  # both decodings gave the same calls: one record a task
+    assert "twice, freely and under its tools' JSON Schemas" in report.read_text()
+
+
 def test_ctrl_c_keeps_the_finished_steps_and_the_next_run_resumes(env, monkeypatch):
     store, settings = env
     plan = DemoPlan(**{**PLAN.__dict__, "kd_epochs": 0.0, "quantize": ""})

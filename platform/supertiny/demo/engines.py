@@ -33,7 +33,7 @@ class DemoEngines:
             return {"served_by": "in-process", "why": self.unavailable, "engine_s": 0.0}
         found = engine_location(self.store, version)
         if found is not None:
-            return {"served_by": f"vllm engine at {found[0]}", "on_engine": True, "engine_s": 0.0}
+            return {"served_by": f"vllm engine at {found[0]}", "engine_s": 0.0}
         started = time.perf_counter()
         try:
             # eager: torch.compile adds a minute or more to each start on a small CPU for a modest gain in
@@ -47,8 +47,7 @@ class DemoEngines:
             self.echo(f"      no engine: {exc.message}; every model runs in-process")
             return {"served_by": "in-process", "why": exc.message, "engine_s": time.perf_counter() - started}
         self.started[model] = row
-        return {"served_by": f"{row.kind} engine at {row.url}", "on_engine": True,
-                "engine_s": time.perf_counter() - started}
+        return {"served_by": f"{row.kind} engine at {row.url}", "engine_s": time.perf_counter() - started}
 
     def stop_all(self) -> None:
         from supertiny.engine.manager import stop_engine

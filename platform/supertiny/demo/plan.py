@@ -51,7 +51,8 @@ class DemoPlan:
     # "auto": the teacher (and students evaluated on enough tasks) answer through a vLLM engine where one can be
     # installed and run here; "off": every model in-process
     engine: str = "auto"
-    # where the teacher harvests on an engine, it decodes under the tools' JSON Schemas (harvest run --guided)
+    # where the teacher harvests on an engine, it answers every task a second time under the tools' JSON Schemas
+    # (harvest run --guided), and the snapshot takes the verified answers of both
     guided: bool = True
 
     @classmethod

@@ -181,10 +181,12 @@ def write_report(demo: Any) -> Path:
              f"{time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} ({platform.machine()}, "
              f"{_cpu()}); store `{demo.settings.database_url}`.", ""]
     if harvest:
-        decoding = " under its tools' JSON Schemas (guided decoding)" if harvest.get("guided") else ""
-        lines += [f"Harvest: the teacher `{plan.llm}` answered {harvest['done']} BFCL train tasks{decoding}; "
-                  f"{harvest['passed']} passed the verifier ({harvest['pass_rate']:.0%}) and became the training "
-                  f"snapshot `{state.result('snapshot')['ref']}`.", ""]
+        answered = (f"{plan.harvest_tasks} BFCL train tasks twice, freely and under its tools' JSON Schemas "
+                    "(guided decoding)") if harvest.get("guided") else f"{harvest['done']} BFCL train tasks"
+        lines += [f"Harvest: the teacher `{plan.llm}` answered {answered}; {harvest['passed']} of {harvest['done']} "
+                  f"answers passed the verifier ({harvest['pass_rate']:.0%}), for "
+                  f"{harvest.get('tasks_with_a_pass', harvest['passed'])} tasks, and became the training snapshot "
+                  f"`{state.result('snapshot')['ref']}`.", ""]
     if rows:
         lines += [f"## Models on BFCL test ({rows[0]['n']} tasks, {plan.eval_per_category} per category)", "",
                   *_models_table(rows), "", *_paired_lines(demo.store, rows), "",

@@ -167,35 +167,52 @@ class Demo:
         return {"exported_from": self.plan.teacher}
 
     def harvest(self) -> dict[str, Any]:
-        from supertiny.harvest.runner import HarvestConfig, run_harvest
+        """The teacher answers the train tasks freely and, where it runs on an engine, once more under its tools'
+        JSON Schemas: free answers decline the tasks no function fits, guided ones make the calls a free answer
+        often talks itself out of, and the verifier keeps what passes from both."""
+        import sqlalchemy as sa
+
+        from supertiny.harvest.runner import HarvestConfig, decodes_guided, run_harvest
         from supertiny.prototype.teacher import open_chat_model
+        from supertiny.store import Sample
 
         engine = self.engines.use(self.plan.llm) if self.open_teacher is None else {"served_by": "scripted"}
-        config = HarvestConfig(domain=self.plan.domain, teacher=self.plan.llm, split="train",
-                               limit=self.plan.harvest_tasks, max_new_tokens=self.plan.max_new_tokens,
-                               guided=self.plan.guided and bool(engine.get("on_engine")))
-        with _bar("harvest", "sample") as bar:
-            def progress(done: int, passed: int, planned: int) -> None:
-                bar.total = planned
-                bar.n = done
-                bar.set_postfix(pass_rate=f"{passed / done:.0%}" if done else "-", refresh=False)
-                bar.refresh()
+        teacher = self.open_teacher() if self.open_teacher else open_chat_model(self.store, self.plan.llm)
+        decodings = [False, True] if self.plan.guided and decodes_guided(teacher) else [False]
+        results = []
+        for guided in decodings:
+            config = HarvestConfig(domain=self.plan.domain, teacher=self.plan.llm, split="train",
+                                   limit=self.plan.harvest_tasks, max_new_tokens=self.plan.max_new_tokens,
+                                   guided=guided)
+            with _bar("harvest guided" if guided else "harvest", "sample") as bar:
+                def progress(done: int, passed: int, planned: int) -> None:
+                    bar.total = planned
+                    bar.n = done
+                    bar.set_postfix(pass_rate=f"{passed / done:.0%}" if done else "-", refresh=False)
+                    bar.refresh()
 
-            open_teacher = self.open_teacher or (lambda: open_chat_model(self.store, self.plan.llm))
-            result = run_harvest(self.store, config, open_teacher, progress)
-        if result.passed == 0:
-            raise InvalidInputError(f"the teacher passed none of the {result.done} harvested tasks: "
-                                    "nothing to train on", hint="see `supertiny harvest status` for the reasons")
-        return {"run_id": result.run_id, "done": result.done, "passed": result.passed, "engine": engine,
-                "guided": config.guided,
-                "pass_rate": result.passed / result.done, "s_per_sample": result.elapsed_s / max(result.newly_done, 1)}
+                results.append(run_harvest(self.store, config, lambda: teacher, progress))
+        run_ids = [result.run_id for result in results]
+        with self.store.session() as session:
+            tasks = session.scalars(sa.select(sa.func.count(sa.distinct(Sample.task_id)))
+                                    .where(Sample.run_id.in_(run_ids), Sample.verdict == "pass")).one()
+        done, passed = sum(result.done for result in results), sum(result.passed for result in results)
+        if passed == 0:
+            raise InvalidInputError(f"the teacher passed none of the {done} harvested answers: nothing to train on",
+                                    hint="see `supertiny harvest status` for the reasons")
+        return {"run_ids": run_ids, "done": done, "passed": passed, "tasks_with_a_pass": tasks,
+                "engine": engine, "guided": len(decodings) > 1, "pass_rate": passed / done,
+                "s_per_sample": sum(result.elapsed_s for result in results)
+                / max(sum(result.newly_done for result in results), 1)}
 
     def snapshot(self) -> dict[str, Any]:
         from supertiny.data.snapshot import SnapshotSource, create_snapshot, snapshot_items
 
-        run_id = self.state.result("harvest")["run_id"]
-        dataset = create_snapshot(self.store, self.plan.snapshot, SnapshotSource(runs=(run_id,), verdict="pass"),
-                                  note=f"supertiny demo {self.plan.tag}")
+        harvested = self.state.result("harvest")
+        run_ids = tuple(harvested.get("run_ids") or [harvested["run_id"]])  # run_id: a state from an older version
+        # a task both decodings answer alike would count twice
+        source = SnapshotSource(runs=run_ids, verdict="pass", distinct=len(run_ids) > 1)
+        dataset = create_snapshot(self.store, self.plan.snapshot, source, note=f"supertiny demo {self.plan.tag}")
         return {"ref": f"{dataset.name}@{dataset.version}", "items": len(snapshot_items(self.store, dataset))}
 
     def evaluate_model(self, model: str, engine: bool = False) -> dict[str, Any]:

@@ -206,10 +206,16 @@ def tasks_in_flight(chat_model: Any, config: HarvestConfig) -> int:
     return max(1, capacity // config.samples_per_task)
 
 
+def decodes_guided(chat_model: Any) -> bool:
+    """Whether ``chat_model`` (a LangChain chat model) is a supertiny model that decodes under JSON Schemas."""
+    inner = getattr(chat_model, "model", None)
+    return isinstance(inner, ChatModel) and inner.capabilities.guided
+
+
 def check_guided(chat_model: Any, teacher: str) -> None:
     """InvalidInputError, before any sample, when the teacher cannot decode guided tool calls."""
-    inner = getattr(chat_model, "model", None)
-    if not (isinstance(inner, ChatModel) and inner.capabilities.guided):
+    if not decodes_guided(chat_model):
+        inner = getattr(chat_model, "model", None)
         where = inner.capabilities.engine if isinstance(inner, ChatModel) else type(chat_model).__name__
         raise InvalidInputError(f"--guided needs a teacher that decodes under JSON Schemas; {teacher} runs on "
                                 f"{where}", hint=f"serve it on an engine first: supertiny engine start {teacher}")
