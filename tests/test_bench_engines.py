@@ -45,6 +45,10 @@ def test_guided_runs_are_paired_with_the_free_run_of_the_same_engine_and_n(bench
     (comparison,) = bench.harvest.paired_comparisons(runs)
     assert (comparison["only_guided"], comparison["only_free"], comparison["samples_per_task"]) == (6, 1, 1)
     assert comparison["p"] == pytest.approx(mcnemar_p(6, 1))
+    assert comparison["either_pass_at_n"] == 0.9
+    text = bench.harvest.markdown({"created": "now", "teacher": "t", "tasks": 10, "domain": "d", "temperature": 0.7,
+                                   "max_new_tokens": 8, "machine": "m", "runs": [], "comparisons": [comparison]})
+    assert "| vllm | 1 | 10 | 30.0% | 80.0% | 6 | 1 | 0.12 | 90.0% |" in text
 
 
 def test_evaluation_bench_compares_engines_on_the_same_tasks(bench, tiny_model_dir, tmp_path):
