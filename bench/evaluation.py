@@ -1,11 +1,14 @@
-"""Evaluation benchmark: one model on a domain's test split through several engines, side by side.
+"""Evaluation benchmark: one model on a domain's test split through several engines or decodings, side by side.
 
     python -m bench.evaluation --model qwen2.5-coder-0.5b-instruct --per-category 50 --engines vllm,batched
+    python -m bench.evaluation --model qwen2.5-coder-1.5b-instruct --per-category 50 --engines vllm \
+        --decoding free,guided
 
-For each engine it runs ``supertiny eval run`` (greedy, the same tasks) into a scratch store and reports wall
-time, tasks per minute, accuracy with its 95% Wilson interval, and, against the first engine, how many tasks
-got a different verdict with an exact McNemar test (the engines compute in different kernels and orders,
-so a greedy answer can flip where two tokens are nearly tied).
+For each engine and decoding it runs ``supertiny eval run`` (greedy, the same tasks; ``--guided`` for guided
+decoding, on the vllm engine only) into a scratch store and reports wall time, tasks per minute, accuracy with
+its 95% Wilson interval, overall and per category, and, against the first run, how many tasks got a different
+verdict with an exact McNemar test (engines compute in different kernels and orders, so a greedy answer can
+flip where two tokens are nearly tied; a decoding changes the answers themselves).
 
 Writes ``bench/results/evaluation-<timestamp>.json``, ``.png`` and ``.md``.
 """
@@ -22,12 +25,13 @@ from bench.engines import ENGINES, engine_model, machine, model_dir, parse_engin
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def evaluate_once(store: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
+def evaluate_once(store: Any, name: str, args: argparse.Namespace, guided: bool = False) -> dict[str, Any]:
     from supertiny.eval.runner import EvalConfig, evaluate
     from supertiny.eval.stats import wilson_interval
 
     evaluation = evaluate(store, EvalConfig(model=name, domain=args.domain, split=args.split,
-                                            per_category=args.per_category, max_new_tokens=args.max_new_tokens))
+                                            per_category=args.per_category, max_new_tokens=args.max_new_tokens,
+                                            guided=guided))
     records = evaluation.details["records"]
     correct = sum(record["correct"] for record in records)
     low, high = wilson_interval(correct, len(records))
@@ -37,6 +41,7 @@ def evaluate_once(store: Any, name: str, args: argparse.Namespace) -> dict[str, 
             "mean_latency_s": round(evaluation.mean_latency_s, 3), "served_by": evaluation.details["engine"],
             "concurrency": evaluation.details["concurrency"],
             "per_category": {category: stats["accuracy"] for category, stats in evaluation.per_category.items()},
+            "per_category_n": {category: stats["n"] for category, stats in evaluation.per_category.items()},
             "verdicts": {record["task_hash"]: record["correct"] for record in records}}
 
 
@@ -57,18 +62,29 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Evaluation benchmark ({result['created']})", "",
              f"model `{result['model']}` on `{result['domain']}` {result['split']}, {result['per_category']} tasks a "
              f"category, greedy, at most {result['max_new_tokens']} new tokens, {result['machine']}", "",
-             "| engine | wall s | tasks / min | tasks in flight | accuracy [95% CI] "
-             "| verdicts differing from the first engine (McNemar p) |", "|---|---|---|---|---|---|"]
+             "| engine | decoding | wall s | tasks / min | tasks in flight | accuracy [95% CI] "
+             "| right only here / only in the first run (McNemar p) |", "|---|---|---|---|---|---|---|"]
     for run in runs:
         diff = run.get("against_first")
-        versus = f"{diff['differ']} of {diff['tasks']} (p={diff['mcnemar_p']:.2f})" if diff else "-"
-        lines.append(f"| {run['engine']} | {run['wall_s']} | {run['tasks_per_min']} | {run['concurrency']} "
-                     f"| {format_accuracy(run['correct'], run['tasks'])} | {versus} |")
+        versus = f"{diff['only_other']} / {diff['only_first']} of {diff['tasks']} (p={diff['mcnemar_p']:.2g})" \
+            if diff else "-"
+        lines.append(f"| {run['engine']} | {run.get('decoding', 'free')} | {run['wall_s']} | {run['tasks_per_min']} "
+                     f"| {run['concurrency']} | {format_accuracy(run['correct'], run['tasks'])} | {versus} |")
+    lines += ["", "| category | " + " | ".join(_label(run) for run in runs) + " |", "|---|" + "---|" * len(runs)]
+    for category in sorted(runs[0]["per_category"]):
+        cells = [format_accuracy(round(run["per_category"][category] * run["per_category_n"][category]),
+                                 run["per_category_n"][category]) if category in run.get("per_category_n", {})
+                 else "-" for run in runs]
+        lines.append(f"| {category} | " + " | ".join(cells) + " |")
     fastest, slowest = min(runs, key=lambda run: run["wall_s"]), max(runs, key=lambda run: run["wall_s"])
     if len(runs) > 1 and slowest["wall_s"] > 0:  # a tiny run can round to 0 s
-        lines += ["", f"- {fastest['engine']} took {fastest['wall_s'] / slowest['wall_s']:.2f}x the wall time of "
-                  f"{slowest['engine']}."]
+        lines += ["", f"- {_label(fastest)} took {fastest['wall_s'] / slowest['wall_s']:.2f}x the wall time of "
+                  f"{_label(slowest)}."]
     return "\n".join(lines) + "\n"
+
+
+def _label(run: dict[str, Any]) -> str:
+    return f"{run['engine']} {run.get('decoding', 'free')}"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -79,7 +95,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     runs = result["runs"]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    names = [run["engine"] for run in runs]
+    names = [_label(run) for run in runs]
     left.bar(names, [run["wall_s"] for run in runs], color="tab:blue")
     left.set(title=f"wall time, {runs[0]['tasks']} tasks", ylabel="seconds")
     accuracy = [run["accuracy"] * 100 for run in runs]
@@ -101,6 +117,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--per-category", type=int, default=50)
     parser.add_argument("--engines", default="vllm,batched", help=f"Comma-separated: {', '.join(ENGINES)}.")
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--decoding", default="free", help="Comma-separated: free, guided (guided: the engine "
+                        "decodes under the tools' JSON Schemas; vllm only).")
     parser.add_argument("--db", help="Database URL of the scratch store (default: a temporary SQLite file).")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -112,15 +130,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_plugins()
     settings, store = scratch(args.db)
     directory = model_dir(args.model)
+    decodings = [value.strip() for value in args.decoding.split(",") if value.strip()]
+    if not decodings or set(decodings) - {"free", "guided"}:
+        parser.error("--decoding takes free and/or guided")
     runs = []
     for kind in kinds:
         with engine_model(kind, store, settings, directory, label="eval") as name:
-            run = {"engine": kind, **evaluate_once(store, name, args)}
-        if runs:
-            run["against_first"] = compare(runs[0]["verdicts"], run["verdicts"])
-        runs.append(run)
-        print(f"{kind:>10}: {run['tasks']} tasks in {run['wall_s']} s ({run['tasks_per_min']}/min), accuracy "
-              f"{run['accuracy']:.1%}", flush=True)
+            for decoding in decodings if kind == "vllm" else ["free"]:
+                run = {"engine": kind, "decoding": decoding, **evaluate_once(store, name, args, decoding == "guided")}
+                if runs:
+                    run["against_first"] = compare(runs[0]["verdicts"], run["verdicts"])
+                runs.append(run)
+                print(f"{kind:>10} {decoding}: {run['tasks']} tasks in {run['wall_s']} s ({run['tasks_per_min']}/min), "
+                      f"accuracy {run['accuracy']:.1%}", flush=True)
     result = {"created": dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"), "model": args.model, "domain": args.domain,
               "split": args.split, "per_category": args.per_category, "max_new_tokens": args.max_new_tokens,
               "machine": machine(), "runs": runs}

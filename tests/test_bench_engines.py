@@ -59,7 +59,8 @@ def test_evaluation_bench_compares_engines_on_the_same_tasks(bench, tiny_model_d
     assert first["tasks"] == second["tasks"] > 0 and second["against_first"]["tasks"] == first["tasks"]
     assert first["concurrency"] == 1 and second["concurrency"] == 8
     text = next(tmp_path.glob("evaluation-*.md")).read_text()
-    assert "| in-process |" in text and "(n=" in text and "McNemar" in text
+    assert "| in-process | free |" in text and "(n=" in text and "McNemar" in text
+    assert "| celsius | " in text and "| category | in-process free | batched free |" in text
 
 
 def test_intervals_and_paired_test():
