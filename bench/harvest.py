@@ -75,13 +75,29 @@ def _pass_counts(rows: list[Any], max_new_tokens: int) -> dict[str, Any]:
     return {
         "tasks": len(tasks), "samples": len(rows), "passed": passed,
         "pass_rate": round(passed / len(rows), 4) if rows else None,
-        "pass_rate_95": [round(bound, 4) for bound in wilson_interval(passed, len(rows))],
+        "pass_rate_95": [round(bound, 4) for bound in _pass_rate_interval(rows)],
         "tasks_with_a_pass": len(passed_tasks),
         "pass_at_n": round(len(passed_tasks) / len(tasks), 4) if tasks else None,
         "pass_at_n_95": [round(bound, 4) for bound in wilson_interval(len(passed_tasks), len(tasks))],
         "tokens_per_answer": round(sum(row.completion_tokens or 0 for row in rows) / len(rows), 1) if rows else None,
         "at_budget": sum((row.completion_tokens or 0) >= max_new_tokens for row in rows),
     }
+
+
+def _pass_rate_interval(rows: list[Any]) -> tuple[float, float]:
+    """95% interval of the pass rate over every sample: Wilson's with one sample a task; with several, a normal
+    interval over the tasks' pass shares, since a task's samples pass or fail together more often than not."""
+    from supertiny.eval.stats import wilson_interval
+
+    by_task: dict[Any, list[bool]] = {}
+    for row in rows:
+        by_task.setdefault(row.task_id, []).append(row.verdict == "pass")
+    if all(len(verdicts) == 1 for verdicts in by_task.values()) or len(by_task) < 2:
+        return wilson_interval(sum(row.verdict == "pass" for row in rows), len(rows))
+    shares = [sum(verdicts) / len(verdicts) for verdicts in by_task.values()]
+    mean = sum(shares) / len(shares)
+    spread = (sum((share - mean) ** 2 for share in shares) / (len(shares) - 1) / len(shares)) ** 0.5
+    return max(0.0, mean - 1.96 * spread), min(1.0, mean + 1.96 * spread)
 
 
 def paired_comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

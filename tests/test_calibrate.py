@@ -55,7 +55,7 @@ def test_token_curve_gives_the_llm_token_share():
     assert choose(points, llm_budget=0.4).llm_share == 0.4
 
 
-def _evaluation(store, model: str, llm: bool) -> None:
+def _evaluation(store, model: str, llm: bool, guided: bool = False) -> None:
     from supertiny.models.versions import find_model_version
 
     with store.session() as session:
@@ -65,7 +65,8 @@ def _evaluation(store, model: str, llm: bool) -> None:
         details = {"records": [{"task": f"t{task}", "task_hash": f"h{task}", "category": "simple",
                                 "correct": row[3] if llm else row[2], "valid": True if llm else row[1],
                                 "confidence": None if llm else row[0],
-                                "latency_s": 0.1, "completion_tokens": 20} for task, row in TASKS.items()]}
+                                "latency_s": 0.1, "completion_tokens": 20} for task, row in TASKS.items()],
+                   **({"config": {"guided": True}} if guided else {})}
         session.add(Evaluation(model_version_id=model_id, domain="bfcl", split="test", n_tasks=len(TASKS),
                                accuracy=0.5, per_category={}, details=details))
 
@@ -81,6 +82,10 @@ def test_calibrate_from_evaluations_stores_a_new_version(sqlite_store):
     assert "10 common tasks" in result.source
     row = active_row(sqlite_store, "weather")
     assert row.params["threshold"] == 0.8 and row.params["llm"] == "large" and "was v1" in row.note
+    # a newer guided evaluation decodes as no served request does: the gate keeps its served-like evidence
+    _evaluation(sqlite_store, "small", llm=False, guided=True)
+    again = calibrate(sqlite_store, "weather", target_accuracy=0.8, dry_run=True)
+    assert again.chosen.threshold == 0.8 and again.source == result.source
 
 
 def _log(store, route: str, detail: dict) -> None:

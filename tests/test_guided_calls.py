@@ -50,6 +50,27 @@ def test_the_schema_takes_calls_to_offered_functions_with_valid_arguments_or_a_r
         assert not _valid(schema, wrong), wrong
 
 
+def test_a_functions_definitions_move_to_the_root_where_its_refs_still_find_them():
+    point = {"type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]}
+    tools = [{"name": "move", "parameters": {"type": "object", "properties": {"to": {"$ref": "#/$defs/Point"}},
+                                             "required": ["to"], "$defs": {"Point": point}}},
+             {"name": "mark", "parameters": {"type": "object", "properties": {"at": {"$ref": "#/definitions/Point"}},
+                                             "required": ["at"], "definitions": {"Point": {"type": "string"}}}}]
+    schema = answer_schema(tools)
+    Draft202012Validator.check_schema(schema)
+    assert set(schema["$defs"]) == {"f0_Point", "f1_Point"}
+    assert _valid(schema, {"tool_calls": [{"name": "move", "arguments": {"to": {"x": 1.5}}},
+                                          {"name": "mark", "arguments": {"at": "here"}}]})
+    assert not _valid(schema, {"tool_calls": [{"name": "move", "arguments": {"to": "here"}}]})
+    assert not _valid(schema, {"tool_calls": [{"name": "mark", "arguments": {"at": {"x": 1}}}]})
+
+
+def test_a_function_without_parameters_takes_no_arguments():
+    schema = answer_schema([{"name": "now", "description": "The time."}])
+    assert _valid(schema, {"tool_calls": [{"name": "now", "arguments": {}}]})
+    assert not _valid(schema, {"tool_calls": [{"name": "now", "arguments": {"tz": "UTC"}}]})
+
+
 def test_without_functions_the_schema_is_a_reply():
     assert answer_schema([]) == {"type": "object", "properties": {"reply": {"type": "string"}},
                                  "required": ["reply"], "additionalProperties": False}
@@ -68,10 +89,13 @@ def test_a_guided_answer_reads_back_as_calls_or_content():
 
 
 @pytest.mark.parametrize("text", ['{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Pa',
-                                  '{"answer": 1}', '{"tool_calls": [{"name": 3}]}', '[1, 2]', ''])
+                                  '{"answer": 1}', '{"tool_calls": [{"name": 3}]}', '{"tool_calls": []}', '[1, 2]',
+                                  '', 'Sure, I will call get_weather.'])
 def test_a_cut_or_foreign_answer_is_not_ok_and_keeps_its_text(text):
     parse, message = guided_answer(text)
     assert not parse.ok and parse.reason and not parse.calls and message.content == text
+    if text and not text.startswith(("{", "[")):
+        assert "did not decode under the schema" in parse.reason
 
 
 def test_the_instruction_joins_the_system_message_or_becomes_one():
@@ -140,6 +164,28 @@ def test_a_teacher_that_cannot_decode_guided_is_refused_before_any_sample(store,
     assert "supertiny engine start in-process" in str(raised.value.hint)
     with store.session() as session:
         assert session.scalar(sa.select(sa.func.count(Sample.id))) == 0
-        assert session.scalars(sa.select(HarvestRun.status)).one() == "failed"
+        assert session.scalar(sa.select(sa.func.count(HarvestRun.id))) == 0  # refused before the run is recorded
     with pytest.raises(InvalidInputError, match="cannot decode guided tool calls"):
         SupertinyChatModel(model=FreeTeacher()).invoke("Weather in Oslo in celsius?", guided=True)
+
+
+def test_a_task_whose_schema_the_engine_refuses_fails_alone_in_a_guided_evaluation(store, toy, monkeypatch):
+    import contextlib
+
+    from supertiny.eval.runner import EvalConfig, evaluate
+    from supertiny.models.versions import register_model_version
+
+    class PickyEngine(GuidedTeacher):
+        def generate(self, messages, tools=None, options=None):
+            if "celsius" in messages[-1]["content"]:
+                raise InvalidInputError("guided-scripted cannot take this request: invalid JSON schema")
+            return super().generate(messages, tools, options)
+
+    monkeypatch.setattr("supertiny.runtime.loading.lease_model",
+                        lambda store, name: contextlib.nullcontext(PickyEngine()))
+    register_model_version(store, name="picky", stage="external", format="hf", backend="transformers", path="/x")
+    evaluation = evaluate(store, EvalConfig(model="picky", domain="toy-weather", limit=12, guided=True))
+    records = evaluation.details["records"]
+    refused = [record for record in records if "no guided answer" in record["reason"]]
+    assert refused and all(not record["correct"] and "invalid JSON schema" in record["reason"] for record in refused)
+    assert len(refused) < len(records) and any(record["correct"] for record in records)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from supertiny.domain import Domain, DomainTask, Verdict
-from supertiny.errors import InvalidInputError
+from supertiny.errors import ContextLengthError, InvalidInputError
 from supertiny.models.backend import ChatModel, Generation, GenerationOptions
 from supertiny.store import Evaluation, Store
 from supertiny.task_selection import select_tasks
@@ -98,7 +98,13 @@ def _single_shot(model: ChatModel, domain: Domain, tasks: list[DomainTask], conf
         tools = task_tools(domain, task)
         if config.guided and tools:
             messages = with_guided_instruction(messages)
-        generation = model.generate(messages, tools, options)
+        try:
+            generation = model.generate(messages, tools, options)
+        except InvalidInputError as exc:
+            if not config.guided or isinstance(exc, ContextLengthError):
+                raise
+            # the engine could not build a grammar from this task's tools: this task fails, the others go on
+            return _record(task, Verdict.failed(f"no guided answer: {exc.message}"), False, None, 0.0, 0, "")
         verdict, valid = judge(domain, task, tools, generation)
         return _record(task, verdict, valid, generation.confidence, generation.latency_s,
                        generation.completion_tokens, generation.text)

@@ -25,7 +25,7 @@ from supertiny.errors import EngineUnavailableError, InvalidInputError
 from supertiny.harvest.agreement import LOGS_PREFIX, judge_by_agreement, traffic_domain
 from supertiny.harvest.tasks import domain_task, sync_tasks
 from supertiny.models.backend import ChatModel
-from supertiny.models.guided_calls import GUIDED_INSTRUCTION
+from supertiny.models.guided_calls import GUIDED_INSTRUCTION, GUIDED_SCHEMA_VERSION
 from supertiny.prototype.agent import run_agent_samples
 from supertiny.prototype.examples import Example, examples_digest, examples_for, verified_examples
 from supertiny.store import HarvestRun, Sample, Store, Task
@@ -80,7 +80,8 @@ class HarvestConfig:
         fields = dataclasses.asdict(self)
         fields.pop("concurrency")
         if self.guided:  # the instruction that asks for the guided shape steers the teacher too
-            fields["guided"] = hashlib.sha256(GUIDED_INSTRUCTION.encode()).hexdigest()[:16]
+            steering = f"{GUIDED_SCHEMA_VERSION}:{GUIDED_INSTRUCTION}"
+            fields["guided"] = hashlib.sha256(steering.encode()).hexdigest()[:16]
         else:  # runs from before the option keep their identity
             fields.pop("guided")
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
@@ -248,6 +249,10 @@ def run_harvest(store: Store, config: HarvestConfig, open_teacher: Callable[[], 
         config = dataclasses.replace(config, prompt_digest=digest)
     task_ids = sync_tasks(store, domain, config.split, config.limit)
     planned = len(task_ids) * config.samples_per_task
+    opened: list[Any] = []
+    if config.guided:  # a teacher that cannot decode guided is refused before the run is recorded
+        opened.append(open_teacher())
+        check_guided(opened[0], config.teacher)
     run = _get_or_create_run(store, config, planned)
     done, passed = _done_pairs(store, run.id)
     todo = _missing_samples(task_ids, done, config.samples_per_task)
@@ -257,7 +262,8 @@ def run_harvest(store: Store, config: HarvestConfig, open_teacher: Callable[[], 
     status, error = "completed", None
     try:
         if todo:
-            _harvest_missing(store, config, domain, examples, run.id, todo, open_teacher(), tally)
+            _harvest_missing(store, config, domain, examples, run.id, todo, opened[0] if opened else open_teacher(),
+                             tally)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -323,8 +329,6 @@ def _harvest_missing(store: Store, config: HarvestConfig, domain: Domain, exampl
             tally.add(sample, _write_sample(store, sample))
         _record_counts(store, run_id, tally.counts, tally.lock)
 
-    if config.guided:
-        check_guided(chat_model, config.teacher)
     workers = min(len(todo), tasks_in_flight(chat_model, config))
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(work, unit) for unit in todo]

@@ -20,6 +20,8 @@ from supertiny.schema import ParsedCall
 from supertiny.schema.tools import ToolLike
 
 GUIDED_FORMAT = "guided_json"
+# bumped when the schema's shape changes, so a harvest run never mixes answers decoded under two grammars
+GUIDED_SCHEMA_VERSION = 1
 GUIDED_INSTRUCTION = (
     'Answer with one JSON object. When none of the functions can do what the user asks, call none and say so: '
     '{"reply": <your answer>}. Otherwise call them: {"tool_calls": [{"name": <function name>, "arguments": '
@@ -30,13 +32,17 @@ GUIDED_INSTRUCTION = (
 
 def answer_schema(tools: Sequence[ToolLike]) -> dict[str, Any]:
     """The JSON Schema of a guided answer to a request offering ``tools``: calls to those functions with
-    arguments their schemas accept, or a reply."""
-    calls = [{
-        "type": "object",
-        "properties": {"name": {"const": name}, "arguments": _arguments_schema(parameters)},
-        "required": ["name", "arguments"],
-        "additionalProperties": False,
-    } for name, parameters in tool_functions(tools).items()]
+    arguments their schemas accept, or a reply. Each function's ``$defs`` move to the root under the
+    function's index, where its ``$ref``s, rewritten, still find them."""
+    definitions: dict[str, Any] = {}
+    calls = []
+    for index, (name, parameters) in enumerate(tool_functions(tools).items()):
+        arguments = _arguments_schema(parameters)
+        for key in _DEFINITION_KEYS:
+            for definition, sub in (arguments.pop(key, None) or {}).items():
+                definitions[f"f{index}_{definition}"] = sub
+        calls.append({"type": "object", "properties": {"name": {"const": name}, "arguments": arguments},
+                      "required": ["name", "arguments"], "additionalProperties": False})
     reply = {"type": "object", "properties": {"reply": {"type": "string"}}, "required": ["reply"],
              "additionalProperties": False}
     if not calls:
@@ -44,14 +50,42 @@ def answer_schema(tools: Sequence[ToolLike]) -> dict[str, Any]:
     call_list = {"type": "object",
                  "properties": {"tool_calls": {"type": "array", "items": {"anyOf": calls}, "minItems": 1}},
                  "required": ["tool_calls"], "additionalProperties": False}
-    return {"anyOf": [call_list, reply]}
+    schema: dict[str, Any] = {"anyOf": [call_list, reply]}
+    if definitions:
+        schema = _rewrite_refs(schema, calls)
+        schema["$defs"] = {key: _rewrite_refs(sub, calls, int(key[1:key.index("_")]))
+                           for key, sub in definitions.items()}
+    return schema
+
+
+_DEFINITION_KEYS = ("$defs", "definitions")
+
+
+def _rewrite_refs(schema: Any, calls: list[dict[str, Any]], index: int | None = None) -> Any:
+    """``schema`` with each local ``$ref`` of function ``index`` (found by position among ``calls`` when not
+    given) pointing at that function's definitions at the root."""
+    if isinstance(schema, list):
+        return [_rewrite_refs(item, calls, index) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if index is None and schema in calls:
+        index = calls.index(schema)
+    out = {}
+    for key, value in schema.items():
+        ref = value if key == "$ref" and isinstance(value, str) and index is not None else None
+        prefix = next((f"#/{name}/" for name in _DEFINITION_KEYS if ref and ref.startswith(f"#/{name}/")), None)
+        out[key] = f"#/$defs/f{index}_{ref.removeprefix(prefix)}" if ref and prefix else \
+            _rewrite_refs(value, calls, index)
+    return out
 
 
 def _arguments_schema(parameters: Any) -> dict[str, Any]:
     """The function's parameter schema, closed to arguments it does not name (a guided model cannot invent
-    one) unless the schema says otherwise."""
+    one) unless the schema says otherwise; a function without parameters takes none."""
     schema = normalize_json_schema(parameters) if isinstance(parameters, dict) else {}
     schema = {"type": "object", **{key: value for key, value in schema.items() if key != "$schema"}}
+    if not any(key in schema for key in ("properties", "anyOf", "oneOf", "allOf", "$ref", "patternProperties")):
+        schema["properties"] = {}
     if "properties" in schema:
         schema.setdefault("additionalProperties", False)
     return schema
@@ -59,19 +93,22 @@ def _arguments_schema(parameters: Any) -> dict[str, Any]:
 
 def read_guided_answer(text: str) -> ParseResult:
     """The calls or the reply of a guided answer; ``ok=False`` with the reason when the text is not a whole
-    answer (the token budget ran out mid-object)."""
+    answer (the token budget ran out mid-object) or not a guided one (an engine that ignored the schema)."""
     try:
         answer = json.loads(text)
     except ValueError as exc:
-        return ParseResult(calls=[], content=text, ok=False, format=GUIDED_FORMAT,
-                           reason=f"the guided answer is not complete JSON: {exc}")
+        reason = f"the guided answer is not complete JSON: {exc}" if text.lstrip().startswith("{") else \
+            "the answer is not JSON: the engine did not decode under the schema (does it take structured_outputs?)"
+        return ParseResult(calls=[], content=text, ok=False, format=GUIDED_FORMAT, reason=reason)
     if isinstance(answer, dict) and isinstance(answer.get("tool_calls"), list):
         entries = answer["tool_calls"]
-        if all(isinstance(call, dict) and isinstance(call.get("name"), str)
-               and isinstance(call.get("arguments", {}), dict) for call in entries):
+        if entries and all(isinstance(call, dict) and isinstance(call.get("name"), str)
+                           and isinstance(call.get("arguments", {}), dict) for call in entries):
             calls = [ParsedCall(name=call["name"], arguments=call.get("arguments") or {}) for call in entries]
             return ParseResult(calls=calls, content=None, ok=True, format=GUIDED_FORMAT)
-    elif isinstance(answer, dict) and isinstance(answer.get("reply"), str):
+        return ParseResult(calls=[], content=text, ok=False, format=GUIDED_FORMAT,
+                           reason="tool_calls must hold at least one {\"name\": str, \"arguments\": object}")
+    if isinstance(answer, dict) and isinstance(answer.get("reply"), str):
         return ParseResult(calls=[], content=answer["reply"], ok=True, format=GUIDED_FORMAT)
     return ParseResult(calls=[], content=text, ok=False, format=GUIDED_FORMAT,
                        reason="the guided answer holds neither tool_calls nor a reply")

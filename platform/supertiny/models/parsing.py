@@ -40,7 +40,8 @@ class ParseResult:
     content: str | None  # the text outside the calls; None when the answer was only calls
     ok: bool
     reason: str | None = None
-    # "tool_call_tags" | "json_fence" | "json" | "python" | "none"; "openai" for an endpoint's native calls
+    # "tool_call_tags" | "json_fence" | "json" | "python" | "none"; "openai" for an endpoint's native calls,
+    # "guided_json" for an answer decoded under supertiny.models.guided_calls' schema
     format: str = "none"
 
 

@@ -148,7 +148,9 @@ def _latest_with_records(session: Any, model_id: int, domain: str | None, split:
         query = query.where(Evaluation.domain == domain)
     if split:
         query = query.where(Evaluation.split == split)
-    return [row for row in session.scalars(query) if isinstance((row.details or {}).get("records"), list)]
+    # guided evaluations decode as no served request does: their answers and confidences would mislead the gate
+    return [row for row in session.scalars(query) if isinstance((row.details or {}).get("records"), list)
+            and not ((row.details or {}).get("config") or {}).get("guided")]
 
 
 def _task_key(record: dict[str, Any]) -> str:
