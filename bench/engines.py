@@ -27,6 +27,17 @@ def parse_engines(text: str) -> list[str]:
     return kinds
 
 
+DECODINGS = ("free", "guided")
+
+
+def parse_decodings(text: str) -> list[str]:
+    """``--decoding``: free and/or guided (the engine decodes under the tools' JSON Schemas)."""
+    decodings = [value.strip() for value in text.split(",") if value.strip()]
+    if not decodings or set(decodings) - set(DECODINGS):
+        raise SystemExit(f"--decoding takes {' and/or '.join(DECODINGS)}, not {text!r}")
+    return decodings
+
+
 def scratch(db: str | None = None) -> tuple[Any, Any]:
     """(settings, store) of a scratch data dir: the benchmark's traffic never lands in the user's store, while
     engines reuse the user's engine virtualenv."""

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bench.engines import ENGINES, engine_model, machine, model_dir, parse_engines, scratch
+from bench.engines import ENGINES, engine_model, machine, model_dir, parse_decodings, parse_engines, scratch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -130,9 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_plugins()
     settings, store = scratch(args.db)
     directory = model_dir(args.model)
-    decodings = [value.strip() for value in args.decoding.split(",") if value.strip()]
-    if not decodings or set(decodings) - {"free", "guided"}:
-        parser.error("--decoding takes free and/or guided")
+    decodings = parse_decodings(args.decoding)
     runs = []
     for kind in kinds:
         with engine_model(kind, store, settings, directory, label="eval") as name:

@@ -15,7 +15,7 @@ from typing import Any
 
 from supertiny.domain import Domain, DomainTask, Verdict
 from supertiny.errors import ContextLengthError, InvalidInputError
-from supertiny.models.backend import ChatModel, Generation, GenerationOptions
+from supertiny.models.backend import ChatModel, Generation, GenerationOptions, require_guided
 from supertiny.store import Evaluation, Store
 from supertiny.task_selection import select_tasks
 
@@ -159,10 +159,8 @@ def evaluate(store: Store, config: EvalConfig, progress: ProgressCallback | None
     if not tasks:
         raise InvalidInputError(f"domain {domain.name!r} has no tasks in split {config.split!r} for these filters")
     with lease_model(store, config.model) as model:
-        if config.guided and not model.capabilities.guided:
-            raise InvalidInputError(f"--guided needs a model that decodes under JSON Schemas; {config.model} runs on "
-                                    f"{model.capabilities.engine or model.backend}",
-                                    hint=f"serve it on an engine first: supertiny engine start {config.model}")
+        if config.guided:
+            require_guided(model, config.model)
         if progress:
             progress(0, len(tasks))
         started = time.perf_counter()

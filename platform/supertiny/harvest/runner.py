@@ -24,7 +24,7 @@ from supertiny.domain import Domain, Verdict
 from supertiny.errors import EngineUnavailableError, InvalidInputError
 from supertiny.harvest.agreement import LOGS_PREFIX, judge_by_agreement, traffic_domain
 from supertiny.harvest.tasks import domain_task, sync_tasks
-from supertiny.models.backend import ChatModel
+from supertiny.models.backend import ChatModel, require_guided
 from supertiny.models.guided_calls import GUIDED_INSTRUCTION, GUIDED_SCHEMA_VERSION
 from supertiny.prototype.agent import run_agent_samples
 from supertiny.prototype.examples import Example, examples_digest, examples_for, verified_examples
@@ -213,15 +213,6 @@ def decodes_guided(chat_model: Any) -> bool:
     return isinstance(inner, ChatModel) and inner.capabilities.guided
 
 
-def check_guided(chat_model: Any, teacher: str) -> None:
-    """InvalidInputError, before any sample, when the teacher cannot decode guided tool calls."""
-    if not decodes_guided(chat_model):
-        inner = getattr(chat_model, "model", None)
-        where = inner.capabilities.engine if isinstance(inner, ChatModel) else type(chat_model).__name__
-        raise InvalidInputError(f"--guided needs a teacher that decodes under JSON Schemas; {teacher} runs on "
-                                f"{where}", hint=f"serve it on an engine first: supertiny engine start {teacher}")
-
-
 _COUNTS_EVERY_S = 5.0
 
 
@@ -252,7 +243,7 @@ def run_harvest(store: Store, config: HarvestConfig, open_teacher: Callable[[], 
     opened: list[Any] = []
     if config.guided:  # a teacher that cannot decode guided is refused before the run is recorded
         opened.append(open_teacher())
-        check_guided(opened[0], config.teacher)
+        require_guided(getattr(opened[0], "model", opened[0]), config.teacher, "a teacher")
     run = _get_or_create_run(store, config, planned)
     done, passed = _done_pairs(store, run.id)
     todo = _missing_samples(task_ids, done, config.samples_per_task)

@@ -174,6 +174,16 @@ def guided_answer(text: str) -> tuple[ParseResult, Message]:
     return parse, Message(role="assistant", content=parse.content if parse.ok else text)
 
 
+def require_guided(model: Any, name: str, role: str = "a model") -> None:
+    """InvalidInputError, before any work, when ``model`` (a ChatModel, or any other chat model) cannot decode
+    guided tool calls (``Capabilities.guided``)."""
+    if isinstance(model, ChatModel) and model.capabilities.guided:
+        return
+    where = (model.capabilities.engine or model.backend) if isinstance(model, ChatModel) else type(model).__name__
+    raise InvalidInputError(f"--guided needs {role} that decodes under JSON Schemas; {name} runs on {where}",
+                            hint=f"serve it on an engine first: supertiny engine start {name}")
+
+
 def check_context_length(name: str, context_length: int | None, prompt_tokens: int, max_new_tokens: int,
                          max_prompt_tokens: int | None = None) -> None:
     """ContextLengthError (400 ``context_length_exceeded``) when the prompt and the tokens asked for do not fit

@@ -37,7 +37,7 @@ def answer_schema(tools: Sequence[ToolLike]) -> dict[str, Any]:
     definitions: dict[str, Any] = {}
     calls = []
     for index, (name, parameters) in enumerate(tool_functions(tools).items()):
-        arguments = _arguments_schema(parameters)
+        arguments = _prefixed_refs(_arguments_schema(parameters), index)
         for key in _DEFINITION_KEYS:
             for definition, sub in (arguments.pop(key, None) or {}).items():
                 definitions[f"f{index}_{definition}"] = sub
@@ -50,32 +50,23 @@ def answer_schema(tools: Sequence[ToolLike]) -> dict[str, Any]:
     call_list = {"type": "object",
                  "properties": {"tool_calls": {"type": "array", "items": {"anyOf": calls}, "minItems": 1}},
                  "required": ["tool_calls"], "additionalProperties": False}
-    schema: dict[str, Any] = {"anyOf": [call_list, reply]}
-    if definitions:
-        schema = _rewrite_refs(schema, calls)
-        schema["$defs"] = {key: _rewrite_refs(sub, calls, int(key[1:key.index("_")]))
-                           for key, sub in definitions.items()}
-    return schema
+    return {"anyOf": [call_list, reply], **({"$defs": definitions} if definitions else {})}
 
 
 _DEFINITION_KEYS = ("$defs", "definitions")
 
 
-def _rewrite_refs(schema: Any, calls: list[dict[str, Any]], index: int | None = None) -> Any:
-    """``schema`` with each local ``$ref`` of function ``index`` (found by position among ``calls`` when not
-    given) pointing at that function's definitions at the root."""
+def _prefixed_refs(schema: Any, index: int) -> Any:
+    """``schema`` with each local ``$ref`` to its definitions pointing at the root's ``f<index>_`` ones."""
     if isinstance(schema, list):
-        return [_rewrite_refs(item, calls, index) for item in schema]
+        return [_prefixed_refs(item, index) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    if index is None and schema in calls:
-        index = calls.index(schema)
     out = {}
     for key, value in schema.items():
-        ref = value if key == "$ref" and isinstance(value, str) and index is not None else None
-        prefix = next((f"#/{name}/" for name in _DEFINITION_KEYS if ref and ref.startswith(f"#/{name}/")), None)
-        out[key] = f"#/$defs/f{index}_{ref.removeprefix(prefix)}" if ref and prefix else \
-            _rewrite_refs(value, calls, index)
+        prefix = next((f"#/{name}/" for name in _DEFINITION_KEYS
+                       if key == "$ref" and isinstance(value, str) and value.startswith(f"#/{name}/")), None)
+        out[key] = f"#/$defs/f{index}_{value.removeprefix(prefix)}" if prefix else _prefixed_refs(value, index)
     return out
 
 
