@@ -183,6 +183,30 @@ def test_tool_requests_through_supertiny_serve_to_the_engine(engine, engine_home
     assert served == [MODEL] * 4
 
 
+def test_a_guided_route_answers_with_calls_the_tools_schemas_accept(engine, engine_home):
+    import json
+
+    import openai
+    from supertiny.policy.policy_store import set_policy
+    from supertiny.serve.app import ServeOptions, create_app
+    from supertiny.serve.background import BackgroundServer
+
+    store, _ = engine
+    set_policy(store, "guided-route", "tiny", {"tiny": MODEL, "guided": ["tiny"]})
+    switch = {"type": "function", "function": {"name": "set_mode", "parameters": {
+        "type": "object", "properties": {"mode": {"type": "string", "enum": ["eco", "boost"]}}, "required": ["mode"]}}}
+    with BackgroundServer(create_app(engine_home, ServeOptions(), store=store)) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+        answers = [client.chat.completions.create(model="guided-route", messages=QUESTION, tools=[switch],
+                                                  max_tokens=160, temperature=1.0, seed=seed) for seed in range(8)]
+    assert all(answer.model_extra["supertiny"]["decoding"] == {"tiny": "guided"} for answer in answers)
+    finished = [answer.choices[0] for answer in answers if answer.choices[0].finish_reason != "length"]
+    calls = [call for choice in finished for call in choice.message.tool_calls or []]
+    assert calls  # the random model, which never calls on its own, calls under the grammar
+    for call in calls:
+        assert call.function.name == "set_mode" and json.loads(call.function.arguments)["mode"] in ("eco", "boost")
+
+
 def test_hybrid_token_decodes_through_the_engines(engine):
     from supertiny.policy.hybrid import on_engines
     from supertiny.policy.hybrid_engines import hybrid_generate_on_engines

@@ -13,13 +13,14 @@ from helpers.chat_models import (
     broken,
 )
 from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError
-from supertiny.models.backend import GenerationOptions
+from supertiny.models.backend import Capabilities, GenerationOptions
 from supertiny.policy.kinds import canary_bucket
 from supertiny.policy.policy_store import ActivePolicy, policy_kind
 from supertiny.policy.pool import ModelPool
 from supertiny.policy.router import Router, RouteRequest
 from supertiny.registry import get_policies
 from supertiny.schema import Message, ToolSpec
+from supertiny.schema.messages import message_dicts
 
 TOOLS = [ToolSpec.model_validate(WEATHER_TOOL)]
 
@@ -239,3 +240,57 @@ def test_a_plugin_policy_kind_is_looked_up_through_the_registry(register_plugin,
     route = router(ScriptedModel("small"), ScriptedModel("large"))
     served = [route.route(policy, request(request_id=str(index))).model for index in range(3)]
     assert served == ["small", "large", "small"]
+
+
+class GuidedModel(ScriptedModel):
+    """Answers in the guided JSON shape when asked to decode guided, as an engine's grammar would make it."""
+
+    capabilities = Capabilities(local=False, logprobs=True, guided=True)
+
+    def __init__(self, name: str):
+        super().__init__(name, GOOD_CALL)
+        self.seen: list[tuple[bool, str]] = []
+
+    def generate(self, messages, tools=None, options=None):
+        from supertiny.models.backend import guided_answer
+
+        generation = super().generate(messages, tools, options)
+        first = message_dicts(messages)[0]
+        self.seen.append((options.guided, first["content"] if first["role"] == "system" else ""))
+        if not options.guided:
+            return generation
+        text = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}'
+        generation.parse, generation.message = guided_answer(text)
+        generation.text = text
+        return generation
+
+
+def test_a_role_named_guided_decodes_under_the_tools_schemas_and_the_log_says_how_each_decoded():
+    from supertiny.models.guided_calls import GUIDED_INSTRUCTION
+
+    small, large = ScriptedModel("small", BROKEN_CALL), GuidedModel("large")
+    route = router(small, large)
+    policy = active("cascade", tiny="small", llm="large", guided="llm")
+    outcome = route.route(policy, request())
+    assert (outcome.role, outcome.escalated) == ("llm", True)
+    assert outcome.generation.message.tool_calls[0].function.name == "get_weather"
+    assert large.seen == [(True, GUIDED_INSTRUCTION)]
+    assert outcome.log_detail()["decoding"] == {"llm": "guided"}
+    # without tools there is nothing to decode under: the LLM answers freely, and the log says nothing of it
+    plain = route.route(active("llm", llm="large", guided="llm"), request(tools=None))
+    assert large.seen[-1] == (False, "") and "decoding" not in plain.log_detail()
+
+
+def test_a_guided_role_whose_model_cannot_decode_guided_answers_freely_and_the_log_says_why():
+    small = ScriptedModel("small", GOOD_CALL)
+    outcome = router(small).route(active("tiny", tiny="small", guided=["tiny"]), request())
+    assert outcome.generation.parse.calls
+    assert outcome.log_detail()["decoding"] == {"tiny": "free: small runs on scripted"}
+
+
+def test_guided_names_roles_of_the_policy():
+    from pydantic import ValidationError
+
+    assert active("canary", a="x", b="y", percent=5, guided="a, b").params.guided == ["a", "b"]
+    with pytest.raises(ValidationError, match="guided names 'llm', not a role of this policy"):
+        active("tiny", tiny="x", guided="llm")

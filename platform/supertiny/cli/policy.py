@@ -1,6 +1,7 @@
 """``supertiny policy``: routing policies per route (stored, versioned, applied without a restart)."""
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -31,7 +32,8 @@ def _value(text: str) -> Any:
         return text
 
 
-def _params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, Any]:
+def params_from_pairs(pairs: Sequence[str], params_json: str | None = None) -> dict[str, Any]:
+    """A policy's params from ``--params`` JSON and ``KEY=VALUE`` pairs (a value is JSON where it parses)."""
     params: dict[str, Any] = {}
     if params_json:
         try:
@@ -99,7 +101,7 @@ def set_command(settings: Settings, route: str, kind: str, pairs: tuple[str, ...
     it names must be registered (or a model directory)."""
     from supertiny.policy.policy_store import check_models_exist, set_policy
 
-    store, params = open_store(settings), _params(pairs, params_json)
+    store, params = open_store(settings), params_from_pairs(pairs, params_json)
     if not allow_unknown_models:
         check_models_exist(store, kind, params)
     row = set_policy(store, route, kind, params, note)

@@ -5,13 +5,10 @@ verifier, so the report shows what production traffic got: accuracy, latency per
 the router escalated to the LLM.
 """
 
-import json
 import statistics
-import time
 from typing import Any
 
 from supertiny.domain import Domain, DomainTask
-from supertiny.schema.tools import ParsedCall
 
 
 def fresh_test_tasks(domain: Domain, skip_per_category: int, count: int) -> list[DomainTask]:
@@ -33,7 +30,7 @@ def send_requests(demo: Any, count: int) -> dict[str, Any]:
     """Serve ``demo``'s route in-process, send ``count`` requests, verify the answers."""
     import openai
 
-    from supertiny.prototype.agent import task_tools
+    from supertiny.eval.served import ask_route
     from supertiny.registry import lookup
     from supertiny.serve.app import ServeOptions, create_app
     from supertiny.serve.background import BackgroundServer
@@ -46,23 +43,15 @@ def send_requests(demo: Any, count: int) -> dict[str, Any]:
         demo.echo(f"      serving {server.base_url} (route {route!r}); loading the models of the route")
         client = openai.OpenAI(base_url=server.base_url, api_key="unused", timeout=600, max_retries=0)
         for index, task in enumerate(tasks, 1):
-            started = time.perf_counter()
-            response = client.chat.completions.create(model=route, messages=task.messages,
-                                                      tools=task_tools(domain, task), temperature=0)
-            latency = time.perf_counter() - started
-            message = response.choices[0].message
-            calls = [ParsedCall(name=call.function.name, arguments=_arguments(call.function.arguments))
-                     for call in message.tool_calls or []]
-            verdict = domain.verify(task, calls, [*task.messages, message.model_dump(exclude_none=True)])
-            correct = verdict.verdict == "pass"
-            extension = (response.model_extra or {}).get("supertiny", {})
-            records.append({"task": task.external_id, "category": task.category, "correct": correct,
+            answer = ask_route(client, domain, task, route)
+            extension = answer["supertiny"]
+            records.append({"task": task.external_id, "category": task.category, "correct": answer["correct"],
                             "served_by": extension.get("served_by"), "escalated": bool(extension.get("escalated")),
                             "reason": extension.get("reason"), "confidence": extension.get("confidence"),
-                            "latency_s": round(latency, 3), "calls": [call.name for call in calls]})
+                            "latency_s": round(answer["latency_s"], 3), "calls": answer["calls"]})
             demo.echo(f"      request {index}/{len(tasks)} {task.category:<17} -> "
                       f"{extension.get('served_by', '?')}{' (escalated)' if extension.get('escalated') else ''}, "
-                      f"{'correct' if correct else 'wrong'}, {latency:.1f}s")
+                      f"{'correct' if answer['correct'] else 'wrong'}, {answer['latency_s']:.1f}s")
         server.server.should_exit = True  # flush the request log on the way out
     latencies = [record["latency_s"] for record in records]
     return {"route": route, "requests": len(records),
@@ -72,10 +61,3 @@ def send_requests(demo: Any, count: int) -> dict[str, Any]:
             "mean_latency_s": statistics.fmean(latencies) if latencies else None,
             "records": records}
 
-
-def _arguments(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}

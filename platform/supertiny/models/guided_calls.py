@@ -17,6 +17,7 @@ from typing import Any
 from supertiny.models.parsing import ParseResult
 from supertiny.models.tool_schemas import normalize_json_schema, tool_functions
 from supertiny.schema import ParsedCall
+from supertiny.schema.messages import MessageLike, message_dicts
 from supertiny.schema.tools import ToolLike
 
 GUIDED_FORMAT = "guided_json"
@@ -105,10 +106,10 @@ def read_guided_answer(text: str) -> ParseResult:
                        reason="the guided answer holds neither tool_calls nor a reply")
 
 
-def with_guided_instruction(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``messages`` with :data:`GUIDED_INSTRUCTION` at the end of their system message (a new one when they
-    have none)."""
-    out = [dict(message) for message in messages]
+def with_guided_instruction(messages: Sequence[MessageLike]) -> list[dict[str, Any]]:
+    """``messages`` (as OpenAI chat dicts) with :data:`GUIDED_INSTRUCTION` at the end of their system message
+    (a new one when they have none)."""
+    out = message_dicts(messages)
     if out and out[0].get("role") == "system":
         content = out[0].get("content") or ""
         out[0]["content"] = f"{content}\n\n{GUIDED_INSTRUCTION}" if content else GUIDED_INSTRUCTION

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from supertiny.models.backend import ChatModel, Generation, GenerationOptions
 from supertiny.schema import Message, ToolSpec
@@ -27,6 +27,25 @@ class PolicyParams(BaseModel):
     max_prompt_tokens: int | None = Field(
         default=None, ge=1, description="Longest prompt (messages and tools, in tokens) the route takes; longer "
         "ones get 400 context_length_exceeded before any model work. Default: each model's own context.")
+    guided: list[str] = Field(
+        default_factory=list, description="Roles whose model decodes under the offered tools' JSON Schemas (guided "
+        "decoding: a whole answer, never a call that breaks them) when a request offers tools. A model that cannot "
+        "(not on an engine that supports it) decodes freely, and the request's log says so.")
+
+    @field_validator("guided", mode="before")
+    @classmethod
+    def _roles(cls, value: Any) -> Any:
+        if isinstance(value, str):  # -p guided=llm or guided=tiny,llm
+            return [role.strip() for role in value.split(",") if role.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _guided_roles_are_roles(self) -> "PolicyParams":
+        unknown = [role for role in self.guided if role not in self.models()]
+        if unknown:
+            raise ValueError(f"guided names {', '.join(map(repr, unknown))}, not a role of this policy (its roles: "
+                             f"{', '.join(self.models()) or 'none'})")
+        return self
 
     def models(self) -> dict[str, str]:
         """Role -> model name of every model the policy uses (the fields named after roles)."""

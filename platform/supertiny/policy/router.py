@@ -18,6 +18,7 @@ from typing import Any
 
 from supertiny.errors import BackendTimeoutError, EngineUnavailableError, InvalidInputError, ModelError
 from supertiny.models.backend import ChatModel, Generation, GenerationOptions
+from supertiny.models.guided_calls import with_guided_instruction
 from supertiny.policy.base import Decision, PolicyParams, TierError
 from supertiny.policy.kinds import answer_problem, answer_summary, calls_agree
 from supertiny.policy.policy_store import ActivePolicy
@@ -92,6 +93,7 @@ class _Context:
             self.options = dataclasses.replace(request.options, max_prompt_tokens=policy.params.max_prompt_tokens)
         self.call_required = request.call_required
         self.model_s = 0.0
+        self.decoding: dict[str, str] = {}  # role -> how a role the policy wants guided decoded
         self._roles = policy.params.models()
 
     def model_name(self, role: str) -> str:
@@ -116,6 +118,17 @@ class _Context:
             self.pool.forget(self.model_name(role), model)
         return TierError(role, self.model_name(role), exc)
 
+    def _guided(self, role: str, model: ChatModel) -> bool:
+        """Whether ``role`` answers this request under the tools' JSON Schemas; records the decoding of every
+        role the policy wants guided."""
+        if role not in self.params.guided or not self.tools:
+            return False
+        if model.capabilities.guided:
+            self.decoding[role] = "guided"
+            return True
+        self.decoding[role] = f"free: {self.model_name(role)} runs on {model.capabilities.engine or model.backend}"
+        return False
+
     def _options(self, started: float) -> GenerationOptions:
         remaining = max(0.001, self.params.timeout_s - (time.monotonic() - started))
         timeout = remaining if self.options.timeout_s is None else min(self.options.timeout_s, remaining)
@@ -127,7 +140,12 @@ class _Context:
         try:
             with self.hold(role) as held:
                 model = held[self.model_name(role)]  # leased: not closed while it answers
-                generation = model.generate(messages or self.messages, self.tools, self._options(started))
+                guided = self._guided(role, model)
+                conversation = messages or self.messages
+                if guided:
+                    conversation = with_guided_instruction(conversation)
+                options = dataclasses.replace(self._options(started), guided=guided)
+                generation = model.generate(conversation, self.tools, options)
         except InvalidInputError:
             raise  # the request itself is unusable: no other tier would do better
         except Exception as exc:
@@ -181,7 +199,9 @@ class Router:
         context = _Context(self.pool, policy, request)
         outcome = self._route(policy, context)
         if context.call_required and answer_problem(outcome.generation, context.tools, True) is not None:
-            return self._ask_for_call(context, outcome)
+            outcome = self._ask_for_call(context, outcome)
+        if context.decoding:
+            outcome.detail["decoding"] = dict(context.decoding)
         return outcome
 
     def _route(self, policy: ActivePolicy, context: _Context) -> Outcome:

@@ -194,6 +194,7 @@ def _extension(request: _Request, outcome: Outcome) -> dict[str, Any]:
         "escalated": outcome.escalated, "reason": outcome.reason, "confidence": outcome.confidence,
         "llm_token_share": outcome.llm_token_share, "fallback": outcome.fallback is not None,
         "model_ms": round(outcome.model_s * 1000, 3),
+        **({"decoding": outcome.detail["decoding"]} if outcome.detail.get("decoding") else {}),
     }
 
 
