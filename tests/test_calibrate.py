@@ -86,6 +86,13 @@ def test_calibrate_from_evaluations_stores_a_new_version(sqlite_store):
     _evaluation(sqlite_store, "small", llm=False, guided=True)
     again = calibrate(sqlite_store, "weather", target_accuracy=0.8, dry_run=True)
     assert again.chosen.threshold == 0.8 and again.source == result.source
+    # a route whose LLM decodes guided calibrates on the LLM's guided evaluation, and needs one
+    set_policy(sqlite_store, "guided", "cascade", {"tiny": "small", "llm": "large", "guided": ["llm"]})
+    with pytest.raises(NotFoundError, match="llm guided"):
+        calibrate(sqlite_store, "guided", target_accuracy=0.8, source="evaluations")
+    _evaluation(sqlite_store, "large", llm=True, guided=True)
+    guided = calibrate(sqlite_store, "guided", target_accuracy=0.8, dry_run=True)
+    assert "(large, guided)" in guided.source and "(small)" in guided.source
 
 
 def _log(store, route: str, detail: dict) -> None:

@@ -39,14 +39,16 @@ def test_the_demo_runs_every_step_and_reports(env):
     lines: list[str] = []
     report = _demo(store, settings, echo=lines.append).run()
     state = json.loads((report.parent / "state.json").read_text())["steps"]
-    assert list(state) == ["models", "harvest", "snapshot", "eval-teacher", "eval-base", "train-sft", "train-kd",
-                           "eval-trained", "quantize", "eval-compressed", "policy", "serve"]
+    assert list(state) == ["models", "harvest", "snapshot", "eval-teacher", "eval-teacher-guided", "eval-base",
+                           "train-sft", "train-kd", "eval-trained", "quantize", "eval-compressed", "policy", "serve"]
     assert state["harvest"]["result"]["passed"] == 4  # the scripted teacher is always right
+    # the in-process teacher cannot decode guided: no guided evaluation, and the route's LLM answers freely
+    assert "--guided needs a model" in state["eval-teacher-guided"]["result"]["skipped"]
     for step in ("train-sft", "train-kd", "quantize"):
         assert find_model_version(store, state[step]["result"]["name"]) is not None
     assert find_model_version(store, state["quantize"]["result"]["name"]).stage == "quantized"
     policy = policy_store.active_row(store, "demo-toy")
-    assert policy.kind == "cascade" and policy.params["llm"] == "teacher"
+    assert policy.kind == "cascade" and policy.params["llm"] == "teacher" and policy.params["guided"] == []
     assert policy.params["threshold"] == state["policy"]["result"]["threshold"]
     served = state["serve"]["result"]
     assert served["requests"] == 2 and all(record["served_by"] for record in served["records"])
@@ -59,21 +61,24 @@ def test_the_demo_runs_every_step_and_reports(env):
     assert "- student, trained vs the teacher: " in text and "McNemar p = " in text
     assert (report.parent / "accuracy_vs_llm_share.png").stat().st_size > 0
     assert (report.parent / "accuracy_vs_size.png").stat().st_size > 0
-    assert any("[12/12] serve" in line for line in lines)
+    assert any("[13/13] serve" in line for line in lines)
     # the report says what served each step; with the engine off the teacher ran in-process
     assert "| eval-teacher |" in text and "in-process (dynamic batches of up to 8)" in text
     assert "| serve |" in text and "LLM tier: in-process (engine off (--engine off))" in text
 
     again: list[str] = []
     _demo(store, settings, echo=again.append).run()
-    assert sum("reused" in line for line in again) == 12
+    assert sum("reused" in line for line in again) == 13
 
 
-def test_where_the_teacher_decodes_guided_the_demo_harvests_both_ways_and_keeps_what_passes(env):
+def test_where_the_teacher_decodes_guided_the_demo_harvests_both_ways_and_its_llm_tier_answers_guided(env,
+                                                                                                     monkeypatch):
+    import contextlib
     import json as json_module
 
     from supertiny.models.backend import Capabilities, ChatModel, Generation, guided_answer, parse_answer
     from supertiny.models.langchain_adapter import SupertinyChatModel
+    from supertiny.runtime import loading
 
     class EngineTeacher(ChatModel):
         name = backend = "engine-teacher"
@@ -91,6 +96,17 @@ def test_where_the_teacher_decodes_guided_the_demo_harvests_both_ways_and_keeps_
             return Generation(text=text, message=message, parse=parse, prompt_tokens=9, completion_tokens=9,
                               latency_s=0.01)
 
+    lease_model = loading.lease_model
+
+    @contextlib.contextmanager
+    def lease(store, name, **overrides):  # the teacher's evaluations go to its "engine" too
+        if name == "teacher":
+            yield EngineTeacher()
+        else:
+            with lease_model(store, name, **overrides) as model:
+                yield model
+
+    monkeypatch.setattr(loading, "lease_model", lease)
     store, settings = env
     plan = DemoPlan(**{**PLAN.__dict__, "kd_epochs": 0.0, "quantize": "", "requests": 1})
     demo = Demo(settings, store, plan, echo=lambda line: None)
@@ -102,6 +118,11 @@ def test_where_the_teacher_decodes_guided_the_demo_harvests_both_ways_and_keeps_
     assert harvest["tasks_with_a_pass"] == 4
     assert state["snapshot"]["result"]["items"] == 4  # both decodings gave the same calls: one record a task
     assert "twice, freely and under its tools' JSON Schemas" in report.read_text()
+    # the teacher evaluated guided is the route's LLM tier: the cascade is calibrated on that evaluation
+    assert state["eval-teacher-guided"]["result"]["accuracy"] == 1.0 and state["policy"]["result"]["guided_llm"]
+    assert policy_store.active_row(store, "demo-toy").params["guided"] == ["llm"]
+    text = report.read_text()
+    assert "| teacher (LLM), guided |" in text and "the LLM answers under the tools'" in text
 
 
 def test_ctrl_c_keeps_the_finished_steps_and_the_next_run_resumes(env, monkeypatch):
@@ -119,7 +140,7 @@ def test_ctrl_c_keeps_the_finished_steps_and_the_next_run_resumes(env, monkeypat
     lines: list[str] = []
     _demo(store, settings, plan, echo=lines.append).run()
     reused = [line.split("]")[1].split(":")[0].strip() for line in lines if "reused" in line]
-    assert reused == ["models", "harvest", "snapshot", "eval-teacher", "eval-base"]
+    assert reused == ["models", "harvest", "snapshot", "eval-teacher", "eval-teacher-guided", "eval-base"]
 
 
 def test_a_changed_plan_makes_its_own_models(env):
@@ -132,7 +153,8 @@ def test_a_changed_plan_makes_its_own_models(env):
     assert DemoPlan(prune_to="0.4B", heal_epochs=2.0).step_keys()["policy"] != pruning
     base, more_kd = DemoPlan().step_keys(), DemoPlan(kd_epochs=2.0).step_keys()
     same = [step for step in base if base[step] == more_kd[step]]
-    assert same == ["models", "harvest", "snapshot", "eval-teacher", "eval-base", "train-sft", "eval-sft"]
+    assert same == ["models", "harvest", "snapshot", "eval-teacher", "eval-teacher-guided", "eval-base", "train-sft",
+                    "eval-sft"]
     assert DemoPlan(harvest_tasks=31).model_name("train-sft") != DemoPlan().model_name("train-sft")
     # free and guided decoding harvest different data; with no engine there is no guided decoding to tell apart
     assert DemoPlan(guided=False).step_keys()["harvest"] != DemoPlan().step_keys()["harvest"]
@@ -146,7 +168,7 @@ def test_a_changed_plan_reuses_the_steps_it_does_not_change(env):
     lines: list[str] = []
     report = _demo(store, settings, DemoPlan(**{**plan.__dict__, "kd_epochs": 1.0}), echo=lines.append).run()
     reused = [line.split("]")[1].split(":")[0].strip() for line in lines if "reused" in line]
-    assert reused == ["models", "harvest", "snapshot", "eval-teacher", "eval-base", "train-sft"]
+    assert reused == ["models", "harvest", "snapshot", "eval-teacher", "eval-teacher-guided", "eval-base", "train-sft"]
     assert any("] train-kd:" in line and "reused" not in line for line in lines)
     state = json.loads((report.parent / "state.json").read_text())["steps"]
     assert state["eval-trained"]["result"]["model"] == state["train-kd"]["result"]["name"]

@@ -51,8 +51,9 @@ class DemoPlan:
     # "auto": the teacher (and students evaluated on enough tasks) answer through a vLLM engine where one can be
     # installed and run here; "off": every model in-process
     engine: str = "auto"
-    # where the teacher harvests on an engine, it answers every task a second time under the tools' JSON Schemas
-    # (harvest run --guided), and the snapshot takes the verified answers of both
+    # where the teacher runs on an engine, it answers every train task a second time under the tools' JSON Schemas
+    # (harvest run --guided), the snapshot takes the verified answers of both, and the route's LLM tier answers
+    # that way too (evaluated so, to calibrate the cascade on)
     guided: bool = True
 
     @classmethod
@@ -108,6 +109,7 @@ class DemoPlan:
                                    **({"guided": True} if self.guided and self.engine != "off" else {})})
         keys["snapshot"] = _digest({"harvest": keys["harvest"]})
         keys["eval-teacher"] = _digest({"model": self.llm, **evaluation})
+        keys["eval-teacher-guided"] = _digest({"model": self.llm, "guided": True, **evaluation})
         keys["eval-base"] = _digest({"model": self.student, **evaluation})
         keys["train-sft"] = _digest({"data": keys["snapshot"], "student": self.student, "epochs": self.sft_epochs,
                                      "recipe": RECIPE})
@@ -121,9 +123,10 @@ class DemoPlan:
         keys["eval-pruned"] = _digest({"model": keys["prune"], **evaluation})
         keys["quantize"] = _digest({"model": keys["prune"] if self.prune_to else trained, "scheme": self.quantize})
         keys["eval-compressed"] = _digest({"model": keys["quantize"], **evaluation})
-        evaluated = ("eval-teacher", "eval-trained", "eval-pruned", "eval-compressed")
+        evaluated = ("eval-teacher", "eval-teacher-guided", "eval-trained", "eval-pruned", "eval-compressed")
         keys["policy"] = _digest({"route": self.route, "llm": self.llm, "evaluations": [
-            keys[step] for step in evaluated if self.prune_to or step != "eval-pruned"]})
+            keys[step] for step in evaluated if (self.prune_to or step != "eval-pruned")
+            and (self.guided or step != "eval-teacher-guided")]})
         keys["serve"] = _digest({"policy": keys["policy"], "requests": self.requests})
         return keys
 

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-EVAL_STEPS = (("eval-teacher", "teacher (LLM)"), ("eval-base", "student, untrained"), ("eval-sft", "student + sft"),
+EVAL_STEPS = (("eval-teacher", "teacher (LLM)"), ("eval-teacher-guided", "teacher (LLM), guided"),
+              ("eval-base", "student, untrained"), ("eval-sft", "student + sft"),
               ("eval-trained", "student, trained"), ("eval-pruned", "student, pruned + healed"),
               ("eval-compressed", "student, compressed"))
 
@@ -41,7 +42,7 @@ def _params(value: int | None) -> str:
 def evaluation_rows(state: Any) -> list[dict[str, Any]]:
     rows = []
     for step, label in EVAL_STEPS:
-        if state.done(step):
+        if state.done(step) and "skipped" not in state.result(step):
             rows.append({"label": label, **state.result(step)})
     return rows
 
@@ -78,7 +79,7 @@ def _paired_lines(store: Any, rows: list[dict[str, Any]]) -> list[str]:
             if test["shared_tasks"]:
                 verdict = "a real difference" if test["p_value"] < 0.05 else "not a significant difference"
                 lines.append(f"- {row['label']} vs the teacher: {test['difference'] * 100:+.1f} points on "
-                             f"{test['shared_tasks']} shared tasks ({test['only_model']} right only for the student, "
+                             f"{test['shared_tasks']} shared tasks ({test['only_model']} right only for it, "
                              f"{test['only_baseline']} only for the teacher), McNemar p = {test['p_value']:.3g}: "
                              f"{verdict}")
     except NotFoundError:  # evaluations deleted since the demo ran: the table still stands
@@ -195,8 +196,10 @@ def write_report(demo: Any) -> Path:
                   "the domain prompt that steered it during the harvest.",
                   ""]
     if policy:
+        guided = "; the LLM answers under the tools' JSON Schemas" if policy.get("guided_llm") else ""
         lines += ["## Routing", "",
-                  f"Route `{policy['route']}`: cascade `{policy['tiny']}` -> `{policy['llm']}` ({policy['why']}). "
+                  f"Route `{policy['route']}`: cascade `{policy['tiny']}` -> `{policy['llm']}` ({policy['why']}"
+                  f"{guided}). "
                   f"Calibrated threshold {policy['threshold']:.4g} "
                   f"({', '.join(f'{key} {value:.3g}' for key, value in policy['goal'].items())}): on the evaluation "
                   f"tasks {_percent(policy['expected_accuracy'])} accuracy with "

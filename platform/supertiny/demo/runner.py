@@ -66,6 +66,8 @@ class Demo:
             ("snapshot", "the verified trajectories become an immutable training set", self.snapshot),
             ("eval-teacher", f"evaluate the teacher on {plan.eval_per_category} test tasks per category",
              lambda: self.evaluate_model(plan.llm, engine=True)),
+            *([("eval-teacher-guided", "evaluate the teacher under its tools' JSON Schemas (the route's LLM tier)",
+                lambda: self.evaluate_model(plan.llm, engine=True, guided=True))] if plan.guided else []),
             ("eval-base", "evaluate the untrained student", lambda: self.evaluate_model(plan.student)),
             ("train-sft", f"fine-tune the student on the snapshot ({plan.sft_epochs:g} epochs, LoRA)", self.train_sft),
         ]
@@ -215,23 +217,29 @@ class Demo:
         dataset = create_snapshot(self.store, self.plan.snapshot, source, note=f"supertiny demo {self.plan.tag}")
         return {"ref": f"{dataset.name}@{dataset.version}", "items": len(snapshot_items(self.store, dataset))}
 
-    def evaluate_model(self, model: str, engine: bool = False) -> dict[str, Any]:
+    def evaluate_model(self, model: str, engine: bool = False, guided: bool = False) -> dict[str, Any]:
         """Evaluate ``model``: on an engine for the teacher (``engine``) or when the evaluation is large enough
-        to pay for starting one."""
+        to pay for starting one; ``guided``: under the tools' JSON Schemas, skipped where the model cannot."""
         from supertiny.demo.plan import ENGINE_MIN_TASKS
         from supertiny.eval.runner import EvalConfig, evaluate
 
         tasks = self.plan.eval_per_category * 5  # BFCL's five categories
         used = self.engines.use(model) if engine or tasks >= ENGINE_MIN_TASKS else {}
-        config = EvalConfig(model=model, domain=self.plan.domain, split="test",
+        config = EvalConfig(model=model, domain=self.plan.domain, split="test", guided=guided,
                             per_category=self.plan.eval_per_category, max_new_tokens=self.plan.max_new_tokens)
-        with _bar(f"eval {model}", "task") as bar:
+        with _bar(f"eval {model}{' guided' if guided else ''}", "task") as bar:
             def progress(done: int, total: int) -> None:
                 bar.total = total
                 bar.n = done
                 bar.refresh()
 
-            evaluation = evaluate(self.store, config, progress)
+            try:
+                evaluation = evaluate(self.store, config, progress)
+            except InvalidInputError as exc:
+                if not guided:
+                    raise
+                self.echo(f"      skipped: {exc.message}; the route's LLM tier decodes freely")
+                return {"model": model, "skipped": exc.message, "engine": used}
         version = _version(self.store, model)
         return {"model": model, "evaluation_id": evaluation.id, "accuracy": evaluation.accuracy,
                 "engine": {**used, "served_by": evaluation.details.get("engine")},
@@ -311,6 +319,9 @@ class Demo:
         from supertiny.policy.policy_store import set_policy
 
         teacher = self.state.result("eval-teacher")
+        guided = self.state.done("eval-teacher-guided") and "skipped" not in self.state.result("eval-teacher-guided")
+        if guided:  # the LLM tier serves as it was evaluated guided: that is the accuracy to reach
+            teacher = self.state.result("eval-teacher-guided")
         trained = self.state.result("eval-trained")
         tiny, why = self.trained(), "the trained student"
         for step in ("eval-compressed", "eval-pruned"):
@@ -320,7 +331,8 @@ class Demo:
                     tiny = candidate["model"]
                     why = f"{step.removeprefix('eval-')} student, within {COMPRESSED_TOLERANCE:.0%} of the trained one"
                     break
-        set_policy(self.store, self.plan.route, "cascade", {"tiny": tiny, "llm": self.plan.llm, "threshold": 0.5},
+        set_policy(self.store, self.plan.route, "cascade", {"tiny": tiny, "llm": self.plan.llm, "threshold": 0.5,
+                                                            **({"guided": ["llm"]} if guided else {})},
                    note=f"supertiny demo {self.plan.tag}: tiny = {why}")
         goal: dict[str, float] = {"target_accuracy": teacher["accuracy"]}
         try:
@@ -337,6 +349,7 @@ class Demo:
                   f"{chosen.threshold:.4g}: accuracy {chosen.accuracy:.1%} with {chosen.llm_share:.0%} of requests "
                   f"escalated (on the evaluation tasks)")
         return {"route": self.plan.route, "tiny": tiny, "llm": self.plan.llm, "why": why, "goal": goal,
+                "guided_llm": guided,
                 "threshold": chosen.threshold, "expected_accuracy": chosen.accuracy,
                 "expected_llm_share": chosen.llm_share,
                 "version": calibration.policy.version if calibration.policy else None,

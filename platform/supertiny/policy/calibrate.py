@@ -142,15 +142,24 @@ def _model_id(session: Any, name: str) -> int:
     return model_id
 
 
-def _latest_with_records(session: Any, model_id: int, domain: str | None, split: str | None) -> list[Evaluation]:
+def _latest_with_records(session: Any, model_id: int, domain: str | None, split: str | None,
+                         guided: bool) -> list[Evaluation]:
     query = sa.select(Evaluation).where(Evaluation.model_version_id == model_id).order_by(Evaluation.id.desc())
     if domain:
         query = query.where(Evaluation.domain == domain)
     if split:
         query = query.where(Evaluation.split == split)
-    # guided evaluations decode as no served request does: their answers and confidences would mislead the gate
+    # only evaluations that decoded as the route's role does: another decoding's answers would mislead the gate
     return [row for row in session.scalars(query) if isinstance((row.details or {}).get("records"), list)
-            and not ((row.details or {}).get("config") or {}).get("guided")]
+            and _guided(row) == guided]
+
+
+def _guided(row: Evaluation) -> bool:
+    return bool(((row.details or {}).get("config") or {}).get("guided"))
+
+
+def _described(row: Evaluation, model: str) -> str:
+    return f"{row.id} ({model}{', guided' if _guided(row) else ''})"
 
 
 def _task_key(record: dict[str, Any]) -> str:
@@ -159,25 +168,28 @@ def _task_key(record: dict[str, Any]) -> str:
 
 
 def records_from_evaluations(store: Store, tiny: str, llm: str, domain: str | None = None, split: str | None = None,
-                             tiny_evaluation: int | None = None,
-                             llm_evaluation: int | None = None) -> tuple[list[CalibrationRecord], str]:
-    """Records joining the latest evaluations (with per-record details) of both models on one domain split."""
+                             tiny_evaluation: int | None = None, llm_evaluation: int | None = None,
+                             guided: Sequence[str] = ()) -> tuple[list[CalibrationRecord], str]:
+    """Records joining the latest evaluations (with per-record details) of both models on one domain split; a
+    role named in ``guided`` takes its model's guided evaluations, the other its free ones."""
     with store.session() as session:
         if tiny_evaluation is not None and llm_evaluation is not None:
             pair = (session.get(Evaluation, tiny_evaluation), session.get(Evaluation, llm_evaluation))
             if None in pair:
                 raise NotFoundError(f"no evaluation {tiny_evaluation if pair[0] is None else llm_evaluation}")
         else:
-            tiny_rows = _latest_with_records(session, _model_id(session, tiny), domain, split)
-            llm_rows = _latest_with_records(session, _model_id(session, llm), domain, split)
+            tiny_rows = _latest_with_records(session, _model_id(session, tiny), domain, split, "tiny" in guided)
+            llm_rows = _latest_with_records(session, _model_id(session, llm), domain, split, "llm" in guided)
             llm_by_set = {}
             for row in llm_rows:
                 llm_by_set.setdefault((row.domain, row.split), row)
             pair = next(((row, llm_by_set[(row.domain, row.split)]) for row in tiny_rows
                          if (row.domain, row.split) in llm_by_set), (None, None))
             if pair[0] is None:
+                decoded = "".join(f", {role} guided" for role in ("tiny", "llm") if role in guided)
                 raise NotFoundError(f"no evaluations of both {tiny!r} and {llm!r} on one domain split with "
-                                    "per-record details", hint="evaluate both models on the same tasks first")
+                                    f"per-record details{decoded}", hint="evaluate both models on the same tasks "
+                                    f"first{' (eval run --guided for a guided role)' if decoded else ''}")
     tiny_row, llm_row = pair
     assert tiny_row is not None and llm_row is not None
     llm_records = {_task_key(record): record for record in llm_row.details["records"]}
@@ -192,8 +204,8 @@ def records_from_evaluations(store: Store, tiny: str, llm: str, domain: str | No
                                          tiny_correct=bool(record["correct"]), llm_correct=bool(other["correct"])))
     if not records:
         raise InvalidInputError(f"evaluations {tiny_row.id} and {llm_row.id} share no task")
-    source = (f"evaluations {tiny_row.id} ({tiny}) and {llm_row.id} ({llm}) on {tiny_row.domain}/{tiny_row.split}: "
-              f"{len(records)} common tasks")
+    source = (f"evaluations {_described(tiny_row, tiny)} and {_described(llm_row, llm)} on "
+              f"{tiny_row.domain}/{tiny_row.split}: {len(records)} common tasks")
     return records, source
 
 
@@ -263,7 +275,8 @@ def calibrate(store: Store, route: str, *, target_accuracy: float | None = None,
         if source in ("auto", "evaluations"):
             try:
                 records, described = records_from_evaluations(store, params["tiny"], params["llm"], domain, split,
-                                                              tiny_evaluation, llm_evaluation)
+                                                              tiny_evaluation, llm_evaluation,
+                                                              params.get("guided") or ())
             except (NotFoundError, InvalidInputError):
                 if source == "evaluations":
                     raise
