@@ -66,11 +66,15 @@ def reward_curves(store: Any, models: list[str]) -> dict[str, list[list[float]]]
 
 
 def cascade_rows(store: Any, tiny: str, llm: str, domain: str, split: str) -> dict[str, Any]:
-    """The cascade's accuracy / LLM-share curve from the two evaluations, against random routing."""
+    """The cascade's accuracy / LLM-share curve from the two evaluations (``NAME:guided``: the guided one, as a
+    route with ``guided`` serves that role), against random routing."""
+    from supertiny.eval.queries import compared_entry
     from supertiny.eval.stats import wilson_interval
     from supertiny.policy.calibrate import cascade_curve, records_from_evaluations
 
-    records, source = records_from_evaluations(store, tiny, llm, domain, split)
+    (tiny_name, tiny_guided), (llm_name, llm_guided) = compared_entry(tiny), compared_entry(llm)
+    guided = [role for role, on in (("tiny", tiny_guided), ("llm", llm_guided)) if on]
+    records, source = records_from_evaluations(store, tiny_name, llm_name, domain, split, guided=guided)
     n = len(records)
     tiny_accuracy = sum(bool(record.tiny_correct) for record in records) / n
     llm_accuracy = sum(bool(record.llm_correct) for record in records) / n
@@ -233,16 +237,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--split", default="test")
     parser.add_argument("--teacher", required=True, help="The raw teacher: every model is tested against it.")
     parser.add_argument("--models", required=True, help="Comma-separated registered models, each evaluated on the "
-                        "split (`supertiny eval run`).")
+                        "split (`supertiny eval run`); NAME:guided takes its guided evaluation.")
     parser.add_argument("--harvest-run", type=int, help="The prototype teacher's harvest run.")
     parser.add_argument("--grpo", default="", help="Comma-separated grpo models whose reward curves to draw (evaluated "
                         "or not).")
     parser.add_argument("--cascade", metavar="TINY", help="Draw the cascade TINY -> the teacher on the same tasks.")
+    parser.add_argument("--cascade-llm", metavar="LLM", help="The cascade's LLM tier (default: --teacher); "
+                        "NAME:guided for a route that decodes it guided.")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
     from supertiny.config import get_settings
-    from supertiny.eval.queries import compare
+    from supertiny.eval.queries import compare, compared_entry
     from supertiny.plugins import load_plugins
     from supertiny.store.session import open_store
 
@@ -252,11 +258,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     compared = compare(store, [args.teacher, *models], args.domain, args.split)
     result: dict[str, Any] = {"created": dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
                               "domain": args.domain, "split": args.split, "compared": compared,
-                              "reward_curves": reward_curves(store, [*models, *filter(None, args.grpo.split(","))])}
+                              "reward_curves": reward_curves(store, [*(compared_entry(model)[0] for model in models),
+                                                                     *filter(None, args.grpo.split(","))])}
     if args.harvest_run is not None:
         result["harvest"] = harvest_rows(store, args.harvest_run)
     if args.cascade:
-        result["cascade"] = cascade_rows(store, args.cascade, args.teacher, args.domain, args.split)
+        result["cascade"] = cascade_rows(store, args.cascade, args.cascade_llm or args.teacher, args.domain,
+                                         args.split)
     if args.domain == "bfcl":
         result["published"] = published_check(compared)
     args.out.mkdir(parents=True, exist_ok=True)

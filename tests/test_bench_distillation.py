@@ -9,13 +9,14 @@ from helpers import toy_domain
 from helpers.scripted_chat import ScriptedChatModel
 from helpers.training import alternating
 from supertiny.harvest.runner import HarvestConfig, run_harvest
-from supertiny.models.versions import register_model_version
+from supertiny.models.versions import find_model_version, register_model_version
 from supertiny.store import Evaluation
 
 
-def _evaluated(store, model, outcomes, metrics=None, confidences=None):
-    row = register_model_version(store, name=model, stage="external", format="hf", backend="transformers",
-                                 path=f"/nowhere/{model}", metrics=metrics or {})
+def _evaluated(store, model, outcomes, metrics=None, confidences=None, guided=False):
+    row = find_model_version(store, model) or register_model_version(
+        store, name=model, stage="external", format="hf", backend="transformers", path=f"/nowhere/{model}",
+        metrics=metrics or {})
     records = [{"task_hash": f"t{index}", "category": "simple" if index % 2 else "irrelevance", "correct": right,
                 "valid": True, "confidence": confidence}
                for index, (right, confidence) in enumerate(zip(outcomes, confidences or [0.5] * len(outcomes),
@@ -28,7 +29,7 @@ def _evaluated(store, model, outcomes, metrics=None, confidences=None):
         session.add(Evaluation(model_version_id=row.id, domain="toy-weather", split="test",
                                accuracy=sum(outcomes) / len(outcomes), n_tasks=len(outcomes),
                                per_category=per_category, invalid_rate=0.0, mean_latency_s=0.1,
-                               details={"records": records}))
+                               details={"records": records, **({"config": {"guided": True}} if guided else {})}))
 
 
 @pytest.fixture
@@ -73,6 +74,21 @@ def test_the_report_reads_the_store_and_tests_each_model_against_the_teacher(sql
     assert "## Cascade `student` -> `teacher` on the same 60 tasks" in text
     assert markdown.with_suffix(".png").stat().st_size > 0
     assert json.loads(markdown.with_suffix(".json").read_text())["split"] == "test"
+
+
+def test_a_guided_evaluation_is_a_row_and_the_cascades_llm_tier(sqlite_store, register_plugin, bench_module,
+                                                                  tmp_path, monkeypatch):
+    register_plugin(toy_domain, name="toy-domains")
+    _evaluated(sqlite_store, "teacher", [index < 20 for index in range(60)])
+    _evaluated(sqlite_store, "teacher", [index < 40 for index in range(60)], guided=True)
+    _evaluated(sqlite_store, "student", [index < 30 for index in range(60)])
+    monkeypatch.setenv("SUPERTINY_DATABASE_URL", sqlite_store.url)
+    monkeypatch.setenv("SUPERTINY_HOME", str(tmp_path))
+    result = bench_module.main(["--domain", "toy-weather", "--teacher", "teacher", "--models", "teacher:guided,student",
+                                "--cascade", "student", "--cascade-llm", "teacher:guided", "--out", str(tmp_path)])
+    assert result["compared"]["models"] == ["teacher", "teacher:guided", "student"]
+    assert result["compared"]["rows"][-1]["teacher:guided"] == 40 / 60
+    assert result["cascade"]["llm_accuracy"] == 40 / 60 and "(teacher, guided)" in result["cascade"]["source"]
 
 
 def test_published_figures_are_checked_per_category(bench_module):

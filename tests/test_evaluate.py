@@ -12,6 +12,7 @@ from supertiny.errors import NotFoundError
 from supertiny.eval import queries
 from supertiny.eval.runner import EvalConfig, evaluate, summarize
 from supertiny.models.versions import register_external
+from supertiny.store import Evaluation
 from supertiny.task_selection import select_tasks
 
 
@@ -61,6 +62,20 @@ def test_evaluate_the_tiny_model_and_compare(store, toy, tiny_model_dir, tiny_te
     assert queries.latest_evaluation(store, "tiny", with_records=True)["records"]
     with pytest.raises(NotFoundError, match="no evaluation of 'tiny' on other"):
         queries.latest_evaluation(store, "tiny", "other")
+    # MODEL:guided takes the model's guided evaluation, MODEL its free one, even where a guided one is newer
+    free = queries.latest_evaluation(store, "tiny", with_records=True)
+    with pytest.raises(NotFoundError, match="no guided evaluation of 'tiny'"):
+        queries.compare(store, ["tiny", "tiny:guided"])
+    with store.session() as session:
+        stored = session.get(Evaluation, free["id"])
+        records = [{**record, "correct": not record["correct"]} for record in free["records"]]
+        session.add(Evaluation(model_version_id=stored.model_version_id, domain=stored.domain, split=stored.split,
+                               n_tasks=stored.n_tasks, accuracy=1 - stored.accuracy, per_category=stored.per_category,
+                               details={"records": records, "config": {"guided": True}}))
+    both = queries.compare(store, ["tiny", "tiny:guided"], "toy-weather", "test")
+    assert both["models"] == ["tiny", "tiny:guided"] and both["evaluations"][0]["id"] == free["id"]
+    assert both["rows"][-1]["tiny:guided"] == pytest.approx(1 - free["accuracy"])
+    assert both["paired"][0]["shared_tasks"] == 4 and both["paired"][0]["model"] == "tiny:guided"
 
 
 def test_eval_cli(toy, tiny_model_dir, tmp_path):

@@ -93,7 +93,10 @@ def list_command(settings: Settings, model: str | None, domain: str | None, as_j
 @pass_settings
 def compare_command(settings: Settings, models: tuple[str, ...], domain: str | None, split: str | None,
                     as_json: bool) -> None:
-    """Per-category accuracy of MODELS (their latest evaluations) side by side."""
+    """Per-category accuracy of MODELS (their latest evaluations) side by side, each tested against the first.
+
+    MODEL takes its latest free evaluation, MODEL:guided its latest `eval run --guided` one.
+    """
     result = queries.compare(open_store(settings), list(models), domain, split)
     if as_json:
         print_json(result)

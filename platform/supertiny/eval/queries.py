@@ -40,30 +40,50 @@ def evaluation_by_id(store: Store, evaluation_id: int, with_records: bool = Fals
     return evaluation_as_dict(row[0], row[1], with_records)
 
 
+def is_guided(evaluation: Evaluation) -> bool:
+    """Whether the evaluation decoded under the tools' JSON Schemas (``eval run --guided``)."""
+    return bool(((evaluation.details or {}).get("config") or {}).get("guided"))
+
+
 def latest_evaluation(store: Store, model: str, domain: str | None = None, split: str | None = None,
-                      with_records: bool = False) -> dict[str, Any]:
-    """The newest evaluation of ``model`` (optionally on one domain and split)."""
+                      with_records: bool = False, guided: bool | None = None) -> dict[str, Any]:
+    """The newest evaluation of ``model`` (optionally on one domain and split, and only guided or only free
+    ones)."""
     query = (sa.select(Evaluation, ModelVersion.name).join(ModelVersion, ModelVersion.id == Evaluation.model_version_id)
-             .where(ModelVersion.name == model).order_by(Evaluation.id.desc()).limit(1))
+             .where(ModelVersion.name == model).order_by(Evaluation.id.desc()))
     if domain:
         query = query.where(Evaluation.domain == domain)
     if split:
         query = query.where(Evaluation.split == split)
     with store.session() as session:
-        row = session.execute(query).first()
+        row = next((row for row in session.execute(query) if guided is None or is_guided(row[0]) == guided), None)
     if row is None:
         where = " on ".join(filter(None, [domain, split]))
-        raise NotFoundError(f"no evaluation of {model!r}{' on ' + where if where else ''}",
-                            hint=f"run `supertiny eval run --model {model} --domain ...`")
+        decoded = "" if guided is None else " guided" if guided else " free"
+        flag = " --guided" if guided else ""
+        raise NotFoundError(f"no{decoded} evaluation of {model!r}{' on ' + where if where else ''}",
+                            hint=f"run `supertiny eval run --model {model} --domain ...{flag}`")
     return evaluation_as_dict(row[0], row[1], with_records)
+
+
+def compared_entry(entry: str) -> tuple[str, bool]:
+    """``MODEL`` (its free evaluations) or ``MODEL:guided`` (its guided ones), as ``eval compare`` takes them."""
+    name, sep, decoding = entry.rpartition(":")
+    return (name, True) if sep and decoding == "guided" else (entry, False)
 
 
 def compare(store: Store, models: list[str], domain: str | None = None, split: str | None = None) -> dict[str, Any]:
     """Per-category accuracy of each model's latest evaluation side by side, each with its 95% Wilson interval,
-    and each model after the first tested against the first on the tasks both answered (exact McNemar)."""
+    and each model after the first tested against the first on the tasks both answered (exact McNemar). An entry
+    ``MODEL`` takes the model's latest free evaluation, ``MODEL:guided`` its latest guided one; either is named
+    by its entry."""
     from supertiny.eval.stats import wilson_interval
 
-    evaluations = [latest_evaluation(store, model, domain, split, with_records=True) for model in models]
+    evaluations = []
+    for entry in models:
+        name, guided = compared_entry(entry)
+        evaluations.append({**latest_evaluation(store, name, domain, split, with_records=True, guided=guided),
+                            "model": entry})
     categories = sorted({category for evaluation in evaluations for category in evaluation["per_category"]})
     rows = []
     for category in [*categories, "overall"]:

@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from supertiny.errors import InvalidInputError, NotFoundError
+from supertiny.eval.queries import is_guided
 from supertiny.policy import policy_store
 from supertiny.store.engine import Store
 from supertiny.store.tables import Evaluation, ModelVersion, RequestLog, RoutingPolicy
@@ -151,15 +152,11 @@ def _latest_with_records(session: Any, model_id: int, domain: str | None, split:
         query = query.where(Evaluation.split == split)
     # only evaluations that decoded as the route's role does: another decoding's answers would mislead the gate
     return [row for row in session.scalars(query) if isinstance((row.details or {}).get("records"), list)
-            and _guided(row) == guided]
-
-
-def _guided(row: Evaluation) -> bool:
-    return bool(((row.details or {}).get("config") or {}).get("guided"))
+            and is_guided(row) == guided]
 
 
 def _described(row: Evaluation, model: str) -> str:
-    return f"{row.id} ({model}{', guided' if _guided(row) else ''})"
+    return f"{row.id} ({model}{', guided' if is_guided(row) else ''})"
 
 
 def _task_key(record: dict[str, Any]) -> str:
