@@ -90,6 +90,7 @@ def test_eval_cli(toy, tiny_model_dir, tmp_path):
     assert "overall" in result.output and "celsius" in result.output
     listed = json.loads(run("eval", "list", "--json").output)
     assert listed[0]["model"] == "tiny" and listed[0]["n_tasks"] == 2
+    assert " free " in run("eval", "list").output
     compared = run("eval", "compare", "tiny", "--domain", "toy-weather")
     assert compared.exit_code == 0 and "overall" in compared.output
     unknown = run("eval", "run", "--model", "nope", "--domain", "toy-weather")

@@ -63,7 +63,8 @@ def run_command(settings: Settings, model: str, domain: str, split: str, limit: 
                  "invalid_rate": result["invalid_rate"], "mean_latency_s": result["mean_latency_s"],
                  "tokens_per_request": result["tokens_per_request"]})
     details = evaluation.details or {}
-    click.echo(f"evaluation {result['id']}: {model} on {domain}/{split}, served by {details.get('engine')}, "
+    click.echo(f"evaluation {result['id']}: {model} on {domain}/{split}{', guided' if guided else ''}, served by "
+               f"{details.get('engine')}, "
                f"{details.get('concurrency')} tasks in flight, {details.get('wall_s', 0):.0f} s")
     print_table(rows, ["category", "n", "accuracy", "invalid_rate", "mean_latency_s", "tokens_per_request"],
                 formatters={"accuracy": format_percent, "invalid_rate": format_percent,
@@ -81,8 +82,11 @@ def list_command(settings: Settings, model: str | None, domain: str | None, as_j
     if as_json:
         print_json(rows)
         return
-    print_table(rows, ["id", "model", "domain", "split", "n_tasks", "accuracy", "invalid_rate", "mean_latency_s",
-                       "created_at"], formatters={"accuracy": format_percent, "invalid_rate": format_percent})
+    for row in rows:
+        row["decoding"] = "guided" if (row.get("config") or {}).get("guided") else "free"
+    print_table(rows, ["id", "model", "domain", "split", "decoding", "n_tasks", "accuracy", "invalid_rate",
+                       "mean_latency_s", "created_at"],
+                formatters={"accuracy": format_percent, "invalid_rate": format_percent})
 
 
 @eval_group.command("compare")
