@@ -30,13 +30,11 @@ from supertiny.errors import InvalidInputError, SupertinyError
 from supertiny.store.engine import Store
 
 Echo = Callable[[str], None]
-# accuracy the compressed student may lose against the trained one and still be the one served
-COMPRESSED_TOLERANCE = 0.03
-
 
 # steps that need the machine's memory to themselves: the engines started before them are stopped first (and
 # started again by a later step that needs one)
 MEMORY_BOUND_STEPS = frozenset({"train-sft", "train-kd", "prune", "quantize"})
+
 
 class Demo:
     """One run of a plan against one store."""
@@ -315,46 +313,9 @@ class Demo:
         return _model_facts(self.store, name)
 
     def policy(self) -> dict[str, Any]:
-        from supertiny.policy.calibrate import calibrate
-        from supertiny.policy.policy_store import set_policy
+        from supertiny.demo.routing import store_route
 
-        teacher = self.state.result("eval-teacher")
-        guided = self.state.done("eval-teacher-guided") and "skipped" not in self.state.result("eval-teacher-guided")
-        if guided:  # the LLM tier serves as it was evaluated guided: that is the accuracy to reach
-            teacher = self.state.result("eval-teacher-guided")
-        trained = self.state.result("eval-trained")
-        tiny, why = self.trained(), "the trained student"
-        for step in ("eval-compressed", "eval-pruned"):
-            if self.state.done(step):
-                candidate = self.state.result(step)
-                if candidate["accuracy"] >= trained["accuracy"] - COMPRESSED_TOLERANCE:
-                    tiny = candidate["model"]
-                    why = f"{step.removeprefix('eval-')} student, within {COMPRESSED_TOLERANCE:.0%} of the trained one"
-                    break
-        set_policy(self.store, self.plan.route, "cascade", {"tiny": tiny, "llm": self.plan.llm, "threshold": 0.5,
-                                                            **({"guided": ["llm"]} if guided else {})},
-                   note=f"supertiny demo {self.plan.tag}: tiny = {why}")
-        goal: dict[str, float] = {"target_accuracy": teacher["accuracy"]}
-        try:
-            calibration = calibrate(self.store, self.plan.route, source="evaluations", domain=self.plan.domain,
-                                    split="test", **goal)
-        except InvalidInputError as exc:
-            # the cascade cannot reach the teacher on these tasks: take the most accurate point within a 50% budget
-            self.echo(f"      {exc.message}; calibrating to an LLM budget of 50% instead")
-            goal = {"llm_budget": 0.5}
-            calibration = calibrate(self.store, self.plan.route, source="evaluations", domain=self.plan.domain,
-                                    split="test", **goal)
-        chosen = calibration.chosen
-        self.echo(f"      route {self.plan.route!r}: cascade {tiny} -> {self.plan.llm}, threshold "
-                  f"{chosen.threshold:.4g}: accuracy {chosen.accuracy:.1%} with {chosen.llm_share:.0%} of requests "
-                  f"escalated (on the evaluation tasks)")
-        return {"route": self.plan.route, "tiny": tiny, "llm": self.plan.llm, "why": why, "goal": goal,
-                "guided_llm": guided,
-                "threshold": chosen.threshold, "expected_accuracy": chosen.accuracy,
-                "expected_llm_share": chosen.llm_share,
-                "version": calibration.policy.version if calibration.policy else None,
-                "curve": [{"threshold": point.threshold, "llm_share": point.llm_share, "accuracy": point.accuracy}
-                          for point in calibration.points]}
+        return store_route(self)
 
     def serve(self) -> dict[str, Any]:
         from supertiny.demo.traffic import send_requests
