@@ -166,7 +166,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "| route | policy | escalated | decoding | p50 / p95 latency | completion tokens | errors |",
               "|---|---|---|---|---|---|---|"]
     for route in routes:
-        params = " ".join(f"{key}={value}" for key, value in route["params"].items() if key != "timeout_s")
+        params = " ".join(f"{key}={','.join(value) if isinstance(value, list) else value}"
+                          for key, value in route["params"].items() if key != "timeout_s")
         decoding = ", ".join(f"{how} {count}" for how, count in route["decoding"].items()) or "free"
         tokens = f"{route['mean_completion_tokens']:.0f}" if route["mean_completion_tokens"] is not None else "-"
         lines.append(f"| {route['label']} | {route['kind']} {params} | {route['escalated']:.0%} | {decoding} | "
