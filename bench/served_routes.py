@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from supertiny.errors import SupertinyError
+
 from bench.engines import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -106,7 +108,8 @@ def paired(first: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import openai
     from supertiny.config import get_settings
-    from supertiny.policy.policy_store import disable, set_policy
+    from supertiny.errors import NotFoundError
+    from supertiny.policy.policy_store import check_models_exist, disable, set_policy, validate_params
     from supertiny.registry import lookup
     from supertiny.serve.app import ServeOptions, create_app
     from supertiny.serve.background import BackgroundServer
@@ -117,13 +120,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     store = open_store(settings)
     domain = lookup("domain", args.domain)
     tasks = select_tasks(domain, args.split, per_category=args.per_category)
+    if not tasks:
+        raise NotFoundError(f"domain {args.domain!r} has no {args.split} tasks")
     routes = parse_routes(args.route, args.llm)
-    for route in routes:
+    for route in routes:  # every route is checked before any is stored
         route["params"].setdefault("timeout_s", args.timeout_s)  # a loaded CPU engine outlasts the 120 s default
-        set_policy(store, f"bench-{route['label']}", route["kind"], route["params"], note="bench.served_routes")
+        validate_params(route["kind"], route["params"])
+        check_models_exist(store, route["kind"], route["params"])
     records: dict[str, list[dict[str, Any]]] = {route["label"]: [] for route in routes}
     started = time.perf_counter()
+    stored: list[str] = []
     try:
+        for route in routes:
+            set_policy(store, f"bench-{route['label']}", route["kind"], route["params"], note="bench.served_routes")
+            stored.append(f"bench-{route['label']}")
         with BackgroundServer(create_app(settings, ServeOptions(auth="open"))) as server:
             client = openai.OpenAI(base_url=server.base_url, api_key="unused", timeout=args.timeout_s, max_retries=0)
             with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
@@ -135,8 +145,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print()
             server.server.should_exit = True  # flush the request log
     finally:
-        for route in routes:
-            disable(store, f"bench-{route['label']}")
+        for name in stored:
+            disable(store, name)
     wall_s = time.perf_counter() - started
     summaries = [summarize(route["label"], records[route["label"]]) for route in routes]
     return {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(), "domain": args.domain,
@@ -223,7 +233,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parse_routes(args.route, args.llm)
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
-    result = run(args)
+    try:
+        result = run(args)
+    except SupertinyError as exc:  # a route, a model or a domain that does not exist: one line, nothing stored
+        parser.exit(2, f"error: {exc.message}\n")
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"served-routes-{dt.datetime.now():%Y%m%d-%H%M%S}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))

@@ -43,7 +43,7 @@ def test_the_demo_runs_every_step_and_reports(env):
                            "train-sft", "train-kd", "eval-trained", "quantize", "eval-compressed", "policy", "serve"]
     assert state["harvest"]["result"]["passed"] == 4  # the scripted teacher is always right
     # the in-process teacher cannot decode guided: no guided evaluation, and the route's LLM answers freely
-    assert "--guided needs a model" in state["eval-teacher-guided"]["result"]["skipped"]
+    assert "decodes no grammar" in state["eval-teacher-guided"]["result"]["skipped"]
     for step in ("train-sft", "train-kd", "quantize"):
         assert find_model_version(store, state[step]["result"]["name"]) is not None
     assert find_model_version(store, state["quantize"]["result"]["name"]).stage == "quantized"
@@ -111,6 +111,9 @@ def test_where_the_teacher_decodes_guided_the_demo_harvests_both_ways_and_its_ll
     plan = DemoPlan(**{**PLAN.__dict__, "kd_epochs": 0.0, "quantize": "", "requests": 1})
     demo = Demo(settings, store, plan, echo=lambda line: None)
     demo.open_teacher = lambda: SupertinyChatModel(model=EngineTeacher())
+    use = demo.engines.use
+    monkeypatch.setattr(demo.engines, "use",
+                        lambda model: {"served_by": "engine"} if model == "teacher" else use(model))
     report = demo.run()
     state = json.loads((report.parent / "state.json").read_text())["steps"]
     harvest = state["harvest"]["result"]

@@ -294,3 +294,19 @@ def test_guided_names_roles_of_the_policy():
     assert active("canary", a="x", b="y", percent=5, guided="a, b").params.guided == ["a", "b"]
     with pytest.raises(ValidationError, match="guided names 'llm', not a role of this policy"):
         active("tiny", tiny="x", guided="llm")
+
+
+def test_a_guided_shadow_logs_its_own_decoding_and_leaves_the_served_answers_alone():
+    served, shadow = ScriptedModel("served", GOOD_CALL), GuidedModel("shadowing")
+    outcome = router(served, shadow).route(active("shadow", primary="served", shadow="shadowing", guided="shadow"),
+                                           request())
+    detail = outcome.shadow.result(timeout=10)
+    assert detail["decoding"] == "guided" and detail["agree"] is True
+    assert "decoding" not in outcome.log_detail()
+
+
+def test_a_hybrid_token_policy_refuses_guided():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="token by token"):
+        active("hybrid-token", tiny="a", llm="b", guided="llm")

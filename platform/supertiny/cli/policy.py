@@ -57,7 +57,9 @@ def _row(row: Any) -> dict[str, Any]:
 
 
 def _params_text(params: dict[str, Any]) -> str:
-    return " ".join(f"{key}={value}" for key, value in params.items() if key not in ("timeout_s", "fallback"))
+    """Params as ``-p`` takes them, without the defaults every policy has."""
+    return " ".join(f"{key}={','.join(value) if isinstance(value, list) else value}" for key, value in params.items()
+                    if key not in ("timeout_s", "fallback") and value not in (None, []))
 
 
 @policy.command("kinds")

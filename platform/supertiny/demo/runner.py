@@ -223,6 +223,10 @@ class Demo:
 
         tasks = self.plan.eval_per_category * 5  # BFCL's five categories
         used = self.engines.use(model) if engine or tasks >= ENGINE_MIN_TASKS else {}
+        if guided and used.get("served_by") == "in-process":  # no grammar there: nothing to load the model for
+            why = f"{model} runs in-process ({used.get('why') or 'no engine'}), which decodes no grammar"
+            self.echo(f"      skipped: {why}; the route's LLM tier decodes freely")
+            return {"model": model, "skipped": why, "engine": used}
         config = EvalConfig(model=model, domain=self.plan.domain, split="test", guided=guided,
                             per_category=self.plan.eval_per_category, max_new_tokens=self.plan.max_new_tokens)
         with _bar(f"eval {model}{' guided' if guided else ''}", "task") as bar:

@@ -48,6 +48,7 @@ def send_requests(demo: Any, count: int) -> dict[str, Any]:
             records.append({"task": task.external_id, "category": task.category, "correct": answer["correct"],
                             "served_by": extension.get("served_by"), "escalated": bool(extension.get("escalated")),
                             "reason": extension.get("reason"), "confidence": extension.get("confidence"),
+                            "decoding": extension.get("decoding") or {},
                             "latency_s": round(answer["latency_s"], 3), "calls": answer["calls"]})
             demo.echo(f"      request {index}/{len(tasks)} {task.category:<17} -> "
                       f"{extension.get('served_by', '?')}{' (escalated)' if extension.get('escalated') else ''}, "

@@ -55,14 +55,17 @@ def latest_evaluation(store: Store, model: str, domain: str | None = None, split
         query = query.where(Evaluation.domain == domain)
     if split:
         query = query.where(Evaluation.split == split)
+    if guided is None:
+        query = query.limit(1)
     with store.session() as session:
         row = next((row for row in session.execute(query) if guided is None or is_guided(row[0]) == guided), None)
     if row is None:
         where = " on ".join(filter(None, [domain, split]))
         decoded = "" if guided is None else " guided" if guided else " free"
-        flag = " --guided" if guided else ""
-        raise NotFoundError(f"no{decoded} evaluation of {model!r}{' on ' + where if where else ''}",
-                            hint=f"run `supertiny eval run --model {model} --domain ...{flag}`")
+        hint = f"run `supertiny eval run --model {model} --domain ...{' --guided' if guided else ''}`"
+        if guided is False:
+            hint += f" ({model}:guided names its guided evaluations)"
+        raise NotFoundError(f"no{decoded} evaluation of {model!r}{' on ' + where if where else ''}", hint=hint)
     return evaluation_as_dict(row[0], row[1], with_records)
 
 

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from supertiny.artifacts.chat_template import DECODE_KWARGS
 from supertiny.errors import BackendTimeoutError, ConfigError, InvalidInputError
@@ -49,6 +49,13 @@ class HybridParams(PolicyParams):
 
     def models(self) -> dict[str, str]:
         return {"tiny": self.tiny, "llm": self.llm}
+
+    @model_validator(mode="after")
+    def _not_guided(self) -> "HybridParams":
+        if self.guided:
+            raise ValueError("a hybrid-token policy mixes its two models token by token, which no grammar guides; "
+                             "drop guided (or use a cascade with guided=llm)")
+        return self
 
 
 @dataclasses.dataclass

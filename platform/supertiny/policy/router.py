@@ -10,6 +10,7 @@ tool; when that answer has no valid call either, the request fails with 502 ``to
 """
 
 import concurrent.futures
+import copy
 import dataclasses
 import threading
 import time
@@ -118,9 +119,9 @@ class _Context:
             self.pool.forget(self.model_name(role), model)
         return TierError(role, self.model_name(role), exc)
 
-    def _guided(self, role: str, model: ChatModel) -> bool:
-        """Whether ``role`` answers this request under the tools' JSON Schemas; records the decoding of every
-        role the policy wants guided."""
+    def _decode_guided(self, role: str, model: ChatModel) -> bool:
+        """Whether ``role`` answers this request under the tools' JSON Schemas; records in ``decoding`` how every
+        role the policy wants guided decoded, and why not guided."""
         if role not in self.params.guided or not self.tools:
             return False
         if model.capabilities.guided:
@@ -140,7 +141,7 @@ class _Context:
         try:
             with self.hold(role) as held:
                 model = held[self.model_name(role)]  # leased: not closed while it answers
-                guided = self._guided(role, model)
+                guided = self._decode_guided(role, model)
                 conversation = messages or self.messages
                 if guided:
                     conversation = with_guided_instruction(conversation)
@@ -328,9 +329,12 @@ class Router:
                 return None
             self._shadow_inflight += 1
 
+        shadow_context = copy.copy(context)  # the shadow's decoding is its own log's, not the served answer's
+        shadow_context.decoding = {}
+
         def run() -> dict[str, Any]:
             try:
-                shadow = context.generate(role)
+                shadow = shadow_context.generate(role)
             except TierError as exc:
                 return {"role": role, "model": exc.model, "error": str(exc.error)[:500]}
             except Exception as exc:  # the shadow never fails the request it shadows
@@ -339,7 +343,8 @@ class Router:
                 with self._lock:
                     self._shadow_inflight -= 1
             summary = answer_summary(shadow, context.tools, context.call_required)
-            return {"role": role, "model": context.model_name(role), "agree": calls_agree(served, shadow), **summary}
+            return {"role": role, "model": context.model_name(role), "agree": calls_agree(served, shadow), **summary,
+                    **({"decoding": shadow_context.decoding[role]} if role in shadow_context.decoding else {})}
 
         try:
             return self._shadow_pool.submit(run)
