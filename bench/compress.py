@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.result_files import write_result_files
+
 RESULTS = Path(__file__).resolve().parent / "results" / "compress"
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT = "qwen2.5-coder-0.5b-instruct"
@@ -449,12 +451,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "paired": paired_tests(models) if args.eval else []}
     for row in models:
         row.pop("evaluation", None)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"compress-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    stem.with_suffix(".md").write_text(markdown(result))
-    plot(result, stem.with_suffix(".png"))
-    print(f"wrote {stem}.json, .md and .png")
+    write_result_files(args.out, "compress", result, markdown(result), lambda path: plot(result, path))
     return result
 
 

@@ -23,11 +23,11 @@ Writes ``bench/results/distillation-<timestamp>.json``, ``.png`` and ``.md``.
 
 import argparse
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
 
 from bench.engines import machine
+from bench.result_files import write_result_files
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # published BFCL accuracies (%) of two 0.5B models, per category
@@ -267,13 +267,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                          args.split)
     if args.domain == "bfcl":
         result["published"] = published_check(compared)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"distillation-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
-    stem.with_suffix(".md").write_text(markdown(result))
-    plot(result, stem.with_suffix(".png"))
+    write_result_files(args.out, "distillation", result, markdown(result), lambda path: plot(result, path))
     print(markdown(result))
-    print(f"wrote {stem}.json, .md and .png")
     return result
 
 

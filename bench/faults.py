@@ -22,7 +22,6 @@ run in another process so they do not share the server's GIL. Writes ``bench/res
 import argparse
 import concurrent.futures
 import datetime as dt
-import json
 import multiprocessing
 import os
 import signal
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.engines import engine_model, machine, model_dir
+from bench.result_files import write_result_files
 from bench.serving import QUESTION, WEATHER_TOOL, percentile
 from bench.tcp_proxy import TcpProxy
 
@@ -85,13 +85,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {"created": dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
               "model": args.model or "tiny in-process test model", "engine": args.engine,
               "machine": machine(), "store": "postgresql (through a TCP proxy)", "parts": results}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"faults-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    stem.with_suffix(".md").write_text(markdown(result))
-    plot(result, stem.with_suffix(".png"))
+    write_result_files(args.out, "faults", result, markdown(result), lambda path: plot(result, path))
     print(markdown(result))
-    print(f"wrote {stem}.json, .md and .png")
     return result
 
 

@@ -18,12 +18,12 @@ Writes ``bench/results/harvest-<timestamp>.json``, ``.png`` and ``.md``.
 
 import argparse
 import datetime as dt
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from bench.engines import ENGINES, engine_model, machine, model_dir, parse_decodings, parse_engines, scratch
+from bench.result_files import write_result_files
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -233,12 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "domain": args.domain, "tasks": args.tasks, "temperature": args.temperature,
               "max_new_tokens": args.max_new_tokens, "machine": machine(), "runs": runs,
               "comparisons": paired_comparisons(runs)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"harvest-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    stem.with_suffix(".md").write_text(markdown(result))
-    plot(result, stem.with_suffix(".png"))
-    print(f"wrote {stem}.json, .md and .png")
+    write_result_files(args.out, "harvest", result, markdown(result), lambda path: plot(result, path))
     return result
 
 

@@ -26,13 +26,14 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from bench.result_files import write_result_files
 
 RESULTS = Path(__file__).resolve().parent / "results" / "routing"
 TINY = "qwen2.5-coder-0.5b-instruct"
@@ -444,14 +445,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         for role, evaluation in evaluations.items()},
         "rows": rows, "aim": aim, "cascade_curve": [dataclasses.asdict(point) for point in curve], "hybrid": hybrid,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"routing-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
     table = markdown(result)
-    stem.with_suffix(".md").write_text(table)
-    plot(result, stem.with_suffix(".png"))
+    write_result_files(args.out, "routing", result, table, lambda path: plot(result, path))
     print(table)
-    print(f"wrote {stem}.json, .md and .png")
     return result
 
 

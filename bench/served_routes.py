@@ -21,7 +21,6 @@ import argparse
 import collections
 import concurrent.futures
 import datetime as dt
-import json
 import statistics
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 from supertiny.errors import SupertinyError
 
 from bench.engines import machine
+from bench.result_files import write_result_files
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LLM = "qwen2.5-coder-1.5b-instruct"
@@ -237,13 +237,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = run(args)
     except SupertinyError as exc:  # a route, a model or a domain that does not exist: one line, nothing stored
         parser.exit(2, f"error: {exc.message}\n")
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"served-routes-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    stem.with_suffix(".md").write_text(markdown(result))
-    plot(result, stem.with_suffix(".png"))
+    write_result_files(args.out, "served-routes", result, markdown(result), lambda path: plot(result, path))
     print(markdown(result))
-    print(f"wrote {stem}.json, .md and .png")
     return result
 
 

@@ -23,7 +23,6 @@ Writes ``bench/results/serving-<timestamp>.json``, ``.png`` and ``.md`` (a markd
 import argparse
 import concurrent.futures
 import datetime as dt
-import json
 import multiprocessing
 import os
 import socket
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.engines import ENGINES, engine_model, machine, model_dir, parse_engines, scratch
+from bench.result_files import write_result_files
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUESTION = [{"role": "user", "content": "What is the weather in Paris in celsius?"}]
@@ -259,12 +259,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {"created": created, "model": args.model or "tiny in-process test model (2 layers, hidden 64)",
               "max_tokens": args.max_tokens, "tools": not args.no_tools, "store": store.engine.url.get_backend_name(),
               "machine": machine(), "engines": engines}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"serving-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    stem.with_suffix(".md").write_text(markdown(result))
-    plot(engines, stem.with_suffix(".png"), f"supertiny serving ({result['model']})")
-    print(f"wrote {stem}.json, .md and .png")
+    write_result_files(args.out, "serving", result, markdown(result),
+                       lambda path: plot(engines, path, f"supertiny serving ({result['model']})"))
     return result
 
 
