@@ -93,6 +93,9 @@ class TransformersChatModel(ChatModel):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.convert_ids_to_tokens(min(self.stop_token_ids))
         self._forward = threading.Lock()  # one forward pass at a time: batches and streams take turns
+        # a fast tokenizer keeps its padding setting on the shared Rust object: a padded batch encoded while
+        # another thread encodes one prompt without padding can lose it ("Unable to create tensor")
+        self._tokenizing = threading.Lock()
         self.context_length = context_length(model, tokenizer)
         self._cancel = install_deadline_hooks(model)
         self.batcher = DynamicBatcher(self._run_batch, self.max_batch_size, batch_window_ms / 1000, name) \
@@ -176,7 +179,8 @@ class TransformersChatModel(ChatModel):
         """The rendered prompt and its token ids, refused (400 context_length_exceeded) when they and the answer's
         budget do not fit."""
         prompt = self.render_prompt(messages, tools)
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        with self._tokenizing:
+            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         check_context_length(self.name, self.context_length, len(ids), options.max_new_tokens,
                              options.max_prompt_tokens)
         return prompt, ids
@@ -288,8 +292,9 @@ class TransformersChatModel(ChatModel):
         if all(deadline is not None and deadline <= time.monotonic() for deadline in deadlines):
             return [self._timed_out() for _ in prompts]  # waited past its time: no work for nothing
         # left padding: batched generation appends right after each prompt
-        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
-                                add_special_tokens=False)
+        with self._tokenizing:
+            inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
+                                    add_special_tokens=False)
         inputs = inputs.to(self.model.device)
         stops = [stop for stop in options.stop if stop]
         config = generation_config(options, self.stop_token_ids, self.tokenizer.pad_token_id)
