@@ -6,6 +6,7 @@ killed mid-run, a model it cannot load, a port in use, formats it cannot serve.
 Skipped, with the reason in one line, only where vLLM cannot be installed or run on this machine.
 """
 
+import dataclasses
 import os
 import signal
 import threading
@@ -143,6 +144,9 @@ def test_guided_answers_are_calls_the_tools_schemas_accept(engine):
     free = model.generate_samples(QUESTION, [switch], GenerationOptions(max_new_tokens=160, temperature=1.0, seed=11),
                                   n=16)
     assert not any(sample.parse.calls for sample in free)  # the random model never calls on its own
+    required = model.generate_samples(QUESTION, [switch], dataclasses.replace(options, call_required=True), n=16)
+    finished = [sample for sample in required if sample.finish_reason != "length"]
+    assert finished and all(sample.parse.calls for sample in finished)  # no reply branch to take
 
 
 def test_concurrent_seeded_long_prompts_leave_the_engine_healthy(engine):

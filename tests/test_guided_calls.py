@@ -50,6 +50,14 @@ def test_the_schema_takes_calls_to_offered_functions_with_valid_arguments_or_a_r
         assert not _valid(schema, wrong), wrong
 
 
+def test_where_a_call_is_required_the_schema_has_no_reply():
+    schema = answer_schema([WEATHER_TOOL, BFCL_STYLE_TOOL], call_required=True)
+    Draft202012Validator.check_schema(schema)
+    assert _valid(schema, {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]})
+    assert not _valid(schema, {"reply": "None of these functions can book a flight."})
+    assert not _valid(schema, {"tool_calls": []})
+
+
 def test_a_functions_definitions_move_to_the_root_where_its_refs_still_find_them():
     point = {"type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]}
     tools = [{"name": "move", "parameters": {"type": "object", "properties": {"to": {"$ref": "#/$defs/Point"}},

@@ -1,6 +1,7 @@
 """Each policy kind routes as specified, and a failing tier falls back to the other."""
 
 import collections
+import dataclasses
 import uuid
 
 import pytest
@@ -250,6 +251,7 @@ class GuidedModel(ScriptedModel):
     def __init__(self, name: str):
         super().__init__(name, GOOD_CALL)
         self.seen: list[tuple[bool, str]] = []
+        self.call_required: list[bool] = []
 
     def generate(self, messages, tools=None, options=None):
         from supertiny.models.backend import guided_answer
@@ -257,6 +259,7 @@ class GuidedModel(ScriptedModel):
         generation = super().generate(messages, tools, options)
         first = message_dicts(messages)[0]
         self.seen.append((options.guided, first["content"] if first["role"] == "system" else ""))
+        self.call_required.append(options.call_required)
         if not options.guided:
             return generation
         text = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}'
@@ -279,6 +282,15 @@ def test_a_role_named_guided_decodes_under_the_tools_schemas_and_the_log_says_ho
     # without tools there is nothing to decode under: the LLM answers freely, and the log says nothing of it
     plain = route.route(active("llm", llm="large", guided="llm"), request(tools=None))
     assert large.seen[-1] == (False, "") and "decoding" not in plain.log_detail()
+
+
+def test_a_guided_role_answers_a_request_that_must_call_under_a_schema_without_the_reply():
+    large = GuidedModel("large")
+    route = router(large)
+    route.route(active("llm", llm="large", guided="llm"), dataclasses.replace(request(), call_required=True))
+    route.route(active("llm", llm="large", guided="llm"), request())
+    route.route(active("llm", llm="large"), dataclasses.replace(request(), call_required=True))
+    assert large.call_required == [True, False, False]
 
 
 def test_a_guided_role_whose_model_cannot_decode_guided_answers_freely_and_the_log_says_why():

@@ -60,6 +60,8 @@ class GenerationOptions:
     max_prompt_tokens: int | None = None  # a caller's cap below the model's context (a route's policy)
     # with tools offered, decode the answer under their JSON Schemas (models whose capabilities say ``guided``)
     guided: bool = False
+    # with guided: the request must call (tool_choice "required" or a named tool), so the schema has no reply
+    call_required: bool = False
 
 
 @dataclasses.dataclass

@@ -31,10 +31,11 @@ GUIDED_INSTRUCTION = (
 )
 
 
-def answer_schema(tools: Sequence[ToolLike]) -> dict[str, Any]:
+def answer_schema(tools: Sequence[ToolLike], call_required: bool = False) -> dict[str, Any]:
     """The JSON Schema of a guided answer to a request offering ``tools``: calls to those functions with
-    arguments their schemas accept, or a reply. Each function's ``$defs`` move to the root under the
-    function's index, where its ``$ref``s, rewritten, still find them."""
+    arguments their schemas accept, or a reply; with ``call_required`` (``tool_choice`` "required" or a named
+    tool) calls only. Each function's ``$defs`` move to the root under the function's index, where its
+    ``$ref``s, rewritten, still find them."""
     definitions: dict[str, Any] = {}
     calls = []
     for index, (name, parameters) in enumerate(tool_functions(tools).items()):
@@ -51,7 +52,10 @@ def answer_schema(tools: Sequence[ToolLike]) -> dict[str, Any]:
     call_list = {"type": "object",
                  "properties": {"tool_calls": {"type": "array", "items": {"anyOf": calls}, "minItems": 1}},
                  "required": ["tool_calls"], "additionalProperties": False}
-    return {"anyOf": [call_list, reply], **({"$defs": definitions} if definitions else {})}
+    shared = {"$defs": definitions} if definitions else {}
+    if call_required:
+        return {**call_list, **shared}
+    return {"anyOf": [call_list, reply], **shared}
 
 
 _DEFINITION_KEYS = ("$defs", "definitions")

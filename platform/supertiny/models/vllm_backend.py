@@ -108,6 +108,10 @@ class VLLMChatModel(ChatModel):
     def render_prompt(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None) -> str:
         return render_chat_prompt(self.tokenizer, self.name, messages, tools)
 
+    def prompt_ids(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None) -> list[int]:
+        """The token ids of :meth:`render_prompt`."""
+        return self.tokenizer(self.render_prompt(messages, tools), add_special_tokens=False)["input_ids"]
+
     def _checked_prompt(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None,
                         options: GenerationOptions) -> str:
         """The rendered prompt; with ``options.max_prompt_tokens``, counted here and refused when longer (the
@@ -212,7 +216,8 @@ class VLLMChatModel(ChatModel):
             body["stop"] = [stop for stop in options.stop if stop]
         if options.guided and tools:
             # compact separators: any-whitespace JSON lets a model pad with newlines until its budget runs out
-            body["structured_outputs"] = {"json": answer_schema(tools), "disable_any_whitespace": True}
+            body["structured_outputs"] = {"json": answer_schema(tools, options.call_required),
+                                          "disable_any_whitespace": True}
         return body
 
     def _post(self, body: dict[str, Any], options: GenerationOptions) -> dict[str, Any]:

@@ -6,7 +6,8 @@ Shadow runs happen on a small bounded background pool and never delay the answer
 
 A request that requires a call (``tool_choice`` "required" or a named tool) is never answered in text: an
 answer without a valid call is asked again once, on the model that wrote it, with an instruction to call a
-tool; when that answer has no valid call either, the request fails with 502 ``tool_call_required``.
+tool; when that answer has no valid call either, the request fails with 502 ``tool_call_required``. A role
+that decodes guided answers such a request under a schema without the reply branch, so it always calls.
 """
 
 import concurrent.futures
@@ -145,7 +146,8 @@ class _Context:
                 conversation = messages or self.messages
                 if guided:
                     conversation = with_guided_instruction(conversation)
-                options = dataclasses.replace(self._options(started), guided=guided)
+                options = dataclasses.replace(self._options(started), guided=guided,
+                                              call_required=guided and self.call_required)
                 generation = model.generate(conversation, self.tools, options)
         except InvalidInputError:
             raise  # the request itself is unusable: no other tier would do better
