@@ -137,6 +137,10 @@ class LlamaCppChatModel(ChatModel):
         """The prompt text the model sees: its chat template over the messages and tools."""
         return render_chat_prompt(self.tokenizer, self.name, messages, tools)
 
+    def prompt_ids(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None) -> list[int]:
+        """The token ids of :meth:`render_prompt`."""
+        return self.tokenizer(self.render_prompt(messages, tools), add_special_tokens=False)["input_ids"]
+
     # --- generation -----------------------------------------------------------------------------
 
     def generate(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None,

@@ -155,6 +155,14 @@ class TransformersChatModel(ChatModel):
         """The prompt text the model sees: its chat template over the messages and tools."""
         return render_chat_prompt(self.tokenizer, self.name, messages, tools)
 
+    def prompt_ids(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None) -> list[int]:
+        """The token ids of :meth:`render_prompt`, encoded in turn with this model's padded batches."""
+        return self._encoded(self.render_prompt(messages, tools))
+
+    def _encoded(self, prompt: str) -> list[int]:
+        with self._tokenizing:
+            return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
     # --- generation -----------------------------------------------------------------------------
 
     def generate(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None,
@@ -179,8 +187,7 @@ class TransformersChatModel(ChatModel):
         """The rendered prompt and its token ids, refused (400 context_length_exceeded) when they and the answer's
         budget do not fit."""
         prompt = self.render_prompt(messages, tools)
-        with self._tokenizing:
-            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = self._encoded(prompt)
         check_context_length(self.name, self.context_length, len(ids), options.max_new_tokens,
                              options.max_prompt_tokens)
         return prompt, ids

@@ -167,8 +167,7 @@ def start_decoding(tiny: Any, llm: Any, messages: Sequence[MessageLike], tools: 
         raise InvalidInputError("max_new_tokens must be at least 1")
     started = time.perf_counter()
     deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
-    tiny_prompt = tiny.tokenizer(tiny.render_prompt(messages, tools), add_special_tokens=False)["input_ids"]
-    llm_prompt = llm.tokenizer(llm.render_prompt(messages, tools), add_special_tokens=False)["input_ids"]
+    tiny_prompt, llm_prompt = tiny.prompt_ids(messages, tools), llm.prompt_ids(messages, tools)
     stops = set(tiny.stop_token_ids) | set(llm.stop_token_ids)
     return HybridDecoding(tiny_prompt=tiny_prompt, llm_prompt=llm_prompt, stops=stops, started=started,
                           deadline=deadline)
