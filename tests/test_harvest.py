@@ -109,6 +109,38 @@ def test_kill_9_mid_run_then_rerun_ends_with_exactly_the_planned_samples(sqlite_
     assert run.status == "completed" and run.n_done == 10
 
 
+def test_sigterm_mid_run_records_the_run_as_interrupted(sqlite_store, tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(REPO_ROOT / 'tests')!r}, {str(REPO_ROOT / 'platform')!r}]
+        from helpers import toy_domain
+        from helpers.scripted_chat import ScriptedChatModel, weather_oracle
+        from supertiny.cli import stop_on_sigterm
+        from supertiny.plugins import pm, load_plugins
+        from supertiny.harvest.runner import HarvestConfig, run_harvest
+        from supertiny.store import Store
+        stop_on_sigterm(); load_plugins(); pm.register(toy_domain)
+        teacher = ScriptedChatModel(respond=weather_oracle, delay_s=0.3)
+        config = HarvestConfig(domain="toy-weather", teacher="oracle", limit=10, concurrency=2)
+        run_harvest(Store({sqlite_store.url!r}), config, lambda: teacher)
+    """)
+    (tmp_path / "harvest.py").write_text(script)
+    process = subprocess.Popen([sys.executable, str(tmp_path / "harvest.py")], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        with sqlite_store.session() as session:
+            if session.scalar(sa.select(sa.func.count(Sample.id))) >= 3:
+                break
+        time.sleep(0.05)
+    process.terminate()
+    _, errors = process.communicate(timeout=30)
+    assert process.returncode != 0 and "KeyboardInterrupt" in errors
+    with sqlite_store.session() as session:
+        run = session.scalars(sa.select(HarvestRun)).one()
+        written = session.scalar(sa.select(sa.func.count(Sample.id)))
+    assert run.status == "interrupted" and 3 <= run.n_done == written < 10
+
+
 def test_teacher_errors_and_garbage_become_failed_samples_and_the_run_goes_on(store, toy):
     def unreliable(messages, kwargs):
         question = messages[-1].content

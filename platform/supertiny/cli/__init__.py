@@ -1,6 +1,8 @@
 """The ``supertiny`` command line: a click group whose subcommands stay thin."""
 
+import signal
 import sys
+from typing import Any
 
 import click
 
@@ -58,8 +60,19 @@ for group in (
     cli.add_command(group)
 
 
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a service manager, a CI timeout) stop a command as Ctrl-C does, so that it records
+    its run as interrupted and keeps what it finished, instead of dying with the run marked running."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main() -> None:
     """Console entry point: load plugins, let them add commands, run the CLI."""
+    stop_on_sigterm()
     load_plugins()
     pm.hook.register_commands(cli=cli)
     report_plugin_errors(sys.stderr)
