@@ -1,7 +1,7 @@
 """Distillation report: the prototype teacher's harvest, and every model evaluated on one domain split, side by
 side with 95% intervals, each tested against the raw teacher on the tasks both answered.
 
-    python -m bench.distillation --domain bfcl --split test --harvest-run 1 \\
+    python -m bench.distillation --domain bfcl --split test --harvest-run 1 --harvest-run 2 \\
         --teacher qwen2.5-coder-1.5b-instruct --models qwen2.5-coder-0.5b-instruct,student-sft,student-grpo
 
 It runs no model: it reads the user's store (``supertiny harvest status``, ``supertiny eval compare`` and the
@@ -51,7 +51,7 @@ def harvest_rows(store: Any, run_id: int) -> dict[str, Any]:
                  "kept": status["kept"]})
     return {"run": run_id, "teacher": status["teacher"], "samples_per_task": status["params"]["samples_per_task"],
             "temperature": status["params"]["temperature"], "use_prompt": status["params"]["use_prompt"],
-            "elapsed_s": status["elapsed_s"], "rows": rows}
+            "guided": bool(status["params"].get("guided")), "elapsed_s": status["elapsed_s"], "rows": rows}
 
 
 def reward_curves(store: Any, models: list[str]) -> dict[str, list[list[float]]]:
@@ -116,9 +116,9 @@ def cell(row: dict[str, Any], model: str) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Distillation report ({result['created']})", "", f"{result['machine']}", ""]
-    harvest = result.get("harvest")
-    if harvest:
+    for harvest in result.get("harvests", []):
         lines += [f"## Prototype teacher: harvest run {harvest['run']} ({harvest['teacher']}, "
+                  f"{'guided' if harvest.get('guided') else 'free'} decoding, "
                   f"{harvest['samples_per_task']} samples a task at temperature {harvest['temperature']}, "
                   f"domain prompt {'on' if harvest['use_prompt'] else 'off'}, {harvest['elapsed_s'] or 0:.0f} s)", "",
                   f"| category | tasks | pass@1 | pass@{harvest['samples_per_task']} [95% CI] | records kept |",
@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--teacher", required=True, help="The raw teacher: every model is tested against it.")
     parser.add_argument("--models", required=True, help="Comma-separated registered models, each evaluated on the "
                         "split (`supertiny eval run`); NAME:guided takes its guided evaluation.")
-    parser.add_argument("--harvest-run", type=int, help="The prototype teacher's harvest run.")
+    parser.add_argument("--harvest-run", type=int, action="append", default=[],
+                        help="The prototype teacher's harvest run (repeatable: e.g. its free and guided runs).")
     parser.add_argument("--grpo", default="", help="Comma-separated grpo models whose reward curves to draw (evaluated "
                         "or not).")
     parser.add_argument("--cascade", metavar="TINY", help="Draw the cascade TINY -> the teacher on the same tasks.")
@@ -260,8 +261,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "domain": args.domain, "split": args.split, "compared": compared,
                               "reward_curves": reward_curves(store, [*(compared_entry(model)[0] for model in models),
                                                                      *filter(None, args.grpo.split(","))])}
-    if args.harvest_run is not None:
-        result["harvest"] = harvest_rows(store, args.harvest_run)
+    if args.harvest_run:
+        result["harvests"] = [harvest_rows(store, run) for run in args.harvest_run]
     if args.cascade:
         result["cascade"] = cascade_rows(store, args.cascade, args.cascade_llm or args.teacher, args.domain,
                                          args.split)

@@ -57,7 +57,8 @@ def test_the_report_reads_the_store_and_tests_each_model_against_the_teacher(sql
     (test,) = result["compared"]["paired"]
     assert (test["only_model"], test["only_baseline"], test["shared_tasks"]) == (15, 0, 60)
     assert test["p_value"] < 0.001
-    overall = result["harvest"]["rows"][-1]
+    (harvest,) = result["harvests"]
+    overall = harvest["rows"][-1]
     assert (overall["tasks"], overall["pass_at_1"], overall["pass_at_n"], overall["kept"]) == (4, 0.5, 1.0, 4)
     assert result["reward_curves"] == {"student": [[1, 0.25], [2, 0.5]]}
     cascade = result["cascade"]
@@ -71,6 +72,7 @@ def test_the_report_reads_the_store_and_tests_each_model_against_the_teacher(sql
     assert "| overall | 33.3% [22.7, 45.9] | 58.3% [45.7, 69.9] |" in text
     assert "| `student` | +25.0 points | 15 | 0 |" in text
     assert "| overall | 4 | 50.0% | 100.0% [51.0, 100.0] | 4 |" in text
+    assert "harvest run 1 (half-right, free decoding, 2 samples a task" in text
     assert "## Cascade `student` -> `teacher` on the same 60 tasks" in text
     assert markdown.with_suffix(".png").stat().st_size > 0
     assert json.loads(markdown.with_suffix(".json").read_text())["split"] == "test"
