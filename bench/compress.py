@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from supertiny.eval.stats import format_p_value
+
 from bench.result_files import write_result_files
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compress"
@@ -334,12 +336,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", f"Paired against {baseline} on the tasks both answered (exact McNemar):", ""]
         lines += [f"- {test['model']}: {test['difference'] * 100:+.1f} points on {test['shared_tasks']} tasks "
                   f"({test['only_model']} right only for it, {test['only_baseline']} only for the baseline), "
-                  f"p {_p_value(test['p_value'])}" for test in result["paired"] if test["difference"] is not None]
+                  f"{format_p_value(test['p_value'])}" for test in result["paired"] if test["difference"] is not None]
     return "\n".join(lines) + "\n"
-
-
-def _p_value(value: float) -> str:
-    return "< 1e-06" if value == 0 else f"= {value:.3g}"  # paired_test rounds to 6 decimals
 
 
 def _accuracy(row: dict[str, Any]) -> str:

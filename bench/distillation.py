@@ -26,6 +26,8 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from supertiny.eval.stats import format_p_value
+
 from bench.engines import machine
 from bench.result_files import write_result_files
 
@@ -141,9 +143,8 @@ def markdown(result: dict[str, Any]) -> str:
               "|---|---|---|---|---|"]
     for test in compared["paired"]:
         difference = "-" if test["difference"] is None else f"{test['difference'] * 100:+.1f} points"
-        p_value = "< 1e-6" if test["p_value"] < 1e-6 else f"{test['p_value']:.3g}"
         lines.append(f"| `{test['model']}` | {difference} | {test['only_model']} | {test['only_baseline']} "
-                     f"| {p_value} |")
+                     f"| {format_p_value(test['p_value'])} |")
     if result.get("published"):
         lines += ["", "## Published 0.5B figures reached in every category", "",
                   "| model | " + " | ".join(PUBLISHED) + " |", "|---|" + "---|" * len(PUBLISHED)]

@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from supertiny.eval.stats import format_p_value
+
 from bench.engines import ENGINES, engine_model, machine, model_dir, parse_decodings, parse_engines, scratch
 from bench.result_files import write_result_files
 
@@ -155,7 +157,7 @@ def markdown(result: dict[str, Any]) -> str:
         for row in result["comparisons"]:
             lines.append(f"| {row['engine']} | {row['samples_per_task']} | {row['tasks']} "
                          f"| {row['free_pass_at_n']:.1%} | {row['guided_pass_at_n']:.1%} | {row['only_guided']} "
-                         f"| {row['only_free']} | {_p_value(row['p'])} | {row['either_pass_at_n']:.1%} |")
+                         f"| {row['only_free']} | {format_p_value(row['p'])} | {row['either_pass_at_n']:.1%} |")
     walls: dict[tuple[str, str], dict[int, float]] = {}
     for run in result["runs"]:
         walls.setdefault((run["engine"], run["decoding"]), {})[run["samples_per_task"]] = run["wall_s"]
@@ -166,10 +168,6 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"- {engine}, {decoding}: {most} samples a task took {by_n[most] / by_n[1]:.2f}x the wall "
                          "time of 1.")
     return "\n".join(lines) + "\n"
-
-
-def _p_value(p: float) -> str:
-    return "< 1e-06" if p < 1e-6 else f"{p:.2g}"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from supertiny.errors import SupertinyError
+from supertiny.eval.stats import format_p_value
 
 from bench.engines import machine
 from bench.result_files import write_result_files
@@ -185,7 +186,7 @@ def markdown(result: dict[str, Any]) -> str:
     for pair in result["paired"]:
         lines.append(f"\n{pair['route']} vs {pair['against']} on {pair['tasks']} tasks: right only with "
                      f"{pair['route']} {pair['only_route']}, only with {pair['against']} {pair['only_against']}, "
-                     f"{pair['difference']:+.1%}, exact McNemar p = {pair['mcnemar_p']:.2g}.")
+                     f"{pair['difference']:+.1%}, exact McNemar {format_p_value(pair['mcnemar_p'])}.")
     return "\n".join(lines) + "\n"
 
 

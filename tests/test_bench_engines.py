@@ -6,7 +6,7 @@ import json
 import pytest
 from conftest import REPO_ROOT
 from helpers import toy_domain
-from supertiny.eval.stats import format_accuracy, mcnemar_p, wilson_interval
+from supertiny.eval.stats import format_accuracy, format_p_value, mcnemar_p, wilson_interval
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_guided_runs_are_paired_with_the_free_run_of_the_same_engine_and_n(bench
     assert comparison["either_pass_at_n"] == 0.9
     text = bench.harvest.markdown({"created": "now", "teacher": "t", "tasks": 10, "domain": "d", "temperature": 0.7,
                                    "max_new_tokens": 8, "machine": "m", "runs": [], "comparisons": [comparison]})
-    assert "| vllm | 1 | 10 | 30.0% | 80.0% | 6 | 1 | 0.12 | 90.0% |" in text
+    assert "| vllm | 1 | 10 | 30.0% | 80.0% | 6 | 1 | p = 0.12 | 90.0% |" in text
 
 
 def test_evaluation_bench_compares_engines_on_the_same_tasks(bench, tiny_model_dir, tmp_path):
@@ -70,3 +70,4 @@ def test_intervals_and_paired_test():
     assert mcnemar_p(0, 0) == 1.0 and mcnemar_p(3, 3) == 1.0
     assert mcnemar_p(10, 0) == pytest.approx(2 / 1024)  # 10 discordant tasks, all one way
     assert format_accuracy(31, 50) == "62.0% [48.2, 74.1] (n=50)"
+    assert (format_p_value(0.04512), format_p_value(2e-7), format_p_value(0.0)) == ("p = 0.045", "p < 1e-6", "p < 1e-6")

@@ -6,6 +6,7 @@ from supertiny.cli.app import format_percent, json_option, pass_settings, print_
 from supertiny.config import Settings
 from supertiny.eval import queries
 from supertiny.eval.runner import EvalConfig, evaluate
+from supertiny.eval.stats import format_p_value
 from supertiny.store.session import open_store
 
 
@@ -127,4 +128,5 @@ def _paired_line(test: dict) -> str:
     verdict = "a real difference" if test["p_value"] < 0.05 else "not a significant difference"
     return (f"{test['model']} vs {test['baseline']}: {test['difference'] * 100:+.1f} points on "
             f"{test['shared_tasks']} shared tasks ({test['only_model']} right only for {test['model']}, "
-            f"{test['only_baseline']} only for {test['baseline']}), McNemar p = {test['p_value']:.3g}: {verdict}")
+            f"{test['only_baseline']} only for {test['baseline']}), McNemar {format_p_value(test['p_value'])}: "
+            f"{verdict}")

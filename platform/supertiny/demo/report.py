@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from supertiny.eval.stats import format_p_value
+
 EVAL_STEPS = (("eval-teacher", "teacher (LLM)"), ("eval-teacher-guided", "teacher (LLM), guided"),
               ("eval-base", "student, untrained"), ("eval-sft", "student + sft"),
               ("eval-trained", "student, trained"), ("eval-pruned", "student, pruned + healed"),
@@ -80,8 +82,8 @@ def _paired_lines(store: Any, rows: list[dict[str, Any]]) -> list[str]:
                 verdict = "a real difference" if test["p_value"] < 0.05 else "not a significant difference"
                 lines.append(f"- {row['label']} vs the teacher: {test['difference'] * 100:+.1f} points on "
                              f"{test['shared_tasks']} shared tasks ({test['only_model']} right only for it, "
-                             f"{test['only_baseline']} only for the teacher), McNemar p = {test['p_value']:.3g}: "
-                             f"{verdict}")
+                             f"{test['only_baseline']} only for the teacher), "
+                             f"McNemar {format_p_value(test['p_value'])}: {verdict}")
     except NotFoundError:  # evaluations deleted since the demo ran: the table still stands
         return []
     return lines

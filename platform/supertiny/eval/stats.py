@@ -31,3 +31,8 @@ def format_accuracy(correct: int, n: int) -> str:
     low, high = wilson_interval(correct, n)
     share = correct / n if n else 0.0
     return f"{share:.1%} [{low * 100:.1f}, {high * 100:.1f}] (n={n})"
+
+
+def format_p_value(p: float) -> str:
+    """``"p = 0.021"``, or ``"p < 1e-6"`` where the value is smaller than the stored precision shows."""
+    return "p < 1e-6" if p < 1e-6 else f"p = {p:.2g}"
