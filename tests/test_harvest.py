@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -74,42 +75,9 @@ def test_interrupted_run_resumes_with_no_lost_and_no_duplicated_samples(store, t
     assert again.newly_done == 0 and again.done == 8
 
 
-def test_kill_9_mid_run_then_rerun_ends_with_exactly_the_planned_samples(sqlite_store, tmp_path):
-    script = textwrap.dedent(f"""
-        import sys
-        sys.path[:0] = [{str(REPO_ROOT / 'tests')!r}, {str(REPO_ROOT / 'platform')!r}]
-        from helpers import toy_domain
-        from helpers.scripted_chat import ScriptedChatModel, weather_oracle
-        from supertiny.plugins import pm, load_plugins
-        from supertiny.harvest.runner import HarvestConfig, run_harvest
-        from supertiny.store import Store
-        load_plugins(); pm.register(toy_domain)
-        teacher = ScriptedChatModel(respond=weather_oracle, delay_s=float(sys.argv[1]))
-        config = HarvestConfig(domain="toy-weather", teacher="oracle", limit=10, concurrency=2)
-        run_harvest(Store({sqlite_store.url!r}), config, lambda: teacher)
-    """)
-    (tmp_path / "harvest.py").write_text(script)
-    process = subprocess.Popen([sys.executable, str(tmp_path / "harvest.py"), "0.3"])
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        with sqlite_store.session() as session:
-            if session.scalar(sa.select(sa.func.count(Sample.id))) >= 3:
-                break
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    with sqlite_store.session() as session:
-        written = session.scalar(sa.select(sa.func.count(Sample.id)))
-        assert 3 <= written < 10
-    subprocess.run([sys.executable, str(tmp_path / "harvest.py"), "0"], check=True)
-    with sqlite_store.session() as session:
-        pairs = session.execute(sa.select(Sample.task_id, Sample.sample_index)).all()
-        run = session.scalars(sa.select(HarvestRun)).one()
-    assert len(pairs) == 10 == len(set(pairs))
-    assert run.status == "completed" and run.n_done == 10
-
-
-def test_sigterm_mid_run_records_the_run_as_interrupted(sqlite_store, tmp_path):
+def _harvest_script(tmp_path, store_url: str) -> Path:
+    """A harvest of 10 toy tasks in its own process, as the CLI runs one (SIGTERM stops it as Ctrl-C does);
+    its argument is the teacher's delay per answer in seconds."""
     script = textwrap.dedent(f"""
         import sys
         sys.path[:0] = [{str(REPO_ROOT / 'tests')!r}, {str(REPO_ROOT / 'platform')!r}]
@@ -120,18 +88,45 @@ def test_sigterm_mid_run_records_the_run_as_interrupted(sqlite_store, tmp_path):
         from supertiny.harvest.runner import HarvestConfig, run_harvest
         from supertiny.store import Store
         stop_on_sigterm(); load_plugins(); pm.register(toy_domain)
-        teacher = ScriptedChatModel(respond=weather_oracle, delay_s=0.3)
+        teacher = ScriptedChatModel(respond=weather_oracle, delay_s=float(sys.argv[1]))
         config = HarvestConfig(domain="toy-weather", teacher="oracle", limit=10, concurrency=2)
-        run_harvest(Store({sqlite_store.url!r}), config, lambda: teacher)
+        run_harvest(Store({store_url!r}), config, lambda: teacher)
     """)
-    (tmp_path / "harvest.py").write_text(script)
-    process = subprocess.Popen([sys.executable, str(tmp_path / "harvest.py")], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 30
+    path = tmp_path / "harvest.py"
+    path.write_text(script)
+    return path
+
+
+def _wait_for_samples(store, at_least: int, timeout_s: float = 30) -> None:
+    deadline = time.time() + timeout_s
     while time.time() < deadline:
-        with sqlite_store.session() as session:
-            if session.scalar(sa.select(sa.func.count(Sample.id))) >= 3:
-                break
+        with store.session() as session:
+            if session.scalar(sa.select(sa.func.count(Sample.id))) >= at_least:
+                return
         time.sleep(0.05)
+
+
+def test_kill_9_mid_run_then_rerun_ends_with_exactly_the_planned_samples(sqlite_store, tmp_path):
+    script = _harvest_script(tmp_path, sqlite_store.url)
+    process = subprocess.Popen([sys.executable, str(script), "0.3"])
+    _wait_for_samples(sqlite_store, 3)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    with sqlite_store.session() as session:
+        written = session.scalar(sa.select(sa.func.count(Sample.id)))
+        assert 3 <= written < 10
+    subprocess.run([sys.executable, str(script), "0"], check=True)
+    with sqlite_store.session() as session:
+        pairs = session.execute(sa.select(Sample.task_id, Sample.sample_index)).all()
+        run = session.scalars(sa.select(HarvestRun)).one()
+    assert len(pairs) == 10 == len(set(pairs))
+    assert run.status == "completed" and run.n_done == 10
+
+
+def test_sigterm_mid_run_records_the_run_as_interrupted(sqlite_store, tmp_path):
+    process = subprocess.Popen([sys.executable, str(_harvest_script(tmp_path, sqlite_store.url)), "0.3"],
+                               stderr=subprocess.PIPE, text=True)
+    _wait_for_samples(sqlite_store, 3)
     process.terminate()
     _, errors = process.communicate(timeout=30)
     assert process.returncode != 0 and "KeyboardInterrupt" in errors
