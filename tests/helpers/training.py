@@ -1,6 +1,7 @@
 """Snapshots and settings for trainer tests: the toy-weather domain harvested by scripted teachers."""
 
-import itertools
+import collections
+import threading
 
 from supertiny.data.snapshot import SnapshotSource, create_snapshot
 from supertiny.harvest.runner import HarvestConfig, run_harvest
@@ -16,10 +17,18 @@ def wrong_answer(messages, kwargs):
 
 
 def alternating():
-    """Right, wrong, right, wrong ...: with two samples per task, every task gets one of each."""
-    counter = itertools.count()
-    return lambda messages, kwargs: weather_oracle(messages, kwargs) if next(counter) % 2 == 0 \
-        else wrong_answer(messages, kwargs)
+    """Right, wrong, right, wrong ... for each question: with two samples per task, every task gets one of each,
+    however the harvest's threads interleave the tasks."""
+    asked: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+
+    def respond(messages, kwargs):
+        with lock:
+            asked[messages[-1].content] += 1
+            right = asked[messages[-1].content] % 2 == 1
+        return weather_oracle(messages, kwargs) if right else wrong_answer(messages, kwargs)
+
+    return respond
 
 
 def harvest_snapshot(store, name: str, respond=weather_oracle, samples_per_task: int = 1,
