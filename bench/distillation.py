@@ -26,6 +26,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from supertiny.errors import SupertinyError
 from supertiny.eval.stats import format_p_value
 
 from bench.engines import machine
@@ -249,6 +250,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
+    try:
+        result = report(args)
+    except SupertinyError as exc:  # a model without an evaluation, a run that does not exist: one line
+        parser.exit(2, f"error: {exc}\n")
+    write_result_files(args.out, "distillation", result, markdown(result), lambda path: plot(result, path))
+    print(markdown(result))
+    return result
+
+
+def report(args: argparse.Namespace) -> dict[str, Any]:
+    """Every section of the report, read from the store."""
     from supertiny.config import get_settings
     from supertiny.eval.queries import compare, compared_entry
     from supertiny.plugins import load_plugins
@@ -269,8 +281,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                          args.split)
     if args.domain == "bfcl":
         result["published"] = published_check(compared)
-    write_result_files(args.out, "distillation", result, markdown(result), lambda path: plot(result, path))
-    print(markdown(result))
     return result
 
 

@@ -100,3 +100,18 @@ def test_published_figures_are_checked_per_category(bench_module):
     checks = bench_module.published_check(compared)["m"]
     assert all(checks["Qwen2.5-0.5B-Instruct (floor)"].values())
     assert not checks["Hammer2.1-0.5b (stretch)"]["irrelevance"]
+
+
+def test_a_run_or_an_evaluation_that_does_not_exist_is_one_line_and_writes_nothing(sqlite_store, bench_module,
+                                                                                  tmp_path, monkeypatch, capsys):
+    _evaluated(sqlite_store, "teacher", [True, False])
+    monkeypatch.setenv("SUPERTINY_DATABASE_URL", sqlite_store.url)
+    monkeypatch.setenv("SUPERTINY_HOME", str(tmp_path))
+    for extra, message in ((["--models", "teacher", "--harvest-run", "99"], "error: no harvest run 99"),
+                           (["--models", "nobody"], "error: no free evaluation of 'nobody'")):
+        with pytest.raises(SystemExit) as exit_info:
+            bench_module.main(["--domain", "toy-weather", "--teacher", "teacher", *extra,
+                               "--out", str(tmp_path / "out")])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.startswith(message)
+    assert not (tmp_path / "out").exists()
