@@ -154,9 +154,8 @@ class LlamaCppChatModel(ChatModel):
         options = options or GenerationOptions()
         if options.max_new_tokens < 1:
             raise InvalidInputError("max_new_tokens must be at least 1")
-        prompt = self.render_prompt(messages, tools)
         started = time.perf_counter()
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        prompt_ids = self.prompt_ids(messages, tools)
         stops = [stop for stop in options.stop if stop]
         decoded = _Decoded(prompt_tokens=len(prompt_ids))
         yield from cut_at_stops(self._deltas(prompt_ids, options, stops, decoded), stops)

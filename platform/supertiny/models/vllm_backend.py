@@ -110,7 +110,10 @@ class VLLMChatModel(ChatModel):
 
     def prompt_ids(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None = None) -> list[int]:
         """The token ids of :meth:`render_prompt`."""
-        return self.tokenizer(self.render_prompt(messages, tools), add_special_tokens=False)["input_ids"]
+        return self._encoded(self.render_prompt(messages, tools))
+
+    def _encoded(self, prompt: str) -> list[int]:
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     def _checked_prompt(self, messages: Sequence[MessageLike], tools: Sequence[ToolLike] | None,
                         options: GenerationOptions) -> str:
@@ -118,7 +121,7 @@ class VLLMChatModel(ChatModel):
         engine itself refuses prompts beyond its context)."""
         prompt = self.render_prompt(messages, tools)
         if options.max_prompt_tokens:
-            tokens = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            tokens = len(self._encoded(prompt))
             check_context_length(self.name, None, tokens, options.max_new_tokens, options.max_prompt_tokens)
         return prompt
 

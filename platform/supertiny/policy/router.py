@@ -7,7 +7,7 @@ Shadow runs happen on a small bounded background pool and never delay the answer
 A request that requires a call (``tool_choice`` "required" or a named tool) is never answered in text: an
 answer without a valid call is asked again once, on the model that wrote it, with an instruction to call a
 tool; when that answer has no valid call either, the request fails with 502 ``tool_call_required``. A role
-that decodes guided answers such a request under a schema without the reply branch, so it always calls.
+that decodes guided answers such a request under a schema without the reply branch: it cannot answer in text.
 """
 
 import concurrent.futures
