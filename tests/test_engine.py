@@ -275,6 +275,21 @@ def test_rft_rounds_sample_through_engines_and_stop_the_ones_they_started(engine
     assert healthy(row.url)  # the student's own engine is left running
 
 
+def test_dpo_samples_the_student_through_its_running_engine(engine, engine_home):
+    from helpers.training import FAST, harvest_snapshot
+    from supertiny.runs.pipeline import train_model
+    from supertiny.train.dpo_config import DPOConfig
+
+    store, _ = engine
+    harvest_snapshot(store, "engine-dpo", limit=4)
+    config = DPOConfig(**FAST, max_steps=1, sample=3, sample_temperature=1.0, sample_max_new_tokens=8, task_limit=3,
+                       engine=True)
+    # the scripted teacher's passing answers and the tiny model's sampled (failing) ones make the pairs
+    trained = train_model(store, engine_home, "dpo", student=MODEL, data="engine-dpo", config=config,
+                          name="dpo-engine")
+    assert trained.metrics["sampling"]["samples"] == 9 and trained.metrics["data_pairs"] >= 1
+
+
 def _cmdline_has(pid: str, text: str) -> bool:
     try:
         return text in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")

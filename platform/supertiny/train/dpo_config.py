@@ -23,6 +23,8 @@ class DPOConfig(TrainConfig):
     sample_temperature: float = option(0.8, "Temperature of that sampling.")
     sample_max_new_tokens: int = option(256, "Tokens per sampled answer.")
     task_limit: int | None = option(None, "Sample only the first N tasks of the split (default: all).")
+    engine: bool = option(False, "Sample through a vLLM engine: the student's running one, else one started for the "
+                          "sampling and stopped after (default: in-process).")
     spell_markup: bool = option(False, "Not supported by dpo, which hands TRL the rendered text: the call tags are "
                                 "trained as the tokens TRL's tokenizer makes of them.")
     precompute_ref: bool = option(False, "Compute the reference log-probabilities once before training, so full "

@@ -149,7 +149,7 @@ class DPOTrainer(Trainer):
                 context, tag="samples", sampler=context.student.name, label=sampler_label(context, "samples"),
                 samples_per_task=config.sample, temperature=config.sample_temperature,
                 max_new_tokens=config.sample_max_new_tokens, limit=config.task_limit, use_prompt=False, verdict=None,
-                description=f"sampling {config.sample} per task")
+                description=f"sampling {config.sample} per task", engine=config.engine)
             sampling = sampled.summary()
             if sampled.snapshot is not None:
                 items += snapshot_items(context.store, sampled.snapshot)
