@@ -136,6 +136,23 @@ def test_sigterm_mid_run_records_the_run_as_interrupted(sqlite_store, tmp_path):
     assert run.status == "interrupted" and 3 <= run.n_done == written < 10
 
 
+def test_sigterm_does_not_wait_for_a_slow_teacher_to_finish_its_answers(sqlite_store, tmp_path):
+    process = subprocess.Popen([sys.executable, str(_harvest_script(tmp_path, sqlite_store.url)), "120"],
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        with sqlite_store.session() as session:
+            if session.scalar(sa.select(sa.func.count(HarvestRun.id))):
+                break
+        time.sleep(0.05)
+    time.sleep(1)  # the two workers are inside the teacher's 120-second answers
+    process.terminate()
+    process.communicate(timeout=30)
+    with sqlite_store.session() as session:
+        run = session.scalars(sa.select(HarvestRun)).one()
+    assert process.returncode != 0 and run.status == "interrupted" and run.n_done == 0
+
+
 def test_teacher_errors_and_garbage_become_failed_samples_and_the_run_goes_on(store, toy):
     def unreliable(messages, kwargs):
         question = messages[-1].content

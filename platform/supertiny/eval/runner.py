@@ -6,7 +6,6 @@ agent loop, with every call executed against the domain's tools. Either way many
 once, as many as the model batches (an engine, or an in-process model's dynamic batch).
 """
 
-import concurrent.futures
 import dataclasses
 import threading
 import time
@@ -18,6 +17,7 @@ from supertiny.errors import ContextLengthError, InvalidInputError
 from supertiny.models.backend import ChatModel, Generation, GenerationOptions, require_guided
 from supertiny.store import Evaluation, Store
 from supertiny.task_selection import select_tasks
+from supertiny.workers import run_abandoning_on_interrupt
 
 ProgressCallback = Callable[[int, int], None]  # (done, total)
 
@@ -69,19 +69,16 @@ def _in_flight(tasks: list[DomainTask], answer: Callable[[DomainTask], dict[str,
     """``answer(task)`` for every task, ``concurrency`` at a time; records in the tasks' order."""
     records: list[dict[str, Any] | None] = [None] * len(tasks)
     done, lock = 0, threading.Lock()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(tasks)))) as pool:
-        futures = {pool.submit(answer, task): index for index, task in enumerate(tasks)}
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                records[futures[future]] = future.result()
-                with lock:
-                    done += 1
-                    if progress:
-                        progress(done, len(tasks))
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+
+    def work(index: int) -> None:
+        nonlocal done
+        records[index] = answer(tasks[index])
+        with lock:
+            done += 1
+            if progress:
+                progress(done, len(tasks))
+
+    run_abandoning_on_interrupt(work, list(range(len(tasks))), max(1, min(concurrency, len(tasks))))
     return [record for record in records if record is not None]
 
 

@@ -7,7 +7,6 @@ prompt once), and many tasks are in flight at once, as many as the teacher batch
 answering (its engine or endpoint went away) ends the run as ``failed`` with nothing written for the
 samples in flight; running the same command again resumes it."""
 
-import concurrent.futures
 import dataclasses
 import datetime as dt
 import hashlib
@@ -29,6 +28,7 @@ from supertiny.models.guided_calls import GUIDED_INSTRUCTION, GUIDED_SCHEMA_VERS
 from supertiny.prototype.agent import run_agent_samples
 from supertiny.prototype.examples import Example, examples_digest, examples_for, verified_examples
 from supertiny.store import HarvestRun, Sample, Store, Task
+from supertiny.workers import run_abandoning_on_interrupt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,16 +320,7 @@ def _harvest_missing(store: Store, config: HarvestConfig, domain: Domain, exampl
             tally.add(sample, _write_sample(store, sample))
         _record_counts(store, run_id, tally.counts, tally.lock)
 
-    workers = min(len(todo), tasks_in_flight(chat_model, config))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(work, unit) for unit in todo]
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    run_abandoning_on_interrupt(work, todo, min(len(todo), tasks_in_flight(chat_model, config)))
 
 
 def _close_run(store: Store, run_id: int, status: str, error: str | None, elapsed: float) -> tuple[int, int]:
