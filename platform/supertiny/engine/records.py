@@ -1,18 +1,14 @@
 """Query functions on the ``engines`` table: which engine serves which model version, where."""
 
 import datetime as dt
-import socket
 from typing import Any
 
 import sqlalchemy as sa
 
+from supertiny.processes import this_host
 from supertiny.store import InferenceEngine, ModelVersion, Store
 
 LIVE_STATUSES = ("starting", "running")
-
-
-def this_host() -> str:
-    return socket.gethostname()
 
 
 def record_engine(store: Store, version: ModelVersion, *, kind: str, url: str, served_model: str, pid: int,

@@ -1,10 +1,13 @@
-"""Read-side queries over harvest runs and their samples."""
+"""Read-side queries over harvest runs and their samples. Reading the runs first records the ones whose process
+is gone as interrupted, so that what a reader sees is true."""
 
+import os
 from typing import Any
 
 import sqlalchemy as sa
 
 from supertiny.errors import NotFoundError
+from supertiny.processes import alive, this_host
 from supertiny.store import HarvestRun, Sample, Store, Task
 
 _PASSED = sa.func.sum(sa.case((Sample.verdict == "pass", 1), else_=0))
@@ -27,7 +30,23 @@ def _sample_counts(session, run_ids: list[int]) -> dict[int, tuple[int, int, flo
     return {run_id: (count, int(passed or 0), float(seconds or 0)) for run_id, count, passed, seconds in rows}
 
 
+def close_orphaned_runs(store: Store) -> list[int]:
+    """Record as interrupted every run recorded running by a process of this host that is gone (a kill -9, a
+    crash): without it such a run would read as running for ever. Returns their ids."""
+    host, closed = this_host(), []
+    with store.session() as session:
+        for run in session.scalars(sa.select(HarvestRun).where(HarvestRun.status == "running",
+                                                                HarvestRun.host == host)):
+            if run.pid != os.getpid() and not alive(run.pid):
+                run.status = "interrupted"
+                run.error = (f"its process (pid {run.pid}) ended without closing the run: killed, or the machine "
+                             "stopped; the same command resumes it")
+                closed.append(run.id)
+    return closed
+
+
 def list_runs(store: Store) -> list[dict[str, Any]]:
+    close_orphaned_runs(store)
     with store.session() as session:
         runs = session.scalars(sa.select(HarvestRun).order_by(HarvestRun.id)).all()
         counts = _sample_counts(session, [run.id for run in runs])
@@ -35,6 +54,7 @@ def list_runs(store: Store) -> list[dict[str, Any]]:
 
 
 def get_run(store: Store, run_id: int) -> HarvestRun:
+    close_orphaned_runs(store)
     with store.session() as session:
         run = session.get(HarvestRun, run_id)
     if run is None:

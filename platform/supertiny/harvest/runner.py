@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from supertiny.harvest.agreement import LOGS_PREFIX, judge_by_agreement, traffic
 from supertiny.harvest.tasks import domain_task, sync_tasks
 from supertiny.models.backend import ChatModel, require_guided
 from supertiny.models.guided_calls import GUIDED_INSTRUCTION, GUIDED_SCHEMA_VERSION
+from supertiny.processes import this_host
 from supertiny.prototype.agent import run_agent_samples
 from supertiny.prototype.examples import Example, examples_digest, examples_for, verified_examples
 from supertiny.store import HarvestRun, Sample, Store, Task
@@ -115,13 +117,15 @@ def _get_or_create_run(store: Store, config: HarvestConfig, planned: int) -> Har
     try:
         with store.session() as session:
             run = HarvestRun(fingerprint=fingerprint, domain=config.domain, teacher=config.teacher,
-                             params=params, status="running", n_planned=planned, started_at=dt.datetime.now(dt.UTC))
+                             params=params, status="running", n_planned=planned, started_at=dt.datetime.now(dt.UTC),
+                             host=this_host(), pid=os.getpid())
             session.add(run)
         return run
     except IntegrityError:
         with store.session() as session:
             run = session.scalars(sa.select(HarvestRun).where(HarvestRun.fingerprint == fingerprint)).one()
             run.status, run.n_planned, run.error = "running", planned, None
+            run.host, run.pid = this_host(), os.getpid()
         return run
 
 

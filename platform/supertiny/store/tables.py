@@ -58,7 +58,8 @@ class Task(TimestampMixin, Base):
 
 class HarvestRun(TimestampMixin, Base):
     """One harvest of a domain with a teacher. ``fingerprint`` identifies the command that started
-    it, so re-running the same command resumes the same run."""
+    it, so re-running the same command resumes the same run. ``host`` and ``pid`` name the process that
+    last started or resumed it: a run recorded running whose process is gone was killed."""
 
     __tablename__ = "harvest_runs"
     __table_args__ = (CheckConstraint(_in("status", RUN_STATUSES), name="status"),)
@@ -76,6 +77,8 @@ class HarvestRun(TimestampMixin, Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     elapsed_s: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text)
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
 
 
 class Sample(TimestampMixin, Base):
