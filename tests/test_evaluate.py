@@ -2,6 +2,8 @@
 
 import contextlib
 import json
+import math
+import statistics
 
 import pytest
 from click.testing import CliRunner
@@ -51,6 +53,9 @@ def test_evaluate_the_tiny_model_and_compare(store, toy, tiny_model_dir, tiny_te
         assert {record["category"] for record in records} == {"celsius", "fahrenheit"}
         assert all(0 < record["confidence"] <= 1 for record in records)
         assert all(record["completion_tokens"] > 0 for record in records)
+        assert all(len(record["token_logprobs"]) == record["completion_tokens"] for record in records)
+        assert all(math.isclose(record["confidence"], math.exp(statistics.fmean(record["token_logprobs"])),
+                                rel_tol=1e-3) for record in records)
     compared = queries.compare(store, ["tiny", "tiny-teacher"], "toy-weather", "test")
     assert [row["category"] for row in compared["rows"]] == ["celsius", "fahrenheit", "overall"]
     overall = compared["rows"][-1]

@@ -7,6 +7,7 @@ once, as many as the model batches (an engine, or an in-process model's dynamic 
 """
 
 import dataclasses
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -43,11 +44,16 @@ class EvalConfig:
 
 
 def _record(task: DomainTask, verdict: Verdict, valid: bool, confidence: float | None, latency_s: float,
-            completion_tokens: int, answer: Any) -> dict[str, Any]:
-    return {"task": task.external_id, "task_hash": task.content_hash(), "category": task.category,
-            "correct": verdict.verdict == "pass", "verdict": verdict.verdict, "reason": verdict.reason[:300],
-            "valid": valid, "confidence": confidence, "latency_s": latency_s,
-            "completion_tokens": completion_tokens, "answer": answer}
+            completion_tokens: int, answer: Any, token_logprobs: list[float] | None = None) -> dict[str, Any]:
+    """One task's outcome; ``token_logprobs`` (single-shot answers) lets a routing gate other than the
+    geometric mean be studied on the same answers."""
+    record = {"task": task.external_id, "task_hash": task.content_hash(), "category": task.category,
+              "correct": verdict.verdict == "pass", "verdict": verdict.verdict, "reason": verdict.reason[:300],
+              "valid": valid, "confidence": confidence, "latency_s": latency_s,
+              "completion_tokens": completion_tokens, "answer": answer}
+    if token_logprobs:
+        record["token_logprobs"] = [round(value, 4) if math.isfinite(value) else None for value in token_logprobs]
+    return record
 
 
 def judge(domain: Domain, task: DomainTask, tools: list[dict[str, Any]],
@@ -104,7 +110,7 @@ def _single_shot(model: ChatModel, domain: Domain, tasks: list[DomainTask], conf
             return _record(task, Verdict.failed(f"no guided answer: {exc.message}"), False, None, 0.0, 0, "")
         verdict, valid = judge(domain, task, tools, generation)
         return _record(task, verdict, valid, generation.confidence, generation.latency_s,
-                       generation.completion_tokens, generation.text)
+                       generation.completion_tokens, generation.text, generation.token_logprobs)
 
     return _in_flight(tasks, answer, concurrency, progress)
 
