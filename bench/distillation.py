@@ -16,7 +16,8 @@ trainers' metrics hold the same figures), so each row comes from the CLI command
 - the reward curve of every model trained by grpo;
 - with ``--cascade TINY``: the cascade TINY -> raw teacher on the same tasks, its accuracy (with intervals) at every
   confidence threshold against the LLM share, beside random routing at the same share (what a gate that knows
-  nothing gets), and the smallest share at which it reaches the teacher's accuracy.
+  nothing gets), and the smallest share at which it reaches the teacher's accuracy; with ``--cascade-confidence``
+  (repeatable), the gate's confidence measure, each compared on the same tasks.
 
 Writes ``bench/results/distillation-<timestamp>.json``, ``.png`` and ``.md``.
 """
@@ -28,11 +29,13 @@ from typing import Any
 
 from supertiny.errors import SupertinyError
 from supertiny.eval.stats import format_p_value
+from supertiny.models.backend import CONFIDENCE_MEASURES
 
 from bench.engines import machine
 from bench.result_files import write_result_files
 
 RESULTS = Path(__file__).resolve().parent / "results"
+GATE_SHARE = 0.15  # the LLM share within which a cascade should reach the LLM's accuracy
 # published BFCL accuracies (%) of two 0.5B models, per category
 PUBLISHED = {
     "Qwen2.5-0.5B-Instruct (floor)": {"simple_python": 61.2, "multiple": 78.0, "parallel": 60.0,
@@ -68,16 +71,18 @@ def reward_curves(store: Any, models: list[str]) -> dict[str, list[list[float]]]
     return curves
 
 
-def cascade_rows(store: Any, tiny: str, llm: str, domain: str, split: str) -> dict[str, Any]:
+def cascade_rows(store: Any, tiny: str, llm: str, domain: str, split: str, measure: str = "mean") -> dict[str, Any]:
     """The cascade's accuracy / LLM-share curve from the two evaluations (``NAME:guided``: the guided one, as a
-    route with ``guided`` serves that role), against random routing."""
+    route with ``guided`` serves that role), its threshold on the tiny answer's ``measure`` of confidence, against
+    random routing."""
     from supertiny.eval.queries import compared_entry
     from supertiny.eval.stats import wilson_interval
     from supertiny.policy.calibrate import cascade_curve, records_from_evaluations
 
     (tiny_name, tiny_guided), (llm_name, llm_guided) = compared_entry(tiny), compared_entry(llm)
     guided = [role for role, on in (("tiny", tiny_guided), ("llm", llm_guided)) if on]
-    records, source = records_from_evaluations(store, tiny_name, llm_name, domain, split, guided=guided)
+    records, source = records_from_evaluations(store, tiny_name, llm_name, domain, split, guided=guided,
+                                               measure=measure)
     n = len(records)
     tiny_accuracy = sum(bool(record.tiny_correct) for record in records) / n
     llm_accuracy = sum(bool(record.llm_correct) for record in records) / n
@@ -90,8 +95,10 @@ def cascade_rows(store: Any, tiny: str, llm: str, domain: str, split: str) -> di
                        "gain": round((point.accuracy or 0) - random_accuracy, 4)})
     reaching = [point for point in points if (point["accuracy"] or 0) >= llm_accuracy]
     inside = [point for point in points if 0 < point["llm_share"] < 1]
-    return {"tiny": tiny, "llm": llm, "source": source, "tasks": n, "tiny_accuracy": tiny_accuracy,
-            "llm_accuracy": llm_accuracy, "points": points,
+    within = [point for point in points if point["llm_share"] <= GATE_SHARE + 1e-12]
+    return {"tiny": tiny, "llm": llm, "confidence": measure, "source": source, "tasks": n,
+            "tiny_accuracy": tiny_accuracy, "llm_accuracy": llm_accuracy, "points": points,
+            "best_within_gate_share": max(within, key=lambda point: point["accuracy"] or 0) if within else None,
             "share_reaching_llm": min((point["llm_share"] for point in reaching), default=None),
             "best_gain": max(inside, key=lambda point: point["gain"]) if inside else None}
 
@@ -174,6 +181,19 @@ def markdown(result: dict[str, Any]) -> str:
             low, high = point["interval"]
             lines.append(f"| {point['threshold']:.4g} | {point['llm_share']:.0%} | {point['accuracy']:.1%} "
                          f"[{low * 100:.1f}, {high * 100:.1f}] | {point['random']:.1%} | {point['gain'] * 100:+.1f} |")
+    measures = result.get("cascade_by_confidence") or []
+    if len(measures) > 1:
+        lines += ["", f"## The cascade's gate by confidence measure (same {measures[0]['tasks']} tasks)", "",
+                  f"| confidence | reaches the LLM's accuracy at | largest gain over random routing | best at <= "
+                  f"{GATE_SHARE:.0%} escalated [95% CI] |", "|---|---|---|---|"]
+        for entry in measures:
+            reach, best, capped = entry["share_reaching_llm"], entry["best_gain"], entry["best_within_gate_share"]
+            capped_cell = (f"{capped['accuracy']:.1%} [{capped['interval'][0] * 100:.1f}, "
+                           f"{capped['interval'][1] * 100:.1f}] at {capped['llm_share']:.0%} "
+                           f"(random {capped['random']:.1%})" if capped else "-")
+            lines.append(f"| {entry['confidence']} | " + (f"{reach:.0%} escalated" if reach is not None else "never")
+                         + " | " + (f"{best['gain'] * 100:+.1f} points at {best['llm_share']:.0%}" if best else "-")
+                         + f" | {capped_cell} |")
     for model, curve in result.get("reward_curves", {}).items():
         lines += ["", f"## grpo reward of `{model}` (mean verifier reward per logged step)", "",
                   ", ".join(f"{step}: {reward:.2f}" for step, reward in curve)]
@@ -215,9 +235,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
         axis = axes[0][1]
         points = cascade["points"]
         shares = [point["llm_share"] * 100 for point in points]
-        axis.plot(shares, [point["accuracy"] * 100 for point in points], marker=".", label="cascade")
+        axis.plot(shares, [point["accuracy"] * 100 for point in points], marker=".",
+                  label=f"cascade ({cascade.get('confidence', 'mean')} confidence)")
         axis.fill_between(shares, [point["interval"][0] * 100 for point in points],
                           [point["interval"][1] * 100 for point in points], alpha=0.2)
+        for entry in (result.get("cascade_by_confidence") or [])[1:]:
+            axis.plot([point["llm_share"] * 100 for point in entry["points"]],
+                      [point["accuracy"] * 100 for point in entry["points"]], label=f"cascade ({entry['confidence']})")
         axis.plot(shares, [point["random"] * 100 for point in points], linestyle="--", label="random routing")
         axis.set(xlabel="requests escalated to the LLM (%)", ylabel="accuracy % (95% interval)", ylim=(0, 100),
                  title=f"cascade {cascade['tiny']} -> {cascade['llm']}")
@@ -247,6 +271,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cascade", metavar="TINY", help="Draw the cascade TINY -> the teacher on the same tasks.")
     parser.add_argument("--cascade-llm", metavar="LLM", help="The cascade's LLM tier (default: --teacher); "
                         "NAME:guided for a route that decodes it guided.")
+    parser.add_argument("--cascade-confidence", action="append", choices=CONFIDENCE_MEASURES, default=[],
+                        help="The cascade gate's confidence measure (repeatable: the first is tabled in full, every "
+                             "one is compared and drawn; default: mean).")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -277,8 +304,9 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     if args.harvest_run:
         result["harvests"] = [harvest_rows(store, run) for run in args.harvest_run]
     if args.cascade:
-        result["cascade"] = cascade_rows(store, args.cascade, args.cascade_llm or args.teacher, args.domain,
-                                         args.split)
+        by_confidence = [cascade_rows(store, args.cascade, args.cascade_llm or args.teacher, args.domain, args.split,
+                                      measure) for measure in dict.fromkeys(args.cascade_confidence or ["mean"])]
+        result["cascade"], result["cascade_by_confidence"] = by_confidence[0], by_confidence
     if args.domain == "bfcl":
         result["published"] = published_check(compared)
     return result

@@ -115,3 +115,29 @@ def test_a_run_or_an_evaluation_that_does_not_exist_is_one_line_and_writes_nothi
         assert exit_info.value.code == 2
         assert capsys.readouterr().err.startswith(message)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_cascade_gate_is_compared_by_confidence_measure(sqlite_store, register_plugin, bench_module, tmp_path,
+                                                            monkeypatch):
+    register_plugin(toy_domain, name="toy-domains")
+    _evaluated(sqlite_store, "teacher", [True] * 40)
+    # the student's wrong answers are long and sure of each token: the mean cannot find them, the joint can
+    student = [index % 4 != 0 for index in range(40)]
+    _evaluated(sqlite_store, "student", student, confidences=[0.9] * 40)
+    with sqlite_store.session() as session:
+        row = session.query(Evaluation).filter_by(model_version_id=find_model_version(sqlite_store, "student").id).one()
+        records = [{**record, "token_logprobs": [-0.1] * (3 if record["correct"] else 30)}
+                   for record in row.details["records"]]
+        row.details = {**row.details, "records": records}
+    monkeypatch.setenv("SUPERTINY_DATABASE_URL", sqlite_store.url)
+    monkeypatch.setenv("SUPERTINY_HOME", str(tmp_path))
+    result = bench_module.main(["--domain", "toy-weather", "--teacher", "teacher", "--models", "student",
+                                "--cascade", "student", "--cascade-confidence", "mean", "--cascade-confidence",
+                                "joint", "--out", str(tmp_path)])
+    mean, joint = result["cascade_by_confidence"]
+    assert result["cascade"] is mean and (mean["confidence"], joint["confidence"]) == ("mean", "joint")
+    assert mean["share_reaching_llm"] == 1.0 and joint["share_reaching_llm"] == 0.25
+    assert joint["best_within_gate_share"]["llm_share"] == 0  # all 10 wrong answers tie: 25% or nothing
+    (markdown,) = tmp_path.glob("distillation-*.md")
+    assert "| joint | 25% escalated | +18.8 points at 25% | 75.0% [59.8, 85.8] at 0% (random 75.0%) |" in \
+        markdown.read_text()

@@ -184,3 +184,47 @@ def test_keys_cli(sqlite_store):
     revoked = run(sqlite_store, "keys", "revoke", "ci")
     assert "revoked" in revoked.output and "no active key is left" in revoked.output
     assert json.loads(run(sqlite_store, "keys", "list", "--json").output)[0]["active"] is False
+
+
+def test_a_cascade_calibrates_on_its_own_confidence_measure(sqlite_store):
+    from supertiny.models.backend import answer_confidence
+
+    # two tiny answers: "long" is sure of every token but long, "short" has one unsure token
+    answers = {"long": ([-0.05] * 40, True), "short": ([-0.01, -1.2, -0.01], False)}
+    small = register_model_version(sqlite_store, name="small", stage="external", format="hf",
+                                   backend="transformers", path="/nowhere")
+    large = register_model_version(sqlite_store, name="large", stage="external", format="hf",
+                                   backend="transformers", path="/nowhere")
+    with sqlite_store.session() as session:
+        for model_id, llm in ((small.id, False), (large.id, True)):
+            rows = [{"task": task, "task_hash": task, "category": "simple", "correct": True if llm else correct,
+                     "valid": True, "confidence": None if llm else answer_confidence(logprobs, "mean"),
+                     **({} if llm else {"token_logprobs": logprobs})}
+                    for task, (logprobs, correct) in answers.items()]
+            session.add(Evaluation(model_version_id=model_id, domain="bfcl", split="test", n_tasks=2, accuracy=0.5,
+                                   per_category={}, details={"records": rows}))
+    for measure, expected in (("mean", answer_confidence([-0.05] * 40, "mean")),
+                              ("min", answer_confidence([-0.05] * 40, "min")),
+                              ("joint", answer_confidence([-0.01, -1.2, -0.01], "joint"))):
+        set_policy(sqlite_store, measure, "cascade", {"tiny": "small", "llm": "large", "confidence": measure})
+        result = calibrate(sqlite_store, measure, llm_budget=0.5, dry_run=True)
+        # mean and min send the short (wrong) answer, their least sure, to the LLM; joint the long (right) one
+        half = next(point for point in result.points if point.llm_share == 0.5)
+        assert half.threshold == pytest.approx(expected) and half.accuracy == (0.5 if measure == "joint" else 1.0)
+
+
+def test_a_measure_other_than_the_mean_needs_the_evaluations_token_log_probabilities(sqlite_store):
+    _evaluation(sqlite_store, "small", llm=False)
+    _evaluation(sqlite_store, "large", llm=True)
+    set_policy(sqlite_store, "weather", "cascade", {"tiny": "small", "llm": "large", "confidence": "joint"})
+    with pytest.raises(InvalidInputError, match="keeps no token log-probabilities"):
+        calibrate(sqlite_store, "weather", target_accuracy=0.8, source="evaluations")
+
+
+def test_logged_answers_calibrate_by_the_measure_they_logged(sqlite_store):
+    set_policy(sqlite_store, "weather", "cascade", {"tiny": "small", "llm": "large", "confidence": "min"})
+    for mean, lowest in ((0.9, 0.2), (0.8, 0.6), (0.7, 0.65), (0.6, 0.5)):
+        _log(sqlite_store, "weather", {"kind": "cascade", "tiny": {
+            "confidence": mean, "confidences": {"mean": mean, "joint": lowest / 2, "min": lowest}, "valid": True}})
+    result = calibrate(sqlite_store, "weather", llm_budget=0.5, dry_run=True)
+    assert result.chosen.threshold == 0.6

@@ -4,6 +4,7 @@ import collections
 import dataclasses
 import uuid
 
+import pydantic
 import pytest
 from helpers.chat_models import (
     BROKEN_CALL,
@@ -95,6 +96,29 @@ def test_cascade_threshold_zero_accepts_any_valid_answer_and_required_calls_esca
     forced = request()
     forced.call_required = True
     assert route.route(policy, forced).reason == "no_call"  # ... unless a call was required
+
+
+def test_cascade_threshold_applies_to_the_routes_confidence_measure():
+    small, large = ScriptedModel("small", GOOD_CALL, probability=0.9), ScriptedModel("large", GOOD_CALL)
+    route = router(small, large)
+    by_mean = route.route(active("cascade", tiny="small", llm="large", threshold=0.5, confidence="mean"), request())
+    joint = route.route(active("cascade", tiny="small", llm="large", threshold=0.5, confidence="joint"), request())
+    assert (by_mean.role, joint.role, joint.reason) == ("tiny", "llm", "low_confidence")
+    tiny = joint.log_detail()["tiny"]
+    assert joint.log_detail()["confidence_measure"] == "joint"
+    assert joint.confidence == pytest.approx(tiny["confidences"]["joint"]) and joint.confidence < 0.5
+    assert tiny["confidences"]["mean"] == pytest.approx(0.9) == tiny["confidences"]["min"]
+    with pytest.raises(pydantic.ValidationError, match="'mean', 'joint' or 'min'"):
+        active("cascade", tiny="small", llm="large", confidence="median")
+
+
+def test_the_cascade_offers_every_confidence_measure():
+    from typing import get_args
+
+    from supertiny.models.backend import CONFIDENCE_MEASURES
+    from supertiny.policy.kinds import CascadeParams
+
+    assert get_args(CascadeParams.model_fields["confidence"].annotation) == CONFIDENCE_MEASURES
 
 
 def test_cascade_without_logprobs_escalates_when_a_threshold_is_set():

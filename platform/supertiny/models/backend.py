@@ -82,9 +82,32 @@ class Generation:
     @property
     def confidence(self) -> float | None:
         """Geometric-mean token probability of the answer, or None without log-probabilities."""
-        if not self.token_logprobs:
-            return None
-        return math.exp(sum(self.token_logprobs) / len(self.token_logprobs))
+        return answer_confidence(self.token_logprobs, "mean")
+
+    def confidences(self) -> dict[str, float | None]:
+        """The answer's confidence by every measure of :data:`CONFIDENCE_MEASURES`."""
+        return {measure: answer_confidence(self.token_logprobs, measure) for measure in CONFIDENCE_MEASURES}
+
+
+# How sure a model is of an answer, from its tokens' log-probabilities: ``mean``, the geometric-mean token
+# probability; ``joint``, the probability of the whole answer (their product: a long answer needs every token
+# sure); ``min``, the probability of its least likely token.
+CONFIDENCE_MEASURES = ("mean", "joint", "min")
+
+
+def answer_confidence(token_logprobs: Sequence[float | None] | None, measure: str) -> float | None:
+    """The confidence of an answer with these token log-probabilities (None for a missing one: probability 0)
+    by ``measure``; None without any."""
+    if not token_logprobs:
+        return None
+    values = [value if value is not None else -math.inf for value in token_logprobs]
+    if measure == "mean":
+        return math.exp(sum(values) / len(values))
+    if measure == "joint":
+        return math.exp(sum(values))
+    if measure == "min":
+        return math.exp(min(values))
+    raise InvalidInputError(f"unknown confidence measure {measure!r}", hint=f"one of {', '.join(CONFIDENCE_MEASURES)}")
 
 
 def backend_config(backend: str, config: dict[str, Any] | None, known: Sequence[str]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Choose a route's threshold for a target accuracy or an LLM budget, and store it as a new version.
 
-cascade: the threshold is the lowest tiny-model confidence accepted. Its accuracy / LLM-share curve is
+cascade: the threshold is the lowest tiny-model confidence accepted, by the route's measure (its ``confidence``
+parameter: mean, joint or min token probability). Its accuracy / LLM-share curve is
 simulated exactly from stored evaluations of the tiny model and the LLM on the same tasks (each
 record: task_id, correct, valid, confidence), or estimated from logged traffic: every cascade request
 logs the tiny answer's confidence and validity, and shadow traffic (LLM primary, tiny shadow) logs
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 
 from supertiny.errors import InvalidInputError, NotFoundError
 from supertiny.eval.queries import is_guided
+from supertiny.models.backend import answer_confidence
 from supertiny.policy import policy_store
 from supertiny.store.engine import Store
 from supertiny.store.tables import Evaluation, ModelVersion, RequestLog, RoutingPolicy
@@ -82,7 +84,7 @@ def cascade_curve(records: Sequence[CalibrationRecord]) -> list[CurvePoint]:
         outcomes = [record.llm_correct if up else record.tiny_correct
                     for record, up in zip(records, escalated, strict=True)]
         known = [outcome for outcome in outcomes if outcome is not None]
-        points.append(CurvePoint(threshold=round(threshold, 6), llm_share=sum(escalated) / len(records),
+        points.append(CurvePoint(threshold=threshold, llm_share=sum(escalated) / len(records),
                                  accuracy=sum(known) / len(known) if known else None, n=len(records)))
     return points
 
@@ -97,7 +99,7 @@ def token_curve(scores: Sequence[Sequence[float]]) -> list[CurvePoint]:
     for threshold in candidates:
         while below < len(flat) and flat[below] < threshold:
             below += 1
-        points.append(CurvePoint(threshold=round(threshold, 6), llm_share=below / len(flat), accuracy=None,
+        points.append(CurvePoint(threshold=threshold, llm_share=below / len(flat), accuracy=None,
                                  n=len(scores)))
     return points
 
@@ -166,9 +168,10 @@ def _task_key(record: dict[str, Any]) -> str:
 
 def records_from_evaluations(store: Store, tiny: str, llm: str, domain: str | None = None, split: str | None = None,
                              tiny_evaluation: int | None = None, llm_evaluation: int | None = None,
-                             guided: Sequence[str] = ()) -> tuple[list[CalibrationRecord], str]:
+                             guided: Sequence[str] = (), measure: str = "mean") -> tuple[list[CalibrationRecord], str]:
     """Records joining the latest evaluations (with per-record details) of both models on one domain split; a
-    role named in ``guided`` takes its model's guided evaluations, the other its free ones."""
+    role named in ``guided`` takes its model's guided evaluations, the other its free ones. Each tiny answer's
+    confidence is taken by ``measure`` (see :data:`CONFIDENCE_MEASURES`)."""
     with store.session() as session:
         if tiny_evaluation is not None and llm_evaluation is not None:
             pair = (session.get(Evaluation, tiny_evaluation), session.get(Evaluation, llm_evaluation))
@@ -195,8 +198,8 @@ def records_from_evaluations(store: Store, tiny: str, llm: str, domain: str | No
         other = llm_records.get(_task_key(record))
         if other is None:
             continue
-        confidence = record.get("confidence")
-        records.append(CalibrationRecord(confidence=float(confidence) if confidence is not None else None,
+        confidence = _evaluated_confidence(record, measure, tiny_row.id)
+        records.append(CalibrationRecord(confidence=confidence,
                                          tiny_valid=bool(record.get("valid", True)),
                                          tiny_correct=bool(record["correct"]), llm_correct=bool(other["correct"])))
     if not records:
@@ -206,6 +209,25 @@ def records_from_evaluations(store: Store, tiny: str, llm: str, domain: str | No
     return records, source
 
 
+def _evaluated_confidence(record: dict[str, Any], measure: str, evaluation_id: int) -> float | None:
+    if measure == "mean":
+        confidence = record.get("confidence")
+        return float(confidence) if confidence is not None else None
+    if "token_logprobs" not in record:
+        if record.get("confidence") is None:
+            return None  # an answer without log-probabilities has no confidence by any measure
+        raise InvalidInputError(f"evaluation {evaluation_id} keeps no token log-probabilities, so it gives no "
+                                f"{measure} confidence", hint="evaluate the tiny model again")
+    return answer_confidence(record["token_logprobs"], measure)
+
+
+def _logged_confidence(answer: dict[str, Any], measure: str) -> float | None:
+    by_measure = answer.get("confidences")
+    if isinstance(by_measure, dict):
+        return by_measure.get(measure)
+    return answer.get("confidence") if measure == "mean" else None
+
+
 def _log_details(store: Store, route: str, limit: int) -> list[dict[str, Any]]:
     with store.session() as session:
         rows = session.execute(sa.select(RequestLog.detail).where(RequestLog.route == route, RequestLog.status == 200)
@@ -213,19 +235,22 @@ def _log_details(store: Store, route: str, limit: int) -> list[dict[str, Any]]:
         return [detail for detail in rows if isinstance(detail, dict)]
 
 
-def records_from_logs(store: Store, route: str, limit: int = 100_000) -> tuple[list[CalibrationRecord], str]:
+def records_from_logs(store: Store, route: str, limit: int = 100_000,
+                      measure: str = "mean") -> tuple[list[CalibrationRecord], str]:
     """Cascade records from the route's logged traffic: the tiny answer of cascade requests, and the
-    tiny shadow of shadow requests (agreement with the LLM as correctness)."""
+    tiny shadow of shadow requests (agreement with the LLM as correctness); confidences by ``measure``."""
     records = []
     agreements = 0
     for detail in _log_details(store, route, limit):
         tiny = detail.get("tiny")
         shadow = detail.get("shadow")
         if isinstance(tiny, dict) and "valid" in tiny:
-            records.append(CalibrationRecord(confidence=tiny.get("confidence"), tiny_valid=bool(tiny["valid"])))
+            records.append(CalibrationRecord(confidence=_logged_confidence(tiny, measure),
+                                             tiny_valid=bool(tiny["valid"])))
         elif isinstance(shadow, dict) and "agree" in shadow and detail.get("kind") == "shadow":
             agreements += 1
-            records.append(CalibrationRecord(confidence=shadow.get("confidence"), tiny_valid=bool(shadow.get("valid")),
+            records.append(CalibrationRecord(confidence=_logged_confidence(shadow, measure),
+                                             tiny_valid=bool(shadow.get("valid")),
                                              tiny_correct=bool(shadow["agree"]), llm_correct=True))
     if not records:
         raise InvalidInputError(f"no logged request of route {route!r} carries a tiny answer's confidence",
@@ -269,17 +294,18 @@ def calibrate(store: Store, route: str, *, target_accuracy: float | None = None,
         scores, described = token_scores_from_logs(store, route)
         points = token_curve(scores)
     else:
+        measure = params.get("confidence", "mean")
         if source in ("auto", "evaluations"):
             try:
                 records, described = records_from_evaluations(store, params["tiny"], params["llm"], domain, split,
                                                               tiny_evaluation, llm_evaluation,
-                                                              params.get("guided") or ())
+                                                              params.get("guided") or (), measure)
             except (NotFoundError, InvalidInputError):
                 if source == "evaluations":
                     raise
-                records, described = records_from_logs(store, route)
+                records, described = records_from_logs(store, route, measure=measure)
         else:
-            records, described = records_from_logs(store, route)
+            records, described = records_from_logs(store, route, measure=measure)
         points = cascade_curve(records)
     chosen = choose(points, target_accuracy, llm_budget)
     goal = f"target accuracy {target_accuracy}" if target_accuracy is not None else f"LLM budget {llm_budget}"

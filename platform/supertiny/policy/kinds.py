@@ -3,11 +3,11 @@
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
-from supertiny.models.backend import Generation
+from supertiny.models.backend import Generation, answer_confidence
 from supertiny.policy.base import Decision, Policy, PolicyParams, RouteContext, TierError
 from supertiny.schema import ToolSpec
 
@@ -32,6 +32,7 @@ def answer_summary(generation: Generation, tools: Sequence[ToolSpec] | None, cal
     problem = answer_problem(generation, tools, call_required)
     return {
         "confidence": generation.confidence,
+        "confidences": generation.confidences(),
         "valid": problem is None,
         "problem": problem,
         "calls": [call.model_dump() for call in generation.parse.calls],
@@ -89,8 +90,10 @@ class LlmPolicy(Policy):
 class CascadeParams(PolicyParams):
     tiny: str = Field(description="Model that answers first.")
     llm: str = Field(description="Model that answers when the tiny answer is rejected.")
-    threshold: float = Field(default=0.5, ge=0, le=1.01,
-                             description="Lowest confidence (geometric-mean token probability) accepted.")
+    threshold: float = Field(default=0.5, ge=0, le=1.01, description="Lowest confidence accepted.")
+    confidence: Literal["mean", "joint", "min"] = Field(
+        default="mean", description="What the threshold applies to: mean, the answer's geometric-mean token "
+        "probability; joint, the probability of the whole answer; min, that of its least likely token.")
 
     def models(self) -> dict[str, str]:
         return {"tiny": self.tiny, "llm": self.llm}
@@ -109,13 +112,14 @@ class CascadePolicy(Policy):
         except TierError as exc:
             return Decision(role="llm", escalated=True, reason="tiny_failed", failure=exc)
         problem = answer_problem(tiny, context.tools, context.call_required)
-        confidence = tiny.confidence
+        confidence = answer_confidence(tiny.token_logprobs, params.confidence)
         if problem is None and params.threshold > 0:
             if confidence is None:
                 problem = "no_confidence"
             elif confidence < params.threshold:
                 problem = "low_confidence"
-        detail = {"tiny": answer_summary(tiny, context.tools, context.call_required), "threshold": params.threshold}
+        detail = {"tiny": answer_summary(tiny, context.tools, context.call_required), "threshold": params.threshold,
+                  "confidence_measure": params.confidence}
         if problem is None:
             return Decision(role="tiny", generation=tiny, confidence=confidence, detail=detail)
         return Decision(role="llm", escalated=True, reason=problem, confidence=confidence,
