@@ -41,7 +41,8 @@ def test_the_demo_runs_every_step_and_reports(env):
     state = json.loads((report.parent / "state.json").read_text())["steps"]
     assert list(state) == ["models", "harvest", "snapshot", "eval-teacher", "eval-teacher-guided", "eval-base",
                            "train-sft", "train-kd", "eval-trained", "quantize", "eval-compressed", "policy", "serve"]
-    assert state["harvest"]["result"]["passed"] == 4  # the scripted teacher is always right
+    # best-of-2: two sampled answers to each of the 4 tasks, and the scripted teacher is always right
+    assert state["harvest"]["result"]["passed"] == 8
     # the in-process teacher cannot decode guided: no guided evaluation, and the route's LLM answers freely
     assert "decodes no grammar" in state["eval-teacher-guided"]["result"]["skipped"]
     for step in ("train-sft", "train-kd", "quantize"):
@@ -117,10 +118,12 @@ def test_where_the_teacher_decodes_guided_the_demo_harvests_both_ways_and_its_ll
     report = demo.run()
     state = json.loads((report.parent / "state.json").read_text())["steps"]
     harvest = state["harvest"]["result"]
-    assert len(harvest["run_ids"]) == 2 and harvest["guided"] and harvest["done"] == harvest["passed"] == 8
+    # two sampled free answers and one guided answer to each of the 4 tasks
+    assert len(harvest["run_ids"]) == 2 and harvest["guided"] and harvest["done"] == harvest["passed"] == 12
     assert harvest["tasks_with_a_pass"] == 4
     assert state["snapshot"]["result"]["items"] == 4  # both decodings gave the same calls: one record a task
-    assert "twice, freely and under its tools' JSON Schemas" in report.read_text()
+    assert "4 BFCL train tasks freely (2 sampled answers each) and once more under its tools' JSON Schemas" in \
+        report.read_text()
     # the teacher evaluated guided is the route's LLM tier: the cascade is calibrated on that evaluation
     assert state["eval-teacher-guided"]["result"]["accuracy"] == 1.0 and state["policy"]["result"]["guided_llm"]
     assert policy_store.active_row(store, "demo-toy").params["guided"] == ["llm"]
@@ -188,7 +191,7 @@ def test_the_teacher_answers_through_llama_cpp_when_it_is_installed(env):
     assert (row.backend, row.format) == ("llama-cpp", "gguf") and row.parent_id is not None
     assert state["eval-teacher"]["result"]["model"] == "teacher-gguf-q8_0"
     assert policy_store.active_row(store, "demo-toy").params["llm"] == "teacher-gguf-q8_0"
-    assert state["harvest"]["result"]["done"] == PLAN.harvest_tasks
+    assert state["harvest"]["result"]["done"] == PLAN.harvest_tasks * PLAN.harvest_samples
 
 
 def test_no_network_and_no_cached_models_is_one_clear_message(tmp_path):

@@ -86,6 +86,8 @@ _DEMO, _QUICK = DemoPlan(), DemoPlan.quick()
 @click.option("--quick", is_flag=True, help="A small subset for a first look (about 10 minutes on 2 CPU cores).")
 @click.option("--harvest-tasks", type=int, help=f"BFCL train tasks the teacher answers (default "
               f"{_DEMO.harvest_tasks}; quick {_QUICK.harvest_tasks}).")
+@click.option("--harvest-samples", type=int, help=f"Answers the teacher samples per train task, of which the "
+              f"verifier keeps what passes (best-of-N; default {_DEMO.harvest_samples}).")
 @click.option("--eval-per-category", type=int, help=f"BFCL test tasks per category in each evaluation (default "
               f"{_DEMO.eval_per_category}; quick {_QUICK.eval_per_category}).")
 @click.option("--sft-epochs", type=float, help=f"Epochs of supervised fine-tuning (default {_DEMO.sft_epochs:g}).")
@@ -128,7 +130,7 @@ def demo(settings: Settings, quick: bool, quantize: str | None, **sizes: object)
                  if value is not None and (value is not False or key == "guided")}
     if quantize is not None:
         overrides["quantize"] = "" if quantize == "none" else quantize
-    for key in ("harvest_tasks", "eval_per_category", "requests"):
+    for key in ("harvest_tasks", "harvest_samples", "eval_per_category", "requests"):
         if key in overrides and int(overrides[key]) < 1:  # type: ignore[call-overload]
             raise SupertinyError(f"--{key.replace('_', '-')} must be at least 1")
     plan = DemoPlan.quick(**overrides) if quick else DemoPlan(**overrides)

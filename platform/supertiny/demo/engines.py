@@ -49,10 +49,11 @@ class DemoEngines:
         self.started[model] = row
         return {"served_by": f"{row.kind} engine at {row.url}", "engine_s": time.perf_counter() - started}
 
-    def stop_all(self) -> None:
+    def stop_all(self, keep: str | None = None) -> None:
+        """Stop every engine this run started, except ``keep``'s."""
         from supertiny.engine.manager import stop_engine
 
-        for model in list(self.started):
+        for model in [model for model in self.started if model != keep]:
             try:
                 stop_engine(self.store, model)
             except Exception as exc:  # the demo's result stands; say what was left running

@@ -20,7 +20,9 @@ ENGINE_CHOICES = ("auto", "off")
 # a student's evaluation goes to an engine from this many tasks on: starting one costs a minute or two
 ENGINE_MIN_TASKS = 50
 # bumped when the steps' own settings change, so a re-run trains new models instead of reusing old ones
-RECIPE = 7
+RECIPE = 8
+# the free harvest's sampling temperature when it draws several answers per task (best-of-N)
+HARVEST_TEMPERATURE = 0.7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,11 +32,16 @@ class DemoPlan:
     student: str = STUDENT
     teacher: str = TEACHER
     domain: str = DOMAIN
-    harvest_tasks: int = 20  # training tasks the teacher answers, round-robin over the categories
+    harvest_tasks: int = 200  # training tasks the teacher answers, round-robin over the categories
+    # free answers per task, sampled (best-of-N: the verifier keeps what passes); the guided pass answers each
+    # task once, greedily
+    harvest_samples: int = 2
     # a right BFCL answer is short; wrong ones ramble (prose, repeated calls) and cost the most CPU time
     max_new_tokens: int = 256
-    eval_per_category: int = 3  # test tasks per category for each evaluation
-    sft_epochs: float = 3.0
+    eval_per_category: int = 20  # test tasks per category for each evaluation
+    sft_epochs: float = 1.0
+    # records per optimizer step in sft and kd: a few hundred records make a few dozen steps
+    grad_accum: int = 8
     # logit distillation after sft (0: skip); off by default (see the measurements archive)
     kd_epochs: float = 0.0
     quantize: str = "int8"  # "" skips quantization
@@ -61,8 +68,9 @@ class DemoPlan:
         """A first look within 10 minutes on a 2-core CPU, not a measurement: one harvested task per category
         (the teacher's answers to the multi-call categories are the longest to generate)."""
         # its own route too: a first look must not replace the route a full run stored
-        sizes = {"harvest_tasks": 5, "eval_per_category": 1, "requests": 4, "prefix": "demo-quick",
-                 "route": "demo-quick"}
+        # a handful of records: several epochs of one record per step, or the run is a single update
+        sizes = {"harvest_tasks": 5, "eval_per_category": 1, "sft_epochs": 3.0, "grad_accum": 1, "requests": 4,
+                 "prefix": "demo-quick", "route": "demo-quick"}
         return cls(**{**sizes, **overrides})
 
     @property
@@ -105,17 +113,17 @@ class DemoPlan:
         keys["models"] = _digest({"student": self.student, "teacher": self.teacher, "llm": self.llm,
                                   "domain": self.domain})
         keys["harvest"] = _digest({"teacher": self.llm, "domain": self.domain, "tasks": self.harvest_tasks,
-                                   "max_new_tokens": self.max_new_tokens,
+                                   "samples": self.harvest_samples, "max_new_tokens": self.max_new_tokens,
                                    **({"guided": True} if self.guided and self.engine != "off" else {})})
         keys["snapshot"] = _digest({"harvest": keys["harvest"]})
         keys["eval-teacher"] = _digest({"model": self.llm, **evaluation})
         keys["eval-teacher-guided"] = _digest({"model": self.llm, "guided": True, **evaluation})
         keys["eval-base"] = _digest({"model": self.student, **evaluation})
         keys["train-sft"] = _digest({"data": keys["snapshot"], "student": self.student, "epochs": self.sft_epochs,
-                                     "recipe": RECIPE})
+                                     "grad_accum": self.grad_accum, "recipe": RECIPE})
         keys["eval-sft"] = _digest({"model": keys["train-sft"], **evaluation})
         keys["train-kd"] = _digest({"student": keys["train-sft"], "teacher": self.teacher, "epochs": self.kd_epochs,
-                                    "recipe": RECIPE})
+                                    "grad_accum": self.grad_accum, "recipe": RECIPE})
         trained = keys[self.trained_step]
         keys["eval-trained"] = _digest({"model": trained, **evaluation})
         keys["prune"] = _digest({"model": trained, "to": self.prune_to, "heal": dataclasses.asdict(self.heal_config()),

@@ -184,8 +184,12 @@ def write_report(demo: Any) -> Path:
              f"{time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} ({platform.machine()}, "
              f"{_cpu()}); store `{demo.settings.database_url}`.", ""]
     if harvest:
-        answered = (f"{plan.harvest_tasks} BFCL train tasks twice, freely and under its tools' JSON Schemas "
-                    "(guided decoding)") if harvest.get("guided") else f"{harvest['done']} BFCL train tasks"
+        each = f" ({plan.harvest_samples} sampled answers each)" if plan.harvest_samples > 1 else ""
+        if harvest.get("guided"):
+            answered = (f"{plan.harvest_tasks} BFCL train tasks freely{each} and once more under its tools' JSON "
+                        "Schemas (guided decoding)")
+        else:
+            answered = f"{plan.harvest_tasks} BFCL train tasks{each}"
         lines += [f"Harvest: the teacher `{plan.llm}` answered {answered}; {harvest['passed']} of {harvest['done']} "
                   f"answers passed the verifier ({harvest['pass_rate']:.0%}), for "
                   f"{harvest.get('tasks_with_a_pass', harvest['passed'])} tasks, and became the training snapshot "

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import psutil
 
 from supertiny.config import Settings
 from supertiny.demo.engines import DemoEngines
@@ -34,6 +35,9 @@ Echo = Callable[[str], None]
 # steps that need the machine's memory to themselves: the engines started before them are stopped first (and
 # started again by a later step that needs one)
 MEMORY_BOUND_STEPS = frozenset({"train-sft", "train-kd", "prune", "quantize"})
+# ... but the LLM's engine, which the route serves through at the end, keeps running through them where this much
+# memory is free besides it: starting it again costs minutes
+KEEP_LLM_ENGINE_MIN_AVAILABLE = 12 * 2**30
 
 
 class Demo:
@@ -105,7 +109,10 @@ class Demo:
                 self.echo(prefix)
                 started = time.perf_counter()
                 if name in MEMORY_BOUND_STEPS:
-                    self.engines.stop_all()  # training holds the student, its gradients and often the teacher
+                    # training holds the student, its gradients and often the teacher
+                    self.engines.stop_all(keep=self.plan.llm)
+                    if psutil.virtual_memory().available < KEEP_LLM_ENGINE_MIN_AVAILABLE:
+                        self.engines.stop_all()
                 try:
                     result = action()
                 finally:
@@ -172,17 +179,25 @@ class Demo:
         often talks itself out of, and the verifier keeps what passes from both."""
         import sqlalchemy as sa
 
+        from supertiny.demo.plan import HARVEST_TEMPERATURE
         from supertiny.harvest.runner import HarvestConfig, decodes_guided, run_harvest
         from supertiny.prototype.teacher import open_chat_model
         from supertiny.store import Sample
 
         engine = self.engines.use(self.plan.llm) if self.open_teacher is None else {"served_by": "scripted"}
+        if engine["served_by"] == "in-process" and self.plan.harvest_tasks * self.plan.harvest_samples > 100:
+            self.echo(f"      warning: in-process the teacher answers a few requests at a time, and "
+                      f"{self.plan.harvest_tasks} tasks take hours here; `make demo DEMO_ARGS=--quick` is a "
+                      f"first look in minutes")
         teacher = self.open_teacher() if self.open_teacher else open_chat_model(self.store, self.plan.llm)
         decodings = [False, True] if self.plan.guided and decodes_guided(teacher) else [False]
         results = []
         for guided in decodings:
+            # best-of-N where the answers are free; under the schemas one greedy answer per task
+            samples = 1 if guided else self.plan.harvest_samples
             config = HarvestConfig(domain=self.plan.domain, teacher=self.plan.llm, split="train",
                                    limit=self.plan.harvest_tasks, max_new_tokens=self.plan.max_new_tokens,
+                                   samples_per_task=samples, temperature=HARVEST_TEMPERATURE if samples > 1 else 0.0,
                                    guided=guided)
             with _bar("harvest guided" if guided else "harvest", "sample") as bar:
                 def progress(done: int, passed: int, planned: int) -> None:
@@ -254,15 +269,14 @@ class Demo:
     def train_sft(self) -> dict[str, Any]:
         from supertiny.train.sft_config import SFTConfig
 
-        # a few dozen records: one record per optimizer step, or the run is a handful of updates
-        return self._train("sft", self.plan.student, SFTConfig(epochs=self.plan.sft_epochs, grad_accum=1), None,
-                           self.plan.model_name("train-sft"))
+        config = SFTConfig(epochs=self.plan.sft_epochs, grad_accum=self.plan.grad_accum)
+        return self._train("sft", self.plan.student, config, None, self.plan.model_name("train-sft"))
 
     def train_kd(self) -> dict[str, Any]:
         from supertiny.train.kd_config import KDConfig
 
-        return self._train("kd", self.model("train-sft"), KDConfig(epochs=self.plan.kd_epochs, grad_accum=1),
-                           self.plan.teacher, self.plan.model_name("train-kd"))
+        config = KDConfig(epochs=self.plan.kd_epochs, grad_accum=self.plan.grad_accum)
+        return self._train("kd", self.model("train-sft"), config, self.plan.teacher, self.plan.model_name("train-kd"))
 
     def _train(self, algorithm: str, student: str, config: Any, teacher: str | None, name: str) -> dict[str, Any]:
         from supertiny.models.versions import find_model_version
