@@ -219,6 +219,9 @@ def test_a_measure_other_than_the_mean_needs_the_evaluations_token_log_probabili
     set_policy(sqlite_store, "weather", "cascade", {"tiny": "small", "llm": "large", "confidence": "joint"})
     with pytest.raises(InvalidInputError, match="keeps no token log-probabilities"):
         calibrate(sqlite_store, "weather", target_accuracy=0.8, source="evaluations")
+    # from auto, with no logged traffic either: both reasons, the evaluation's first
+    with pytest.raises(InvalidInputError, match=r"keeps no token log-probabilities.*; and no logged request"):
+        calibrate(sqlite_store, "weather", target_accuracy=0.8)
 
 
 def test_logged_answers_calibrate_by_the_measure_they_logged(sqlite_store):

@@ -56,6 +56,9 @@ def test_the_demo_runs_every_step_and_reports(env):
     text = report.read_text()
     for expected in ("## Models on BFCL test", "teacher (LLM)", "student, compressed", "## Routing", "## Steps"):
         assert expected in text
+    # the harvest per category: pass@1, pass@2 with its interval, the answers kept
+    assert "| category | free pass@1 | free pass@2 | free kept |" in text
+    assert "| celsius | 100.0% | 100.0% [34.2, 100.0] | 4 |" in text
     # every accuracy with its 95% interval, every student tested against the teacher on the same tasks
     teacher_row = next(line for line in text.splitlines() if line.startswith("| teacher (LLM)"))
     assert teacher_row.count(" [") == 1 + len(state["eval-teacher"]["result"]["per_category"])

@@ -63,6 +63,33 @@ def _models_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _harvest_table(runs: list[dict[str, Any]]) -> list[str]:
+    """Per category and decoding: pass@1 (the share of answers that pass), pass@N (the share of tasks with a passing
+    answer, with its 95% interval) and the passing answers kept."""
+    from supertiny.eval.stats import wilson_interval
+
+    categories = sorted({category for run in runs for category in run["categories"]})
+    header = ["category"]
+    for run in runs:
+        decoding, n = "guided" if run["guided"] else "free", run["samples_per_task"]
+        header += [f"{decoding} pass@1", *([f"{decoding} pass@{n}"] if n > 1 else []), f"{decoding} kept"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for category in categories:
+        cells = [category]
+        for run in runs:
+            row = run["categories"].get(category)
+            if row is None:
+                cells += ["-"] * (3 if run["samples_per_task"] > 1 else 2)
+                continue
+            cells.append(_percent(row["pass_at_1"]))
+            if run["samples_per_task"] > 1:
+                low, high = wilson_interval(round(row["pass_at_n"] * row["tasks"]), row["tasks"])
+                cells.append(f"{row['pass_at_n']:.1%} [{low * 100:.1f}, {high * 100:.1f}]")
+            cells.append(str(row["kept"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def _paired_lines(store: Any, rows: list[dict[str, Any]]) -> list[str]:
     """Each student against the teacher on the tasks both answered (exact McNemar)."""
     from supertiny.errors import NotFoundError
@@ -194,6 +221,8 @@ def write_report(demo: Any) -> Path:
                   f"answers passed the verifier ({harvest['pass_rate']:.0%}), for "
                   f"{harvest.get('tasks_with_a_pass', harvest['passed'])} tasks, and became the training snapshot "
                   f"`{state.result('snapshot')['ref']}`.", ""]
+        if harvest.get("runs"):
+            lines += [*_harvest_table(harvest["runs"]), ""]
     if rows:
         lines += [f"## Models on BFCL test ({rows[0]['n']} tasks, {plan.eval_per_category} per category)", "",
                   *_models_table(rows), "", *_paired_lines(demo.store, rows), "",

@@ -208,6 +208,8 @@ class Demo:
 
                 results.append(run_harvest(self.store, config, lambda: teacher, progress))
         run_ids = [result.run_id for result in results]
+        runs = [{"run_id": result.run_id, "guided": guided, **_best_of_n_by_category(self.store, result.run_id)}
+                for guided, result in zip(decodings, results, strict=True)]
         with self.store.session() as session:
             tasks = session.scalars(sa.select(sa.func.count(sa.distinct(Sample.task_id)))
                                     .where(Sample.run_id.in_(run_ids), Sample.verdict == "pass")).one()
@@ -215,7 +217,7 @@ class Demo:
         if passed == 0:
             raise InvalidInputError(f"the teacher passed none of the {done} harvested answers: nothing to train on",
                                     hint="see `supertiny harvest status` for the reasons")
-        return {"run_ids": run_ids, "done": done, "passed": passed, "tasks_with_a_pass": tasks,
+        return {"run_ids": run_ids, "runs": runs, "done": done, "passed": passed, "tasks_with_a_pass": tasks,
                 "engine": engine, "guided": len(decodings) > 1, "pass_rate": passed / done,
                 "s_per_sample": sum(result.elapsed_s for result in results)
                 / max(sum(result.newly_done for result in results), 1)}
@@ -358,6 +360,17 @@ def _version(store: Store, name: str) -> Any:
     from supertiny.models.versions import get_model_version
 
     return get_model_version(store, name)
+
+
+def _best_of_n_by_category(store: Store, run_id: int) -> dict[str, Any]:
+    """The run's samples per task and, per category: tasks, pass@1, pass@N and the passing samples kept."""
+    from supertiny.harvest.queries import run_status
+
+    status = run_status(store, run_id)
+    return {"samples_per_task": status["params"].get("samples_per_task", 1),
+            "categories": {row["category"]: {"tasks": row["tasks"], "pass_at_1": row["pass_rate"],
+                                             "pass_at_n": row["pass_at_n"], "kept": row["kept"]}
+                           for row in status["categories"]}}
 
 
 def _model_facts(store: Store, name: str) -> dict[str, Any]:

@@ -300,10 +300,14 @@ def calibrate(store: Store, route: str, *, target_accuracy: float | None = None,
                 records, described = records_from_evaluations(store, params["tiny"], params["llm"], domain, split,
                                                               tiny_evaluation, llm_evaluation,
                                                               params.get("guided") or (), measure)
-            except (NotFoundError, InvalidInputError):
+            except (NotFoundError, InvalidInputError) as from_evaluations:
                 if source == "evaluations":
                     raise
-                records, described = records_from_logs(store, route, measure=measure)
+                try:
+                    records, described = records_from_logs(store, route, measure=measure)
+                except InvalidInputError as from_logs:  # say why neither source serves, the evaluations first
+                    raise InvalidInputError(f"{from_evaluations.message}; and {from_logs.message}",
+                                            hint=from_evaluations.hint) from from_logs
         else:
             records, described = records_from_logs(store, route, measure=measure)
         points = cascade_curve(records)
