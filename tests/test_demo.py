@@ -112,7 +112,7 @@ def test_where_the_teacher_decodes_guided_the_demo_harvests_both_ways_and_its_ll
 
     monkeypatch.setattr(loading, "lease_model", lease)
     store, settings = env
-    plan = DemoPlan(**{**PLAN.__dict__, "kd_epochs": 0.0, "quantize": "", "requests": 1})
+    plan = DemoPlan(**{**PLAN.__dict__, "kd_epochs": 0.0, "quantize": "", "requests": 1, "guided_harvest": True})
     demo = Demo(settings, store, plan, echo=lambda line: None)
     demo.open_teacher = lambda: SupertinyChatModel(model=EngineTeacher())
     use = demo.engines.use
@@ -166,8 +166,11 @@ def test_a_changed_plan_makes_its_own_models(env):
                     "eval-sft"]
     assert DemoPlan(harvest_tasks=31).model_name("train-sft") != DemoPlan().model_name("train-sft")
     # free and guided decoding harvest different data; with no engine there is no guided decoding to tell apart
-    assert DemoPlan(guided=False).step_keys()["harvest"] != DemoPlan().step_keys()["harvest"]
-    assert DemoPlan(guided=False, engine="off").step_keys()["harvest"] == DemoPlan(engine="off").step_keys()["harvest"]
+    assert DemoPlan(guided_harvest=True).step_keys()["harvest"] != DemoPlan().step_keys()["harvest"]
+    assert DemoPlan(guided_harvest=True, engine="off").step_keys()["harvest"] == \
+        DemoPlan(engine="off").step_keys()["harvest"]
+    # the LLM tier's decoding changes no harvest
+    assert DemoPlan(guided=False).step_keys()["harvest"] == DemoPlan().step_keys()["harvest"]
 
 
 def test_a_changed_plan_reuses_the_steps_it_does_not_change(env):

@@ -107,9 +107,11 @@ _DEMO, _QUICK = DemoPlan(), DemoPlan.quick()
 @click.option("--engine", type=click.Choice(ENGINE_CHOICES), help="auto (the default): the teacher, and students "
               "evaluated on enough tasks, answer through a vLLM engine where one can be installed and run here "
               "(built once under the data dir); off: every model in-process.")
-@click.option("--guided/--no-guided", default=None, help="Where the teacher runs on an engine, it answers each "
-              "train task a second time under the tools' JSON Schemas, the snapshot takes what passes of both, and "
-              "the route's LLM tier answers that way too (the default); or the teacher answers only freely.")
+@click.option("--guided/--no-guided", default=None, help="Where the teacher runs on an engine, the route's LLM tier "
+              "answers under the tools' JSON Schemas (the default), or freely.")
+@click.option("--guided-harvest", is_flag=True, default=None, help="The teacher also answers each train task once "
+              "under the tools' JSON Schemas, and the snapshot takes what passes of both (doubles the harvest's "
+              "time).")
 @click.option("--route", help="Route the demo's policy is stored under (default demo).")
 @pass_settings
 def demo(settings: Settings, quick: bool, quantize: str | None, **sizes: object) -> None:

@@ -32,10 +32,14 @@ class DemoPlan:
     student: str = STUDENT
     teacher: str = TEACHER
     domain: str = DOMAIN
-    harvest_tasks: int = 200  # training tasks the teacher answers, round-robin over the categories
-    # free answers per task, sampled (best-of-N: the verifier keeps what passes); the guided pass answers each
-    # task once, greedily
+    harvest_tasks: int = 100  # training tasks the teacher answers, round-robin over the categories
+    # answers per task, sampled (best-of-N: the verifier keeps what passes); a task's samples share its prompt's
+    # prefill, which is most of a CPU's time, so a second sample costs a fraction of the first
     harvest_samples: int = 2
+    # the teacher also answers every train task once under the tools' JSON Schemas, and the snapshot takes the
+    # verified answers of both: guided answers make the calls a free answer often talks itself out of. Off by
+    # default: it doubles the harvest's time
+    guided_harvest: bool = False
     # a right BFCL answer is short; wrong ones ramble (prose, repeated calls) and cost the most CPU time
     max_new_tokens: int = 256
     eval_per_category: int = 20  # test tasks per category for each evaluation
@@ -58,9 +62,8 @@ class DemoPlan:
     # "auto": the teacher (and students evaluated on enough tasks) answer through a vLLM engine where one can be
     # installed and run here; "off": every model in-process
     engine: str = "auto"
-    # where the teacher runs on an engine, it answers every train task a second time under the tools' JSON Schemas
-    # (harvest run --guided), the snapshot takes the verified answers of both, and the route's LLM tier answers
-    # that way too (evaluated so, to calibrate the cascade on)
+    # where the teacher runs on an engine, the route's LLM tier answers under the tools' JSON Schemas (evaluated so,
+    # to calibrate the cascade on)
     guided: bool = True
 
     @classmethod
@@ -114,7 +117,7 @@ class DemoPlan:
                                   "domain": self.domain})
         keys["harvest"] = _digest({"teacher": self.llm, "domain": self.domain, "tasks": self.harvest_tasks,
                                    "samples": self.harvest_samples, "max_new_tokens": self.max_new_tokens,
-                                   **({"guided": True} if self.guided and self.engine != "off" else {})})
+                                   **({"guided": True} if self.guided_harvest and self.engine != "off" else {})})
         keys["snapshot"] = _digest({"harvest": keys["harvest"]})
         keys["eval-teacher"] = _digest({"model": self.llm, **evaluation})
         keys["eval-teacher-guided"] = _digest({"model": self.llm, "guided": True, **evaluation})

@@ -174,9 +174,9 @@ class Demo:
         return {"exported_from": self.plan.teacher}
 
     def harvest(self) -> dict[str, Any]:
-        """The teacher answers the train tasks freely and, where it runs on an engine, once more under its tools'
-        JSON Schemas: free answers decline the tasks no function fits, guided ones make the calls a free answer
-        often talks itself out of, and the verifier keeps what passes from both."""
+        """The teacher answers the train tasks freely and, with ``guided_harvest`` where it runs on an engine, once
+        more under its tools' JSON Schemas: free answers decline the tasks no function fits, guided ones make the
+        calls a free answer often talks itself out of, and the verifier keeps what passes from both."""
         import sqlalchemy as sa
 
         from supertiny.demo.plan import HARVEST_TEMPERATURE
@@ -190,7 +190,7 @@ class Demo:
                       f"{self.plan.harvest_tasks} tasks take hours here; `make demo DEMO_ARGS=--quick` is a "
                       f"first look in minutes")
         teacher = self.open_teacher() if self.open_teacher else open_chat_model(self.store, self.plan.llm)
-        decodings = [False, True] if self.plan.guided and decodes_guided(teacher) else [False]
+        decodings = [False, True] if self.plan.guided_harvest and decodes_guided(teacher) else [False]
         results = []
         for guided in decodings:
             # best-of-N where the answers are free; under the schemas one greedy answer per task
