@@ -130,6 +130,10 @@ def test_where_the_teacher_decodes_guided_the_demo_harvests_both_ways_and_its_ll
     # the teacher evaluated guided is the route's LLM tier: the cascade is calibrated on that evaluation
     assert state["eval-teacher-guided"]["result"]["accuracy"] == 1.0 and state["policy"]["result"]["guided_llm"]
     assert policy_store.active_row(store, "demo-toy").params["guided"] == ["llm"]
+    # the untrained toy student is never right: reaching the LLM escalates everything, so the route takes the most
+    # accurate point within half the requests
+    assert state["policy"]["result"]["goal"] == {"llm_budget": 0.5}
+    assert state["policy"]["result"]["expected_llm_share"] <= 0.5
     text = report.read_text()
     assert "| teacher (LLM), guided |" in text and "the LLM answers under the tools'" in text
 

@@ -7,13 +7,15 @@ from supertiny.errors import InvalidInputError
 
 # a compressed student this close to the trained one serves in its place
 COMPRESSED_TOLERANCE = 0.03
+# the most the route escalates to the LLM when reaching the LLM's accuracy would take more
+LLM_BUDGET = 0.5
 
 
 def store_route(demo: Any) -> dict[str, Any]:
     """Store the demo's cascade route: the compressed student where it is within :data:`COMPRESSED_TOLERANCE` of
     the trained one (else the trained one) -> the teacher, guided where the teacher was evaluated guided; calibrate
-    its threshold to reach the teacher's accuracy on the evaluation tasks, or to the most accurate point within half
-    the requests escalated."""
+    its threshold to reach the teacher's accuracy on the evaluation tasks, or, where that takes more than
+    :data:`LLM_BUDGET` of the requests escalated (or cannot be done), to the most accurate point within it."""
     from supertiny.policy.calibrate import calibrate
     from supertiny.policy.policy_store import set_policy
 
@@ -35,14 +37,17 @@ def store_route(demo: Any) -> dict[str, Any]:
                note=f"supertiny demo {demo.plan.tag}: tiny = {why}")
     goal: dict[str, float] = {"target_accuracy": teacher["accuracy"]}
     try:
-        calibration = calibrate(demo.store, demo.plan.route, source="evaluations", domain=demo.plan.domain,
-                                split="test", **goal)
+        reaching = calibrate(demo.store, demo.plan.route, source="evaluations", domain=demo.plan.domain,
+                             split="test", dry_run=True, **goal)
+        why_not = (None if reaching.chosen.llm_share <= LLM_BUDGET else
+                   f"reaching the LLM's accuracy escalates {reaching.chosen.llm_share:.0%} of the requests")
     except InvalidInputError as exc:
-        # the cascade cannot reach the teacher on these tasks: take the most accurate point within a 50% budget
-        demo.echo(f"      {exc.message}; calibrating to an LLM budget of 50% instead")
-        goal = {"llm_budget": 0.5}
-        calibration = calibrate(demo.store, demo.plan.route, source="evaluations", domain=demo.plan.domain,
-                                split="test", **goal)
+        why_not = exc.message
+    if why_not:  # a cascade that escalates most requests saves little: the most accurate point within the budget
+        demo.echo(f"      {why_not}; calibrating to an LLM budget of {LLM_BUDGET:.0%} instead")
+        goal = {"llm_budget": LLM_BUDGET}
+    calibration = calibrate(demo.store, demo.plan.route, source="evaluations", domain=demo.plan.domain,
+                            split="test", **goal)
     chosen = calibration.chosen
     demo.echo(f"      route {demo.plan.route!r}: cascade {tiny} -> {demo.plan.llm}, threshold "
               f"{chosen.threshold:.4g}: accuracy {chosen.accuracy:.1%} with {chosen.llm_share:.0%} of requests "

@@ -35,9 +35,11 @@ Echo = Callable[[str], None]
 # steps that need the machine's memory to themselves: the engines started before them are stopped first (and
 # started again by a later step that needs one)
 MEMORY_BOUND_STEPS = frozenset({"train-sft", "train-kd", "prune", "quantize"})
-# ... but the LLM's engine, which the route serves through at the end, keeps running through them where this much
-# memory is free besides it: starting it again costs minutes
-KEEP_LLM_ENGINE_MIN_AVAILABLE = 12 * 2**30
+# ... but the LLM's engine, which the route serves through at the end, keeps running through those that load no
+# teacher where this much memory is free besides it (LoRA sft of the 0.5B takes about 6 GiB): starting it again
+# costs minutes
+KEEP_LLM_ENGINE_MIN_AVAILABLE = 8 * 2**30
+TEACHER_LOADING_STEPS = frozenset({"train-kd", "prune"})
 
 
 class Demo:
@@ -64,19 +66,20 @@ class Demo:
         plan = self.plan
         steps: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
             ("models", "pull the default student and teacher, and the BFCL data", self.models),
-            ("harvest", f"teacher answers {plan.harvest_tasks} BFCL train tasks, each verified", self.harvest),
+            ("harvest", f"teacher answers {plan.harvest_tasks} BFCL train tasks ({plan.harvest_samples} sampled "
+                        f"answers each), each answer verified", self.harvest),
             ("snapshot", "the verified trajectories become an immutable training set", self.snapshot),
             ("eval-teacher", f"evaluate the teacher on {plan.eval_per_category} test tasks per category",
              lambda: self.evaluate_model(plan.llm, engine=True)),
             *([("eval-teacher-guided", "evaluate the teacher under its tools' JSON Schemas (the route's LLM tier)",
                 lambda: self.evaluate_model(plan.llm, engine=True, guided=True))] if plan.guided else []),
             ("eval-base", "evaluate the untrained student", lambda: self.evaluate_model(plan.student)),
-            ("train-sft", f"fine-tune the student on the snapshot ({plan.sft_epochs:g} epochs, LoRA)", self.train_sft),
+            ("train-sft", f"fine-tune the student on the snapshot ({_epochs(plan.sft_epochs)}, LoRA)", self.train_sft),
         ]
         if plan.eval_each_step:
             steps.append(("eval-sft", "evaluate the sft student", lambda: self.evaluate_model(self.model("train-sft"))))
         if plan.kd_epochs > 0:
-            steps.append(("train-kd", f"distil the teacher's logits into it ({plan.kd_epochs:g} epochs)",
+            steps.append(("train-kd", f"distil the teacher's logits into it ({_epochs(plan.kd_epochs)})",
                           self.train_kd))
         steps.append(("eval-trained", "evaluate the trained student", lambda: self.evaluate_model(self.trained())))
         if plan.prune_to:
@@ -111,7 +114,8 @@ class Demo:
                 if name in MEMORY_BOUND_STEPS:
                     # training holds the student, its gradients and often the teacher
                     self.engines.stop_all(keep=self.plan.llm)
-                    if psutil.virtual_memory().available < KEEP_LLM_ENGINE_MIN_AVAILABLE:
+                    if (name in TEACHER_LOADING_STEPS
+                            or psutil.virtual_memory().available < KEEP_LLM_ENGINE_MIN_AVAILABLE):
                         self.engines.stop_all()
                 try:
                     result = action()
@@ -360,6 +364,10 @@ def _version(store: Store, name: str) -> Any:
     from supertiny.models.versions import get_model_version
 
     return get_model_version(store, name)
+
+
+def _epochs(count: float) -> str:
+    return f"{count:g} epoch{'' if count == 1 else 's'}"
 
 
 def _best_of_n_by_category(store: Store, run_id: int) -> dict[str, Any]:
