@@ -66,8 +66,6 @@ def _models_table(rows: list[dict[str, Any]]) -> list[str]:
 def _harvest_table(runs: list[dict[str, Any]]) -> list[str]:
     """Per category and decoding: pass@1 (the share of answers that pass), pass@N (the share of tasks with a passing
     answer, with its 95% interval) and the passing answers kept."""
-    from supertiny.eval.stats import wilson_interval
-
     categories = sorted({category for run in runs for category in run["categories"]})
     header = ["category"]
     for run in runs:
@@ -83,8 +81,7 @@ def _harvest_table(runs: list[dict[str, Any]]) -> list[str]:
                 continue
             cells.append(_percent(row["pass_at_1"]))
             if run["samples_per_task"] > 1:
-                low, high = wilson_interval(round(row["pass_at_n"] * row["tasks"]), row["tasks"])
-                cells.append(f"{row['pass_at_n']:.1%} [{low * 100:.1f}, {high * 100:.1f}]")
+                cells.append(_with_interval(row["pass_at_n"], row["tasks"]))
             cells.append(str(row["kept"]))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
