@@ -380,3 +380,23 @@ def test_concurrent_first_requests_open_a_model_once():
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as threads:
         models = list(threads.map(lambda _: cache.open("same", opener("same")), range(8)))
     assert opener.opened == ["same"] and all(model is models[0] for model in models)
+
+
+@pytest.mark.skipif(model_memory._malloc_trim() is None, reason="no malloc_trim in this C library")
+def test_closing_models_hands_their_freed_heap_back_to_the_system():
+    psutil = pytest.importorskip("psutil")
+    process = psutil.Process()
+    before = process.memory_info().rss
+    blocks = [bytearray(8192) for _ in range(40_000)]  # 320 MB in malloc's heap, below its mmap threshold
+    last = blocks[-1]  # the top of the heap stays in use: freeing alone returns nothing
+    del blocks
+    held = process.memory_info().rss - before
+    loading.close_models()
+    returned = held - (process.memory_info().rss - before)
+    assert held > 200 * 2**20 and returned > 200 * 2**20
+    assert len(last) == 8192
+
+
+def test_handing_freed_memory_back_without_malloc_trim_only_collects(monkeypatch):
+    monkeypatch.setattr(model_memory, "_malloc_trim", lambda: None)
+    model_memory.return_freed_memory()

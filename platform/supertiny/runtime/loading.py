@@ -18,7 +18,7 @@ from typing import Any
 from supertiny.errors import NotFoundError
 from supertiny.models.backend import ChatModel
 from supertiny.runtime.model_cache import Lease, ModelCache
-from supertiny.runtime.model_memory import location_bytes
+from supertiny.runtime.model_memory import location_bytes, return_freed_memory
 from supertiny.store.engine import Store
 
 
@@ -132,5 +132,6 @@ def cached_models() -> list[tuple[str, ChatModel]]:
 
 def close_models() -> None:
     """Close and forget every cached model (tests, between demo steps, server shutdown); one in use is closed
-    when its lease ends."""
+    when its lease ends. The freed memory goes back to the system."""
     model_cache().clear()
+    return_freed_memory()

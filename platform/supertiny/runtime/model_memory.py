@@ -5,9 +5,13 @@
 ``memory_budget()`` is the budget this process gets (``SUPERTINY_MODEL_MEMORY``, else half of system memory).
 ``model_bytes(model)`` estimates a model's resident size from its facts: the bytes of its in-process weights,
 nothing for a model behind an engine or an HTTP endpoint; ``location_bytes`` estimates the same before opening,
-from the weight files on disk.
+from the weight files on disk. ``return_freed_memory()`` hands the memory of closed models back to the system.
 """
 
+import ctypes
+import ctypes.util
+import functools
+import gc
 import json
 import os
 import re
@@ -167,3 +171,23 @@ def _dtype_ratio(directory: Path, config: dict[str, Any]) -> float:
         return 1.0
     stored = _DTYPE_BYTES.get(str(stored_config.get("torch_dtype") or stored_config.get("dtype") or ""))
     return wanted / stored if stored else 1.0
+
+
+def return_freed_memory() -> None:
+    """Collect garbage and return the freed heap to the system. glibc keeps what a closed model freed in its
+    arenas: after a LoRA fine-tune of the 0.5B the process still holds gigabytes it no longer uses, which
+    other processes (an engine) cannot have until it is trimmed."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or None on a C library without it (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
