@@ -386,6 +386,7 @@ def test_concurrent_first_requests_open_a_model_once():
 def test_closing_models_hands_their_freed_heap_back_to_the_system():
     psutil = pytest.importorskip("psutil")
     process = psutil.Process()
+    model_memory.return_freed_memory()  # what earlier tests freed goes first, so the blocks below take new pages
     before = process.memory_info().rss
     blocks = [bytearray(8192) for _ in range(40_000)]  # 320 MB in malloc's heap, below its mmap threshold
     last = blocks[-1]  # the top of the heap stays in use: freeing alone returns nothing
@@ -393,7 +394,7 @@ def test_closing_models_hands_their_freed_heap_back_to_the_system():
     held = process.memory_info().rss - before
     loading.close_models()
     returned = held - (process.memory_info().rss - before)
-    assert held > 200 * 2**20 and returned > 200 * 2**20
+    assert held > 160 * 2**20 and returned > held / 2
     assert len(last) == 8192
 
 
