@@ -266,6 +266,7 @@ def run_harvest(store: Store, config: HarvestConfig, open_teacher: Callable[[], 
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        tally.close()
         elapsed = time.perf_counter() - started
         done_now, passed_now = _close_run(store, run.id, status, error, elapsed)
     return HarvestResult(run_id=run.id, planned=planned, done=done_now, passed=passed_now,
@@ -296,18 +297,27 @@ class _Tally:
     planned: int
     progress: ProgressCallback | None
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    # set once the run ends: a worker an interrupt abandoned must not write after the run's counts are final
+    closed: bool = False
 
     def report(self) -> None:
         if self.progress:
             self.progress(self.counts["done"], self.counts["passed"], self.planned)
 
-    def add(self, sample: Sample, written: bool) -> None:
+    def write(self, store: Store, sample: Sample) -> None:
+        """Write ``sample`` and count it, unless the run has ended."""
         with self.lock:
-            if written:
+            if self.closed:
+                return
+            if _write_sample(store, sample):
                 self.counts["done"] += 1
                 self.counts["new"] += 1
                 self.counts["passed"] += sample.verdict == "pass"
             self.report()
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
 
 
 def _harvest_missing(store: Store, config: HarvestConfig, domain: Domain, examples: list[Example] | None,
@@ -321,7 +331,7 @@ def _harvest_missing(store: Store, config: HarvestConfig, domain: Domain, exampl
     def work(unit: tuple[int, list[int]]) -> None:
         task_id, indices = unit
         for sample in harvest_task(chat_model, domain, rows[task_id], run_id, indices, config, examples):
-            tally.add(sample, _write_sample(store, sample))
+            tally.write(store, sample)
         _record_counts(store, run_id, tally.counts, tally.lock)
 
     run_abandoning_on_interrupt(work, todo, min(len(todo), tasks_in_flight(chat_model, config)))
