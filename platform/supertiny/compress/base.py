@@ -18,6 +18,8 @@ from supertiny.errors import InvalidInputError
 from supertiny.runs.algorithm import Algorithm, Produced, RunContext
 from supertiny.store import Dataset, DatasetItem, ModelVersion
 
+QUANTIZED_FORMATS = ("quantized", "compressed-tensors")  # `compress quantize`'s weight-only and W8A8 outputs
+
 
 @dataclasses.dataclass
 class CompressContext(RunContext):
@@ -55,7 +57,7 @@ class Compressor(Algorithm):
         return f"{model.name}-{self.name_suffix(config)}"
 
     def check_model(self, model: ModelVersion) -> None:
-        if model.format == "quantized":
+        if model.format in QUANTIZED_FORMATS:
             raise InvalidInputError(f"model {model.name!r} is already quantized", hint="compress its parent instead")
 
     def run(self, context: RunContext) -> Produced:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from supertiny.compress.quantize_config import SCHEMES
+from supertiny.compress.quantize_config import WEIGHT_SCHEMES
 
 # rows up to which fp32 activations go through the packed kernel in bf16 rather than a dequantized fp32 matmul
 KERNEL_ROWS = 16
@@ -178,10 +178,11 @@ def int4_fits(linear: nn.Linear, group_size: int) -> bool:
 
 
 def quantize_modules(model: Any, scheme: str, dtype: torch.dtype, group_size: int = 128,
-                     skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Replace the model's linear layers (and its input embedding) in place; return the manifest that
-    :func:`build_skeleton` needs to rebuild the same modules: scheme, group size, what was quantized."""
-    if scheme not in SCHEMES:
+                     skip: tuple[str, ...] = (), quantize_embedding: bool = True) -> dict[str, Any]:
+    """Replace the model's linear layers (and, with ``quantize_embedding``, its input embedding) in place; return the
+    manifest that :func:`build_skeleton` needs to rebuild the same modules: scheme, group size, what was
+    quantized."""
+    if scheme not in WEIGHT_SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}")
     head = model.get_output_embeddings()
     embedding = model.get_input_embeddings()
@@ -196,6 +197,10 @@ def quantize_modules(model: Any, scheme: str, dtype: torch.dtype, group_size: in
             else Int8Linear.from_linear(module, dtype)
         _set_module(model, name, replacement)
         (int4_names if use_int4 else linear_names).append(name)
+    manifest = {"scheme": scheme, "group_size": group_size if scheme == "int4" else None, "int8": linear_names,
+                "int4": int4_names, "embedding": None, "tied_head": None}
+    if not quantize_embedding:
+        return manifest
     embedding_name = next(name for name, module in model.named_modules() if module is embedding)
     quantized_embedding = Int8Embedding.from_embedding(embedding, dtype)
     _set_module(model, embedding_name, quantized_embedding)
@@ -203,15 +208,15 @@ def quantize_modules(model: Any, scheme: str, dtype: torch.dtype, group_size: in
         _tie(model.get_submodule(head_name), quantized_embedding)
     elif tied:  # the head was kept unquantized: it keeps the original table, the embedding gets its own
         model.config.tie_word_embeddings = False
-    return {"scheme": scheme, "group_size": group_size if scheme == "int4" else None, "int8": linear_names,
-            "int4": int4_names, "embedding": embedding_name,
-            "tied_head": head_name if tied and head_name in linear_names else None}
+    return {**manifest, "embedding": embedding_name, "tied_head": head_name if tied and head_name in linear_names
+            else None}
 
 
 def build_skeleton(model: Any, manifest: dict[str, Any], dtype: torch.dtype,
                    activation_dtype: torch.dtype | None = None) -> None:
     """Swap in empty quantized modules named by ``manifest`` (before loading their state dict): scales in
-    ``dtype``, embedding rows handed on in ``activation_dtype`` (default ``dtype``)."""
+    ``dtype``, embedding rows (where ``manifest`` names an embedding) handed on in ``activation_dtype`` (default
+    ``dtype``)."""
     for name in manifest["int8"]:
         linear = model.get_submodule(name)
         _set_module(model, name, Int8Linear(linear.in_features, linear.out_features, linear.bias is not None, dtype))
@@ -219,6 +224,8 @@ def build_skeleton(model: Any, manifest: dict[str, Any], dtype: torch.dtype,
         linear = model.get_submodule(name)
         _set_module(model, name, Int4Linear(linear.in_features, linear.out_features, linear.bias is not None, dtype,
                                             manifest["group_size"]))
+    if not manifest.get("embedding"):
+        return
     embedding = model.get_submodule(manifest["embedding"])
     quantized_embedding = Int8Embedding(embedding.num_embeddings, embedding.embedding_dim, dtype, embedding.padding_idx)
     quantized_embedding.activation_dtype = activation_dtype or dtype

@@ -48,7 +48,9 @@ class DemoPlan:
     grad_accum: int = 8
     # logit distillation after sft (0: skip); off by default (see the measurements archive)
     kd_epochs: float = 0.0
-    quantize: str = "int8"  # "" skips quantization
+    # W8A8 int8 (weights and activations), which the student's engine serves; "int8"/"int4": weight-only, in-process
+    # only; "" skips quantization
+    quantize: str = "w8a8"
     prune_to: str = ""  # e.g. "0.4B": prune the trained student and heal it (not in the default budget)
     heal_epochs: float = 1.0
     requests: int = 8  # real requests sent through the server at the end

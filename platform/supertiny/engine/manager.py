@@ -4,8 +4,9 @@ stop it, read its log; or run a transient one for a model directory while a job 
 serve, bench) finds that a model has an engine and opens it there.
 
 What an engine can serve: a Hugging Face directory (``hf`` format on the ``transformers`` backend): base
-models, trained students, pruned and healed models. Not: int8/int4 weights from ``compress quantize``
-(torch CPU kernels vLLM does not load), GGUF files (served in-process by llama.cpp or transformers), or
+models, trained students, pruned and healed models; and W8A8 int8 checkpoints from ``compress quantize --scheme
+w8a8`` (``compressed-tensors`` format). Not: weight-only int8/int4 from ``compress quantize`` (torch CPU kernels
+vLLM does not load), GGUF files (served in-process by llama.cpp or transformers), or
 models that already are an endpoint. Those keep their own backend and are refused here with one line.
 """
 
@@ -56,7 +57,10 @@ def servable_reason(version: ModelVersion) -> str | None:
     if version.format == "gguf":
         return (f"{version.name} is a GGUF file; vLLM's CPU build does not run GGUF weights, so it is served "
                 "in-process (llama.cpp or transformers backend)")
-    if version.format != "hf" or not getattr(lookup("backend", version.backend), "hf_weights", False):
+    # a compressed-tensors checkpoint names its quantization in its config, which vLLM reads
+    loadable = version.format == "compressed-tensors" or (
+        version.format == "hf" and getattr(lookup("backend", version.backend), "hf_weights", False))
+    if not loadable:
         return (f"{version.name} is a {version.format} model of the {version.backend} backend (weights vLLM "
                 "cannot load); it is served in-process. Serve its unquantized parent on an engine instead")
     if not (Path(version.path) / "config.json").is_file():
