@@ -89,7 +89,10 @@ def test_where_the_teacher_decodes_guided_the_demo_harvests_both_ways_and_its_ll
         capabilities = Capabilities(local=False, logprobs=False, guided=True)
 
         def generate(self, messages, tools=None, options=None):
-            city, unit = messages[-1]["content"].split(" in ")[1:3]
+            from supertiny.models.guided_calls import GUIDED_INSTRUCTION
+
+            request = messages[-1]["content"].removesuffix(f"\n\n{GUIDED_INSTRUCTION}")
+            city, unit = request.split(" in ")[1:3]
             call = {"name": "get_weather", "arguments": {"city": city, "unit": unit.rstrip("?")}}
             if options.guided:
                 text = json_module.dumps({"tool_calls": [call]})
@@ -220,7 +223,7 @@ def test_no_network_and_no_cached_models_is_one_clear_message(tmp_path):
 
 def test_one_models_engine_failing_to_start_leaves_that_model_in_process_and_the_others_on_engines(env,
                                                                                                  monkeypatch):
-    from supertiny.demo.engines import DemoEngines
+    from supertiny.demo.engines import LLM_KV_CACHE_GIB, DemoEngines
     from supertiny.engine import manager
     from supertiny.errors import EngineUnavailableError
 
@@ -230,18 +233,20 @@ def test_one_models_engine_failing_to_start_leaves_that_model_in_process_and_the
     def start(store, settings, model, options, say):
         if model == "student":  # e.g. a quantization this CPU's engine has no kernel for
             raise EngineUnavailableError("the engine for student did not start: no int8 kernel")
-        started.append(model)
+        started.append((model, options.kv_cache_gib))
         return type("Row", (), {"kind": "vllm-cpu", "url": "http://127.0.0.1:1/v1"})()
 
     monkeypatch.setattr(manager, "start_engine", start)
     monkeypatch.setattr(manager, "engine_location", lambda store, version: None)
     monkeypatch.setattr(manager, "stop_engine", lambda store, model: None)
     lines: list[str] = []
-    engines = DemoEngines(settings, store, "auto", lines.append)
+    engines = DemoEngines(settings, store, "auto", lines.append, llm="teacher")
     assert engines.use("teacher")["served_by"] == "vllm-cpu engine at http://127.0.0.1:1/v1"
     used = engines.use("student")
     assert used["served_by"] == "in-process" and "no int8 kernel" in used["why"]
     assert lines == ["      the engine for student did not start: no int8 kernel; student runs in-process"]
-    assert engines.use("teacher")["served_by"].startswith("vllm-cpu engine") and started == ["teacher", "teacher"]
+    assert engines.use("teacher")["served_by"].startswith("vllm-cpu engine")
+    # the LLM's cache is large enough to keep a 100-task evaluation's prompts for the guided one after it
+    assert started == [("teacher", LLM_KV_CACHE_GIB), ("teacher", LLM_KV_CACHE_GIB)] and LLM_KV_CACHE_GIB > 2
     first = DemoEngines(settings, store, "auto", lines.append)  # the first engine failing: no engine at all
     assert first.use("student")["served_by"] == "in-process" and first.unavailable

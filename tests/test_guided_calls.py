@@ -106,11 +106,16 @@ def test_a_cut_or_foreign_answer_is_not_ok_and_keeps_its_text(text):
         assert "did not decode under the schema" in parse.reason
 
 
-def test_the_instruction_joins_the_system_message_or_becomes_one():
-    task = [{"role": "user", "content": "Weather in Oslo?"}]
-    assert with_guided_instruction(task) == [{"role": "system", "content": GUIDED_INSTRUCTION}, *task]
-    steered = with_guided_instruction([{"role": "system", "content": "Use the tools."}, *task])
-    assert steered[0]["content"] == f"Use the tools.\n\n{GUIDED_INSTRUCTION}" and steered[1:] == task
+def test_the_instruction_ends_the_last_user_message_so_the_free_prompt_is_its_prefix():
+    system = {"role": "system", "content": "Use the tools."}
+    task = [system, {"role": "user", "content": "Weather in Oslo?"}, {"role": "assistant", "content": "Celsius?"},
+            {"role": "user", "content": "Yes."}]
+    steered = with_guided_instruction(task)
+    assert steered[:3] == task[:3] and steered[3] == {"role": "user", "content": f"Yes.\n\n{GUIDED_INSTRUCTION}"}
+    assert task[3]["content"] == "Yes."  # the caller's messages are left as they were
+    parts = with_guided_instruction([{"role": "user", "content": [{"type": "text", "text": "Weather?"}]}])
+    assert parts[0]["content"][-1] == {"type": "text", "text": GUIDED_INSTRUCTION}
+    assert with_guided_instruction([system]) == [system, {"role": "user", "content": GUIDED_INSTRUCTION}]
 
 
 class GuidedTeacher(ChatModel):
@@ -127,7 +132,8 @@ class GuidedTeacher(ChatModel):
 
     def generate(self, messages, tools=None, options=None) -> Generation:
         self.seen.append((list(messages), options))
-        city, unit = messages[-1]["content"].split(" in ")[1:3]
+        request = messages[-1]["content"].removesuffix(f"\n\n{GUIDED_INSTRUCTION}")
+        city, unit = request.split(" in ")[1:3]
         text = json.dumps({"tool_calls": [{"name": "get_weather", "arguments": {"city": city,
                                                                                  "unit": unit.rstrip("?")}}]})
         parse, message = guided_answer(text)
@@ -152,8 +158,8 @@ def test_a_guided_harvest_steers_the_teacher_and_stores_plain_tool_calls(store, 
     result = run_harvest(store, config, lambda: SupertinyChatModel(model=teacher))
     assert result.done == result.passed == 5
     messages, options = teacher.seen[0]
-    assert options.guided and messages[0]["role"] == "system" and messages[0]["content"].endswith(GUIDED_INSTRUCTION)
-    assert messages[0]["content"].startswith(toy_domain.ToyWeather.system_prompt)
+    assert options.guided and messages[-1]["role"] == "user" and messages[-1]["content"].endswith(GUIDED_INSTRUCTION)
+    assert messages[0]["content"] == toy_domain.ToyWeather.system_prompt
     with store.session() as session:
         sample = session.scalars(sa.select(Sample).where(Sample.run_id == result.run_id)).first()
         run = session.get(HarvestRun, result.run_id)

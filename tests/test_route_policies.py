@@ -281,8 +281,8 @@ class GuidedModel(ScriptedModel):
         from supertiny.models.backend import guided_answer
 
         generation = super().generate(messages, tools, options)
-        first = message_dicts(messages)[0]
-        self.seen.append((options.guided, first["content"] if first["role"] == "system" else ""))
+        last = message_dicts(messages)[-1]
+        self.seen.append((options.guided, last["content"]))
         self.call_required.append(options.call_required)
         if not options.guided:
             return generation
@@ -301,11 +301,11 @@ def test_a_role_named_guided_decodes_under_the_tools_schemas_and_the_log_says_ho
     outcome = route.route(policy, request())
     assert (outcome.role, outcome.escalated) == ("llm", True)
     assert outcome.generation.message.tool_calls[0].function.name == "get_weather"
-    assert large.seen == [(True, GUIDED_INSTRUCTION)]
+    assert large.seen == [(True, f"Weather in Paris?\n\n{GUIDED_INSTRUCTION}")]
     assert outcome.log_detail()["decoding"] == {"llm": "guided"}
     # without tools there is nothing to decode under: the LLM answers freely, and the log says nothing of it
     plain = route.route(active("llm", llm="large", guided="llm"), request(tools=None))
-    assert large.seen[-1] == (False, "") and "decoding" not in plain.log_detail()
+    assert large.seen[-1] == (False, "Weather in Paris?") and "decoding" not in plain.log_detail()
 
 
 def test_a_guided_role_answers_a_request_that_must_call_under_a_schema_without_the_reply():

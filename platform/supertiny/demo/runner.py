@@ -53,7 +53,7 @@ class Demo:
         self.state = DemoState(settings.home / "demo" / plan.prefix / "state.json", plan.step_keys())
         # what answers the harvest (default: the plan's teacher through LangChain); tests script it
         self.open_teacher: Callable[[], Any] | None = None
-        self.engines = DemoEngines(settings, store, plan.engine, echo)
+        self.engines = DemoEngines(settings, store, plan.engine, echo, llm=plan.llm)
 
     @property
     def directory(self) -> Path:

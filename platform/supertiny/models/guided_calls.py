@@ -7,7 +7,8 @@ An engine that decodes under a JSON Schema (vLLM's structured outputs) cannot wr
 so a guided answer never rambles past its calls and never calls an unknown function or misses a required
 argument; what it can still get wrong is the choice and the values.
 
-The model reads the expected shape from :data:`GUIDED_INSTRUCTION`, which the caller puts in the prompt.
+The model reads the expected shape from :data:`GUIDED_INSTRUCTION`, which the caller appends to the request
+(:func:`with_guided_instruction`).
 """
 
 import json
@@ -21,8 +22,9 @@ from supertiny.schema.messages import MessageLike, message_dicts
 from supertiny.schema.tools import ToolLike
 
 GUIDED_FORMAT = "guided_json"
-# bumped when the schema's shape changes, so a harvest run never mixes answers decoded under two grammars
-GUIDED_SCHEMA_VERSION = 1
+# bumped when the schema's shape or the instruction's place changes, so a harvest run never mixes answers decoded
+# under two grammars or prompts
+GUIDED_SCHEMA_VERSION = 2
 GUIDED_INSTRUCTION = (
     'Answer with one JSON object. When none of the functions can do what the user asks, call none and say so: '
     '{"reply": <your answer>}. Otherwise call them: {"tool_calls": [{"name": <function name>, "arguments": '
@@ -111,12 +113,17 @@ def read_guided_answer(text: str) -> ParseResult:
 
 
 def with_guided_instruction(messages: Sequence[MessageLike]) -> list[dict[str, Any]]:
-    """``messages`` (as OpenAI chat dicts) with :data:`GUIDED_INSTRUCTION` at the end of their system message
-    (a new one when they have none)."""
+    """``messages`` (as OpenAI chat dicts) with :data:`GUIDED_INSTRUCTION` at the end of their last user message
+    (a new user message when they have none). Everything before it (the system prompt, the tools a chat template
+    writes after it, few-shot turns, the request itself) is the prompt the model reads when it answers freely,
+    so an engine's prefix cache serves most of a guided answer's prefill from a free answer to the same request."""
     out = message_dicts(messages)
-    if out and out[0].get("role") == "system":
-        content = out[0].get("content") or ""
-        out[0]["content"] = f"{content}\n\n{GUIDED_INSTRUCTION}" if content else GUIDED_INSTRUCTION
+    last_user = next((index for index in range(len(out) - 1, -1, -1) if out[index].get("role") == "user"), None)
+    if last_user is None:
+        return [*out, {"role": "user", "content": GUIDED_INSTRUCTION}]
+    content = out[last_user].get("content")
+    if isinstance(content, list):  # content parts
+        out[last_user]["content"] = [*content, {"type": "text", "text": GUIDED_INSTRUCTION}]
     else:
-        out.insert(0, {"role": "system", "content": GUIDED_INSTRUCTION})
+        out[last_user]["content"] = f"{content}\n\n{GUIDED_INSTRUCTION}" if content else GUIDED_INSTRUCTION
     return out
