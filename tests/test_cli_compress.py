@@ -40,7 +40,8 @@ def test_compress_lists_the_registered_compressors_with_their_options(invoke):
                    "--eval-domain", "--importance [activation|magnitude]"):
         assert option in prune_help
     quantize_help = invoke("compress", "quantize", "--help").output
-    assert "--scheme [int8|int4]" in quantize_help and "--data" not in quantize_help and "--heal" not in quantize_help
+    assert "--scheme [int8|int4|w8a8]" in quantize_help
+    assert "--data" not in quantize_help and "--heal" not in quantize_help
     assert "  heal " in invoke("train", "--help").output
 
 
