@@ -259,3 +259,15 @@ def test_a_w8a8_model_is_refused_as_a_source_and_another_compressed_tensors_sche
     config_path.write_text(json.dumps(config))
     with pytest.raises(ModelError, match="other than W8A8 int8 per channel"):
         get_backends()["transformers-quantized"].open(result.path, {})
+
+
+@pytest.mark.parametrize("scheme", ["int8", "w8a8"])
+def test_a_corrupt_weights_file_is_one_clear_error(env, scheme):
+    from supertiny.compress.compressed_tensors_io import WEIGHTS as W8A8_WEIGHTS
+
+    store, settings = env
+    result = compress_model(store, settings, "quantize", model="student", config=QuantizeConfig(scheme=scheme))
+    weights = Path(result.path) / (W8A8_WEIGHTS if scheme == "w8a8" else WEIGHTS)
+    weights.write_bytes(weights.read_bytes()[:1000])  # an interrupted copy
+    with pytest.raises(ModelError, match="cannot read the weights"):
+        get_backends()["transformers-quantized"].open(result.path, {})

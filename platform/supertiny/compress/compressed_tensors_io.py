@@ -14,7 +14,6 @@ with the engine's up to the activations' rounding.
 """
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +51,17 @@ def save_w8a8(model: Any, tokenizer: Any, manifest: dict[str, Any], directory: P
     and head left alone) as a compressed-tensors W8A8 directory: into a temporary directory first, renamed once
     complete."""
     import torch
-    from safetensors.torch import save_file
+
+    from supertiny.compress.quantized_io import write_model_directory
 
     dtype = getattr(torch, compute_dtype)
     quantized = set(manifest["int8"])
-    tied_head = model.config.tie_word_embeddings and model.get_output_embeddings() is not None
-    head_name = next(name for name, module in model.named_modules() if module is model.get_output_embeddings())
+    head = model.get_output_embeddings()
+    head_name = next(name for name, module in model.named_modules() if module is head)
     state = {}
     for key, value in model.state_dict().items():
         module, _, leaf = key.rpartition(".")
-        if tied_head and module == head_name:
+        if model.config.tie_word_embeddings and module == head_name:
             continue  # the head is the embedding's table
         if module in quantized and leaf == "weight_scale":
             value = value.float().reshape(-1, 1)
@@ -69,68 +69,47 @@ def save_w8a8(model: Any, tokenizer: Any, manifest: dict[str, Any], directory: P
             value = value.to(dtype)
         state[key] = value.detach().contiguous()
     linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
-    partial = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    save_file(state, str(partial / WEIGHTS), metadata={"format": "pt"})
-    model.config.dtype = dtype
-    model.config.use_cache = True
     model.config.quantization_config = w8a8_config([name for name in linears if name not in quantized])
-    model.config.save_pretrained(partial)
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    if directory.exists():
-        shutil.rmtree(directory)
-    partial.rename(directory)
-    return directory
+    return write_model_directory(model, tokenizer, state, directory, WEIGHTS, compute_dtype)
 
 
 def load_w8a8(directory: Path) -> Any:
     """The W8A8 checkpoint in ``directory`` as a causal LM on the CPU, in eval mode: its int8 layers on torch's
     weight-only int8 kernel, activations unquantized."""
     import torch
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
     from supertiny.artifacts.hardware import fast_dtype
     from supertiny.compress.quantized import build_skeleton
+    from supertiny.compress.quantized_io import finish_loading, load_weights
 
     try:
         config = AutoConfig.from_pretrained(directory)
         _check_w8a8(config.quantization_config, directory)
-        with safe_open(str(directory / WEIGHTS), "pt") as handle:
-            keys = handle.keys()
-        quantized = sorted(key[: -len(SCALE_SUFFIX)] for key in keys if key.endswith(SCALE_SUFFIX))
         compute_dtype = str(config.dtype or "bfloat16").removeprefix("torch.")
         dtype = getattr(torch, compute_dtype)
         activation_dtype = getattr(torch, fast_dtype(compute_dtype))
         del config.quantization_config  # it names a quantizer transformers would insist on
         with no_init_weights():
             model = AutoModelForCausalLM.from_config(config, dtype=activation_dtype)
-        build_skeleton(model, {"int8": quantized, "int4": [], "embedding": None}, dtype, activation_dtype)
-        state = load_file(str(directory / WEIGHTS))
     except (OSError, ValueError, KeyError, AttributeError) as exc:
         raise ModelError(f"cannot load the W8A8 model in {directory}: {exc}") from exc
-    for name in quantized:
-        state[name + SCALE_SUFFIX] = state[name + SCALE_SUFFIX].reshape(-1).to(dtype)
-    state = {key: value.to(activation_dtype) if value.is_floating_point() and not key.endswith(SCALE_SUFFIX)
-             else value for key, value in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    state = load_weights(directory, WEIGHTS)
+    quantized = sorted(key[: -len(SCALE_SUFFIX)] for key in state if key.endswith(SCALE_SUFFIX))
+    try:
+        build_skeleton(model, {"int8": quantized, "int4": [], "embedding": None}, dtype, activation_dtype)
+    except AttributeError as exc:  # a scale for a layer the config does not have
+        raise ModelError(f"the weights in {directory} do not fit its config: {exc}") from exc
+    state = {key: value.reshape(-1).to(dtype) if key.endswith(SCALE_SUFFIX)
+             else value.to(activation_dtype) if value.is_floating_point() else value for key, value in state.items()}
     head = model.get_output_embeddings()
     tied = {name + ".weight" for name, module in model.named_modules() if module is head} \
         if config.tie_word_embeddings else set()
-    if set(missing) - tied or unexpected:
-        raise ModelError(f"the weights in {directory} do not fit its config: missing "
-                         f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    model = finish_loading(model, state, directory, tied)
     if config.tie_word_embeddings:
         model.tie_weights()
-    if (directory / "generation_config.json").is_file():
-        model.generation_config = GenerationConfig.from_pretrained(directory)
-    model.requires_grad_(False)
-    return model.eval()
+    return model
 
 
 def _check_w8a8(quantization: Any, directory: Path) -> None:
