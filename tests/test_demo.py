@@ -17,7 +17,8 @@ from supertiny.models.versions import find_model_version, register_external
 from supertiny.policy import policy_store
 
 PLAN = DemoPlan(student="student", teacher="teacher", domain="toy-weather", harvest_tasks=4, eval_per_category=1,
-                sft_epochs=1.0, kd_epochs=1.0, requests=2, route="demo-toy", llm_runtime="transformers", engine="off")
+                sft_epochs=1.0, kd_epochs=1.0, requests=2, route="demo-toy", llm_runtime="transformers",
+                llm_quantize="", engine="off")
 
 
 @pytest.fixture
@@ -205,6 +206,27 @@ def test_the_teacher_answers_through_llama_cpp_when_it_is_installed(env):
     assert state["eval-teacher"]["result"]["model"] == "teacher-gguf-q8_0"
     assert policy_store.active_row(store, "demo-toy").params["llm"] == "teacher-gguf-q8_0"
     assert state["harvest"]["result"]["done"] == PLAN.harvest_tasks * PLAN.harvest_samples
+
+
+def test_the_llm_is_the_teachers_w8a8_export_in_every_teacher_row_and_the_routes_llm_tier(env):
+    store, settings = env
+    assert DemoPlan().llm == "qwen2.5-coder-1.5b-instruct-w8a8"
+    assert DemoPlan(llm_quantize="").llm == "qwen2.5-coder-1.5b-instruct"
+    plan = DemoPlan(**{**PLAN.__dict__, "kd_epochs": 0.0, "quantize": "", "llm_quantize": "w8a8"})
+    assert plan.step_keys()["harvest"] != DemoPlan(**{**plan.__dict__, "llm_quantize": ""}).step_keys()["harvest"]
+    report = _demo(store, settings, plan).run()
+    state = json.loads((report.parent / "state.json").read_text())["steps"]
+    row = find_model_version(store, "teacher-w8a8")
+    assert row.format == "compressed-tensors" and row.parent_id == find_model_version(store, "teacher").id
+    assert state["models"]["result"]["models"]["teacher-w8a8"] == {"exported_from": "teacher",
+                                                                   "compressor": "quantize", "scheme": "w8a8"}
+    assert state["eval-teacher"]["result"]["model"] == "teacher-w8a8"
+    assert policy_store.active_row(store, "demo-toy").params["llm"] == "teacher-w8a8"
+    assert "The LLM `teacher-w8a8` is the teacher `teacher` quantized to w8a8 (int8 weights and activations)" in \
+        report.read_text()
+    again: list[str] = []
+    _demo(store, settings, plan, echo=again.append).run()  # the export is made once
+    assert sum("reused" in line for line in again) == len(state)
 
 
 def test_no_network_and_no_cached_models_is_one_clear_message(tmp_path):

@@ -4,7 +4,7 @@ import click
 
 from supertiny.cli.app import pass_settings
 from supertiny.config import Settings
-from supertiny.demo.plan import ENGINE_CHOICES, LLM_RUNTIMES, DemoPlan
+from supertiny.demo.plan import ENGINE_CHOICES, LLM_RUNTIMES, LLM_SCHEMES, DemoPlan
 from supertiny.errors import SupertinyError
 from supertiny.runtime.model_memory import format_bytes, memory_budget
 from supertiny.serve.auth import AUTH_MODES
@@ -105,6 +105,9 @@ _DEMO, _QUICK = DemoPlan(), DemoPlan.quick()
               "(harvest, its evaluation, the cascade's LLM tier): llama-cpp (a q8_0 GGUF export; needs `make "
               "llamacpp`), transformers (the default: faster on long prompts on a 2-core AVX2 CPU), or auto "
               "(llama-cpp when installed).")
+@click.option("--llm-quantize", type=click.Choice(LLM_SCHEMES), help="The teacher answers as its W8A8 export (int8 "
+              "weights and activations, made once; the default, faster on a CPU engine), or as pulled (none). Every "
+              "LLM row of the report and the route's LLM tier use it; kd reads the pulled weights.")
 @click.option("--engine", type=click.Choice(ENGINE_CHOICES), help="auto (the default): the teacher, and students "
               "evaluated on enough tasks, answer through a vLLM engine where one can be installed and run here "
               "(built once under the data dir); off: every model in-process.")
@@ -115,7 +118,7 @@ _DEMO, _QUICK = DemoPlan(), DemoPlan.quick()
               "time).")
 @click.option("--route", help="Route the demo's policy is stored under (default demo).")
 @pass_settings
-def demo(settings: Settings, quick: bool, quantize: str | None, **sizes: object) -> None:
+def demo(settings: Settings, quick: bool, quantize: str | None, llm_quantize: str | None, **sizes: object) -> None:
     """Run the whole pipeline end to end on the embedded default and print a report.
 
     \b
@@ -131,8 +134,9 @@ def demo(settings: Settings, quick: bool, quantize: str | None, **sizes: object)
 
     overrides = {key: value for key, value in sizes.items()
                  if value is not None and (value is not False or key == "guided")}
-    if quantize is not None:
-        overrides["quantize"] = "" if quantize == "none" else quantize
+    for key, scheme in (("quantize", quantize), ("llm_quantize", llm_quantize)):
+        if scheme is not None:
+            overrides[key] = "" if scheme == "none" else scheme
     for key in ("harvest_tasks", "harvest_samples", "eval_per_category", "requests"):
         if key in overrides and int(overrides[key]) < 1:  # type: ignore[call-overload]
             raise SupertinyError(f"--{key.replace('_', '-')} must be at least 1")

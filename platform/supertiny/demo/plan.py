@@ -16,6 +16,7 @@ STUDENT = "qwen2.5-coder-0.5b-instruct"
 TEACHER = "qwen2.5-coder-1.5b-instruct"
 DOMAIN = "bfcl"
 LLM_RUNTIMES = ("auto", "llama-cpp", "transformers")
+LLM_SCHEMES = ("w8a8", "none")
 ENGINE_CHOICES = ("auto", "off")
 # a student's evaluation goes to an engine from this many tasks on: starting one costs a minute or two
 ENGINE_MIN_TASKS = 50
@@ -59,6 +60,11 @@ class DemoPlan:
     # on a q8_0 GGUF export ("auto": when llama-cpp-python is installed); kd always reads the HF weights. torch by
     # default: llama.cpp decodes faster on a CPU but prefills slower, and BFCL prompts are long
     llm_runtime: str = "transformers"
+    # the teacher answers as its W8A8 export (int8 weights and activations, made once in the models step): on a CPU
+    # engine it reads its prompts and decodes faster than in bf16 or fp32, and the LLM a production route falls back
+    # to is the model every LLM row and tier of the demo measures. "" answers as pulled. Not with llama.cpp, whose
+    # LLM is already a q8_0 export
+    llm_quantize: str = "w8a8"
     prefix: str = "demo"
     eval_each_step: bool = False  # also evaluate the sft model (before kd)
     # "auto": the teacher (and students evaluated on enough tasks) answer through a vLLM engine where one can be
@@ -90,12 +96,23 @@ class DemoPlan:
         return _digest({**sizes, "llm": self.llm, "recipe": RECIPE})
 
     @property
-    def llm(self) -> str:
-        """The registered model that answers as the teacher: the pulled teacher, or its GGUF export."""
+    def llm_export(self) -> tuple[str, str] | None:
+        """How the LLM is made from the teacher, as (compressor, scheme): a q8_0 GGUF for llama.cpp, or the teacher's
+        W8A8 checkpoint; None where the teacher answers as pulled."""
         runtime = self.llm_runtime
         if runtime == "auto":
             runtime = "llama-cpp" if importlib.util.find_spec("llama_cpp") is not None else "transformers"
-        return f"{self.teacher}-gguf-q8_0" if runtime == "llama-cpp" else self.teacher
+        if runtime == "llama-cpp":
+            return ("gguf", "q8_0")
+        return ("quantize", self.llm_quantize) if self.llm_quantize else None
+
+    @property
+    def llm(self) -> str:
+        """The registered model that answers as the teacher: the pulled teacher, or its export (``llm_export``)."""
+        export = self.llm_export
+        if export is None:
+            return self.teacher
+        return f"{self.teacher}-gguf-{export[1]}" if export[0] == "gguf" else f"{self.teacher}-{export[1]}"
 
     def heal_config(self) -> "HealConfig":
         """How the prune step heals: healing's defaults for ``heal_epochs``."""

@@ -87,6 +87,18 @@ def _harvest_table(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _llm_lines(plan: Any) -> list[str]:
+    """What the teacher rows measure where the LLM is an export of the pulled teacher."""
+    if plan.llm_export is None:
+        return []
+    algorithm, scheme = plan.llm_export
+    what = f"as a {scheme} GGUF for llama.cpp" if algorithm == "gguf" else f"quantized to {scheme}"
+    if scheme == "w8a8":
+        what += " (int8 weights and activations)"
+    return ["", f"The LLM `{plan.llm}` is the teacher `{plan.teacher}` {what}: it harvested, it is the teacher in "
+                "these rows and the route's LLM tier (`--llm-quantize none` keeps the teacher as pulled)."]
+
+
 def _paired_lines(store: Any, rows: list[dict[str, Any]]) -> list[str]:
     """Each student against the teacher on the tasks both answered (exact McNemar)."""
     from supertiny.errors import NotFoundError
@@ -226,7 +238,7 @@ def write_report(demo: Any) -> Path:
                   "Latency is per request on this CPU with every test task in flight at once (it includes the "
                   "wait for the model); the teacher is evaluated on the raw requests (as it is served), without "
                   "the domain prompt that steered it during the harvest.",
-                  ""]
+                  *_llm_lines(plan), ""]
     if policy:
         guided = "; the LLM answers under the tools' JSON Schemas" if policy.get("guided_llm") else ""
         lines += ["## Routing", "",

@@ -149,8 +149,8 @@ class Demo:
             except SupertinyError as exc:
                 raise _offline_error(self.settings, f"the default model {name}", exc) from exc
             pulled[name] = {"already_present": result.already_present, "timings": result.timings}
-        if self.plan.llm != self.plan.teacher:
-            pulled[self.plan.llm] = self._export_llm()
+        if self.plan.llm_export is not None:
+            pulled[self.plan.llm] = self._export_llm(*self.plan.llm_export)
         try:
             domain = lookup("domain", self.plan.domain)
             counts = {split: sum(1 for _ in domain.tasks(split)) for split in ("train", "test")}
@@ -158,10 +158,11 @@ class Demo:
             raise _offline_error(self.settings, f"the {self.plan.domain} data", exc) from exc
         return {"models": pulled, "tasks": counts}
 
-    def _export_llm(self) -> dict[str, Any]:
-        """The teacher as a q8_0 GGUF for llama.cpp (made once): on a CPU without native bf16 it answers
-        several times faster than torch, which computes the bf16 teacher in fp32 there."""
+    def _export_llm(self, algorithm: str, scheme: str) -> dict[str, Any]:
+        """The teacher as the LLM the plan serves (made once): a q8_0 GGUF for llama.cpp, or a W8A8 checkpoint for
+        the teacher's engine, which reads the BFCL prompts faster in int8 than in bf16 or fp32."""
         from supertiny.compress.gguf_config import GGUFConfig
+        from supertiny.compress.quantize_config import QuantizeConfig
         from supertiny.models.versions import find_model_version
         from supertiny.progress import BarProgress
         from supertiny.runs.pipeline import compress_model
@@ -169,13 +170,14 @@ class Demo:
         row = find_model_version(self.store, self.plan.llm)
         if row is not None and Path(row.path).exists():
             return {"already_present": True}
+        config = GGUFConfig(type=scheme) if algorithm == "gguf" else QuantizeConfig(scheme=scheme)
         progress = BarProgress()
         try:
-            compress_model(self.store, self.settings, "gguf", model=self.plan.teacher, config=GGUFConfig(type="q8_0"),
+            compress_model(self.store, self.settings, algorithm, model=self.plan.teacher, config=config,
                            name=self.plan.llm, progress=progress)
         finally:
             progress.close()
-        return {"exported_from": self.plan.teacher}
+        return {"exported_from": self.plan.teacher, "compressor": algorithm, "scheme": scheme}
 
     def harvest(self) -> dict[str, Any]:
         """The teacher answers the train tasks freely and, with ``guided_harvest`` where it runs on an engine, once
