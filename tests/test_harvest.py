@@ -424,3 +424,31 @@ def test_agreement_and_logs_bad_input(store, toy):
     with pytest.raises(InvalidInputError, match="route 'empty' has no logged request with tools"):
         run_harvest(store, HarvestConfig(domain="logs:empty", teacher="t"),
                     lambda: ScriptedChatModel(respond=weather_oracle))
+
+
+def test_a_task_waits_for_its_answer_as_long_as_the_harvest_timeout_and_no_other_teacher_is_given_one(store, toy):
+    from helpers.chat_models import ScriptedModel
+    from supertiny.models.langchain_adapter import SupertinyChatModel
+
+    slow = ScriptedModel("slow", text="No function fits.", delay_s=0.3)  # the backend's default would be shorter
+    config = HarvestConfig(domain="toy-weather", teacher="slow", limit=2, timeout_s=0.1)
+    result = run_harvest(store, config, lambda: SupertinyChatModel(model=slow))
+    assert all("did not answer within 0.1s" in sample.verdict_detail for sample in _samples(store, result.run_id))
+
+    assert dataclasses.replace(config, timeout_s=5.0).fingerprint() == config.fingerprint()  # the same run
+    patient = dataclasses.replace(config, limit=3, timeout_s=5.0)
+    result = run_harvest(store, patient, lambda: SupertinyChatModel(model=slow))
+    assert result.done == 3 and not any("did not answer" in sample.verdict_detail
+                                        for sample in _samples(store, result.run_id))
+
+    seen: list[dict] = []
+
+    def oracle(messages, kwargs):
+        seen.append(kwargs)
+        return weather_oracle(messages, kwargs)
+
+    run_harvest(store, dataclasses.replace(config, teacher="oracle"), lambda: ScriptedChatModel(respond=oracle))
+    assert seen and not any("timeout_s" in kwargs for kwargs in seen)  # e.g. ChatOpenAI would refuse it
+
+    with pytest.raises(InvalidInputError, match="--timeout-s"):
+        run_harvest(store, dataclasses.replace(config, timeout_s=0), lambda: ScriptedChatModel(respond=oracle))

@@ -28,6 +28,8 @@ def harvest() -> None:
 @click.option("--concurrency", type=int, help="Tasks in flight at once (default: enough to keep the teacher's "
               "batch full: 64 sequences on an engine, the dynamic batch in-process).")
 @click.option("--max-new-tokens", default=512, show_default=True, type=int)
+@click.option("--timeout-s", default=3600.0, show_default=True, type=float, help="Seconds a task waits for its "
+              "answers; the tasks in flight share the teacher, so each takes longer the more there are.")
 @click.option("--no-prompt", is_flag=True, help="Do not steer the teacher with the domain's system prompt "
               "and few-shot examples (measure the raw model).")
 @click.option("--examples-from", type=int, metavar="RUN", help="Show the teacher verified answers from harvest run "
@@ -42,7 +44,7 @@ def harvest() -> None:
 @pass_settings
 def run_command(settings: Settings, domain: str | None, logs_route: str | None, teacher: str, split: str,
                 samples_per_task: int, temperature: float, limit: int | None, concurrency: int | None,
-                max_new_tokens: int, no_prompt: bool, examples_from: int | None, examples: int,
+                max_new_tokens: int, timeout_s: float, no_prompt: bool, examples_from: int | None, examples: int,
                 agreement: float | None, guided: bool) -> None:
     """Harvest a domain with a teacher. Re-running the same command resumes the same run."""
     from tqdm import tqdm
@@ -54,7 +56,7 @@ def run_command(settings: Settings, domain: str | None, logs_route: str | None, 
     store = open_store(settings)
     config = HarvestConfig(domain=domain or f"{LOGS_PREFIX}{logs_route}", teacher=teacher, split=split,
                            samples_per_task=samples_per_task,
-                           temperature=temperature, limit=limit, max_new_tokens=max_new_tokens,
+                           temperature=temperature, limit=limit, max_new_tokens=max_new_tokens, timeout_s=timeout_s,
                            use_prompt=not no_prompt, concurrency=concurrency, examples_from=examples_from,
                            examples=examples, agreement=agreement, guided=guided)
     bars: list[tqdm] = []  # created on the first progress report, after the inputs are checked

@@ -46,6 +46,9 @@ class HarvestConfig:
     use_prompt: bool = True
     # tasks in flight at once; None: as many as keep the teacher's batch full (its max_concurrency / samples)
     concurrency: int | None = None
+    # seconds a task waits for its answers: the tasks in flight share the teacher, so on a slow CPU each waits for
+    # the prefill of the others (a batch job's queue, not a stalled teacher: its answer would be lost to the run)
+    timeout_s: float = 3600.0
     # digest of the domain's system prompt and few-shot turns: new steering means a new run
     prompt_digest: str = ""
     # how --limit picks tasks; part of the fingerprint so a run never mixes two selections
@@ -67,6 +70,8 @@ class HarvestConfig:
             raise InvalidInputError("--limit must be at least 1")
         if self.concurrency is not None and self.concurrency < 1:
             raise InvalidInputError("--concurrency must be at least 1")
+        if self.timeout_s <= 0:
+            raise InvalidInputError("--timeout-s must be above 0")
         if self.examples_from is not None and not self.use_prompt:
             raise InvalidInputError("--examples-from replaces the prompt's examples: it cannot go with --no-prompt")
         if self.examples < 1:
@@ -78,9 +83,11 @@ class HarvestConfig:
                 raise InvalidInputError("--agreement needs --samples-per-task of at least 2")
 
     def fingerprint(self) -> str:
-        """Identity of the run: every parameter that changes which samples it holds (not concurrency)."""
+        """Identity of the run: every parameter that changes which samples it holds (not concurrency or the
+        timeout)."""
         fields = dataclasses.asdict(self)
         fields.pop("concurrency")
+        fields.pop("timeout_s")
         if self.guided:  # the instruction that asks for the guided shape steers the teacher too
             steering = f"{GUIDED_SCHEMA_VERSION}:{GUIDED_INSTRUCTION}"
             fields["guided"] = hashlib.sha256(steering.encode()).hexdigest()[:16]
@@ -166,6 +173,8 @@ def harvest_task(chat_model: Any, domain: Domain, task_row: Task, run_id: int, s
     task = domain_task(task_row)
     generation = {"temperature": config.temperature, "max_tokens": config.max_new_tokens,
                   "seed": _sample_seed(task_row.id, sample_indices[0])}
+    if _supertiny_model(chat_model) is not None:  # another LangChain model takes no such argument
+        generation["timeout_s"] = config.timeout_s
     few_shot = examples_for(examples, task_row.id, config.examples) if examples is not None else None
     started = time.perf_counter()
     try:
@@ -206,15 +215,21 @@ def tasks_in_flight(chat_model: Any, config: HarvestConfig) -> int:
     """``config.concurrency``, or enough tasks to keep the teacher's batch full."""
     if config.concurrency is not None:
         return config.concurrency
-    inner = getattr(chat_model, "model", None)  # a supertiny model behind the LangChain adapter
-    capacity = inner.capabilities.max_concurrency if isinstance(inner, ChatModel) else 4
+    inner = _supertiny_model(chat_model)
+    capacity = inner.capabilities.max_concurrency if inner is not None else 4
     return max(1, capacity // config.samples_per_task)
 
 
 def decodes_guided(chat_model: Any) -> bool:
     """Whether ``chat_model`` (a LangChain chat model) is a supertiny model that decodes under JSON Schemas."""
+    inner = _supertiny_model(chat_model)
+    return inner is not None and inner.capabilities.guided
+
+
+def _supertiny_model(chat_model: Any) -> ChatModel | None:
+    """The supertiny model behind the LangChain adapter, or None for any other LangChain chat model."""
     inner = getattr(chat_model, "model", None)
-    return isinstance(inner, ChatModel) and inner.capabilities.guided
+    return inner if isinstance(inner, ChatModel) else None
 
 
 _COUNTS_EVERY_S = 5.0
