@@ -208,9 +208,15 @@ def test_the_teacher_answers_through_llama_cpp_when_it_is_installed(env):
     assert state["harvest"]["result"]["done"] == PLAN.harvest_tasks * PLAN.harvest_samples
 
 
-def test_the_llm_is_the_teachers_w8a8_export_in_every_teacher_row_and_the_routes_llm_tier(env):
+def test_the_llm_is_the_teachers_w8a8_export_in_every_teacher_row_and_the_routes_llm_tier(env, monkeypatch):
+    from supertiny.artifacts.hardware import INT8_DOT_ENV
+
     store, settings = env
+    monkeypatch.setenv(INT8_DOT_ENV, "1")  # auto: W8A8 where the CPU has int8 dot products (VNNI, AMX) ...
     assert DemoPlan().llm == "qwen2.5-coder-1.5b-instruct-w8a8"
+    monkeypatch.setenv(INT8_DOT_ENV, "0")  # ... and as pulled where it has not (AVX2 alone: slower in int8)
+    assert DemoPlan().llm == "qwen2.5-coder-1.5b-instruct"
+    assert DemoPlan(llm_quantize="w8a8").llm == "qwen2.5-coder-1.5b-instruct-w8a8"
     assert DemoPlan(llm_quantize="").llm == "qwen2.5-coder-1.5b-instruct"
     plan = DemoPlan(**{**PLAN.__dict__, "kd_epochs": 0.0, "quantize": "", "llm_quantize": "w8a8"})
     assert plan.step_keys()["harvest"] != DemoPlan(**{**plan.__dict__, "llm_quantize": ""}).step_keys()["harvest"]

@@ -1,4 +1,4 @@
-"""The compute-dtype choice: bf16 only where the hardware runs it natively."""
+"""What the CPU runs fast: bf16 only where the hardware runs it natively, int8 x int8 where it has VNNI or AMX."""
 
 import pytest
 from supertiny.artifacts import hardware
@@ -23,3 +23,14 @@ def test_the_probe_reads_the_cpu_flags(monkeypatch):
     assert not hardware.cpu_has_native_bf16()
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
     assert hardware.cpu_has_native_bf16()
+
+
+def test_int8_dot_products_are_vnni_or_amx(monkeypatch):
+    monkeypatch.delenv(hardware.INT8_DOT_ENV, raising=False)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))  # e.g. Zen 3
+    assert not hardware.cpu_has_int8_dot_product()
+    for flag in ("avx512_vnni", "avx_vnni", "amx_int8"):
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flag=flag: frozenset({"avx2", flag}))
+        assert hardware.cpu_has_int8_dot_product()
+    monkeypatch.setenv(hardware.INT8_DOT_ENV, "0")
+    assert not hardware.cpu_has_int8_dot_product()

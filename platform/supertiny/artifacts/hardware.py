@@ -12,6 +12,8 @@ from pathlib import Path
 
 BF16_ENV = "SUPERTINY_CPU_BF16"  # "1" / "0" overrides the probe
 _NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+INT8_DOT_ENV = "SUPERTINY_CPU_INT8_DOT"  # "1" / "0" overrides the probe
+_INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 @functools.cache
@@ -36,6 +38,16 @@ def cpu_has_native_bf16() -> bool:
     if not flags:  # not Linux: trust the checkpoint's dtype, as before the probe existed
         return True
     return any(flag in flags for flag in _NATIVE_BF16_FLAGS)
+
+
+def cpu_has_int8_dot_product() -> bool:
+    """Whether this CPU multiplies int8 by int8 into int32 in one instruction (VNNI or AMX), which int8 x int8
+    kernels need to beat fp32; without it an int8 matmul takes several instructions per step
+    (``SUPERTINY_CPU_INT8_DOT=1|0`` overrides)."""
+    override = os.environ.get(INT8_DOT_ENV, "").strip()
+    if override in ("0", "1"):
+        return override == "1"
+    return any(flag in cpu_flags() for flag in _INT8_DOT_FLAGS)
 
 
 def fast_dtype(declared: str, device: str = "cpu") -> str:

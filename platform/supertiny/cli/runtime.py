@@ -105,9 +105,10 @@ _DEMO, _QUICK = DemoPlan(), DemoPlan.quick()
               "(harvest, its evaluation, the cascade's LLM tier): llama-cpp (a q8_0 GGUF export; needs `make "
               "llamacpp`), transformers (the default: faster on long prompts on a 2-core AVX2 CPU), or auto "
               "(llama-cpp when installed).")
-@click.option("--llm-quantize", type=click.Choice(LLM_SCHEMES), help="The teacher answers as its W8A8 export (int8 "
-              "weights and activations, made once; the default, faster on a CPU engine), or as pulled (none). Every "
-              "LLM row of the report and the route's LLM tier use it; kd reads the pulled weights.")
+@click.option("--llm-quantize", type=click.Choice(LLM_SCHEMES), help="The teacher answers as its W8A8 export "
+              "(int8 weights and activations, made once), or as pulled (none); auto (the default): W8A8 where the "
+              "CPU has int8 dot-product instructions (VNNI, AMX), which make it faster on the engine. Every LLM row "
+              "of the report and the route's LLM tier use it; kd reads the pulled weights.")
 @click.option("--engine", type=click.Choice(ENGINE_CHOICES), help="auto (the default): the teacher, and students "
               "evaluated on enough tasks, answer through a vLLM engine where one can be installed and run here "
               "(built once under the data dir); off: every model in-process.")

@@ -16,7 +16,7 @@ STUDENT = "qwen2.5-coder-0.5b-instruct"
 TEACHER = "qwen2.5-coder-1.5b-instruct"
 DOMAIN = "bfcl"
 LLM_RUNTIMES = ("auto", "llama-cpp", "transformers")
-LLM_SCHEMES = ("w8a8", "none")
+LLM_SCHEMES = ("auto", "w8a8", "none")
 ENGINE_CHOICES = ("auto", "off")
 # a student's evaluation goes to an engine from this many tasks on: starting one costs a minute or two
 ENGINE_MIN_TASKS = 50
@@ -60,11 +60,11 @@ class DemoPlan:
     # on a q8_0 GGUF export ("auto": when llama-cpp-python is installed); kd always reads the HF weights. torch by
     # default: llama.cpp decodes faster on a CPU but prefills slower, and BFCL prompts are long
     llm_runtime: str = "transformers"
-    # the teacher answers as its W8A8 export (int8 weights and activations, made once in the models step): on a CPU
-    # engine it reads its prompts and decodes faster than in bf16 or fp32, and the LLM a production route falls back
-    # to is the model every LLM row and tier of the demo measures. "" answers as pulled. Not with llama.cpp, whose
-    # LLM is already a q8_0 export
-    llm_quantize: str = "w8a8"
+    # the teacher answers as its W8A8 export (int8 weights and activations, made once in the models step), which a
+    # CPU engine serves faster than bf16 where the CPU has int8 dot-product instructions (VNNI, AMX) and slower where
+    # it has not (AVX2 alone); "auto": W8A8 where it has them. "" answers as pulled. Not with llama.cpp, whose LLM is
+    # already a q8_0 export
+    llm_quantize: str = "auto"
     prefix: str = "demo"
     eval_each_step: bool = False  # also evaluate the sft model (before kd)
     # "auto": the teacher (and students evaluated on enough tasks) answer through a vLLM engine where one can be
@@ -104,7 +104,12 @@ class DemoPlan:
             runtime = "llama-cpp" if importlib.util.find_spec("llama_cpp") is not None else "transformers"
         if runtime == "llama-cpp":
             return ("gguf", "q8_0")
-        return ("quantize", self.llm_quantize) if self.llm_quantize else None
+        scheme = self.llm_quantize
+        if scheme == "auto":
+            from supertiny.artifacts.hardware import cpu_has_int8_dot_product
+
+            scheme = "w8a8" if cpu_has_int8_dot_product() else ""
+        return ("quantize", scheme) if scheme else None
 
     @property
     def llm(self) -> str:
