@@ -160,7 +160,7 @@ class Demo:
 
     def _export_llm(self, algorithm: str, scheme: str) -> dict[str, Any]:
         """The teacher as the LLM the plan serves (made once): a q8_0 GGUF for llama.cpp, or a W8A8 checkpoint for
-        the teacher's engine, which reads the BFCL prompts faster in int8 than in bf16 or fp32."""
+        the teacher's engine (faster than bf16 where the CPU has int8 dot products: ``DemoPlan.llm_quantize``)."""
         from supertiny.compress.gguf_config import GGUFConfig
         from supertiny.compress.quantize_config import QuantizeConfig
         from supertiny.models.versions import find_model_version
