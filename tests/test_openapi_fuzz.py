@@ -56,3 +56,14 @@ def test_every_answer_is_documented_and_conforms(fuzzed_app):
             case.call_and_validate(checks=CHECKS)
 
         call()
+
+
+def test_a_streamed_answer_conforms_to_the_documented_events(fuzzed_app):
+    api = schemathesis.openapi.from_asgi("/openapi.json", fuzzed_app)
+    operation = api["/v1/chat/completions"]["POST"]
+    case = operation.Case(body={"model": "weather", "stream": True,
+                                "messages": [{"role": "user", "content": "Weather in Paris?"}]},
+                          media_type="application/json")
+    response = case.call_and_validate(checks=CHECKS)
+    assert response.headers["content-type"][0].startswith("text/event-stream")
+    assert response.text.rstrip().endswith("data: [DONE]")

@@ -42,6 +42,12 @@ ENDPOINT_ERRORS = {
 }
 
 
+# one server-sent event of a streamed answer: its data is a chat.completion.chunk as JSON, the last one [DONE]
+SSE_EVENT = {"type": "object", "required": ["data"],
+             "properties": {"event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"},
+                            "retry": {"type": "integer"}}}
+
+
 def install_openapi(app: FastAPI) -> None:
     """Make ``app.openapi()`` (served at ``/openapi.json``) the full document, built once."""
 
@@ -78,7 +84,7 @@ def _document(app: FastAPI) -> dict[str, Any]:
     chat["responses"] = {"200": {"description": "The answer, or its chunks as server-sent events ending with "
                                                 "`data: [DONE]`.",
                                  "content": {"application/json": {"schema": _ref(ChatCompletion)},
-                                             "text/event-stream": {"schema": {"type": "string"}}}}}
+                                             "text/event-stream": {"schema": SSE_EVENT}}}}
     paths["/v1/models"]["get"]["responses"] = _ok(_ref(ModelList), "The routes with an active policy.")
     models_item = paths["/v1/models/{model}"]["get"]
     models_item["responses"] = _ok(_ref(ModelCard), "One route.")
