@@ -430,7 +430,7 @@ def test_a_task_waits_for_its_answer_as_long_as_the_harvest_timeout_and_no_other
     from helpers.chat_models import ScriptedModel
     from supertiny.models.langchain_adapter import SupertinyChatModel
 
-    slow = ScriptedModel("slow", text="No function fits.", delay_s=0.3)  # the backend's default would be shorter
+    slow = ScriptedModel("slow", text="No function fits.", delay_s=0.3)  # past 0.1 s, well within 5 s
     config = HarvestConfig(domain="toy-weather", teacher="slow", limit=2, timeout_s=0.1)
     result = run_harvest(store, config, lambda: SupertinyChatModel(model=slow))
     assert all("did not answer within 0.1s" in sample.verdict_detail for sample in _samples(store, result.run_id))
