@@ -1,12 +1,14 @@
 """Stage 1 harvesting: verified samples in the store, resume without loss or duplicates, dedup,
 failures recorded as failed samples, multi-step trajectories."""
 
+import _thread
 import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -74,6 +76,29 @@ def test_interrupted_run_resumes_with_no_lost_and_no_duplicated_samples(store, t
     assert len(samples) == 8 == len({(s.task_id, s.sample_index) for s in samples})
     again = run_harvest(store, config, lambda: pytest.fail("nothing left to do: the teacher is not opened"))
     assert again.newly_done == 0 and again.done == 8
+
+
+def test_an_answer_that_lands_after_an_interrupt_is_not_written_into_the_closed_run(store, toy):
+    """Ctrl-C abandons the tasks in flight; their answers, arriving after the run was closed, must not change it."""
+    release, calls, lock = threading.Event(), [], threading.Lock()
+
+    def interrupted_while_both_answer(messages, kwargs):
+        with lock:
+            calls.append(1)
+            if len(calls) == 2:  # both tasks in flight: the main thread is interrupted, as by Ctrl-C
+                _thread.interrupt_main()
+        release.wait(30)
+        return weather_oracle(messages, kwargs)
+
+    config = HarvestConfig(domain="toy-weather", teacher="oracle", limit=4, concurrency=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_harvest(store, config, lambda: ScriptedChatModel(respond=interrupted_while_both_answer))
+    release.set()
+    for worker in [thread for thread in threading.enumerate() if thread.name.startswith("worker-")]:
+        worker.join(30)
+    with store.session() as session:
+        run = session.scalars(sa.select(HarvestRun)).one()
+    assert run.status == "interrupted" and run.n_done == 0 and _samples(store, run.id) == []
 
 
 def _harvest_script(tmp_path, store_url: str) -> Path:
