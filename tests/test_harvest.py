@@ -84,7 +84,7 @@ def test_an_answer_that_lands_after_an_interrupt_is_not_written_into_the_closed_
 
     def interrupted_while_both_answer(messages, kwargs):
         with lock:
-            calls.append(1)
+            calls.append(threading.current_thread())
             if len(calls) == 2:  # both tasks in flight: the main thread is interrupted, as by Ctrl-C
                 _thread.interrupt_main()
         release.wait(30)
@@ -94,7 +94,7 @@ def test_an_answer_that_lands_after_an_interrupt_is_not_written_into_the_closed_
     with pytest.raises(KeyboardInterrupt):
         run_harvest(store, config, lambda: ScriptedChatModel(respond=interrupted_while_both_answer))
     release.set()
-    for worker in [thread for thread in threading.enumerate() if thread.name.startswith("worker-")]:
+    for worker in calls:  # the abandoned workers, which try to write once released
         worker.join(30)
     with store.session() as session:
         run = session.scalars(sa.select(HarvestRun)).one()
