@@ -50,6 +50,11 @@ def cpu_has_int8_dot_product() -> bool:
     return any(flag in cpu_flags() for flag in _INT8_DOT_FLAGS)
 
 
+def cpu_has_amx_int8() -> bool:
+    """Whether this CPU has AMX int8 tiles, on which vLLM's CPU build runs W8A8 layers with its own kernels."""
+    return "amx_int8" in cpu_flags()
+
+
 def fast_dtype(declared: str, device: str = "cpu") -> str:
     """The dtype to compute a ``declared``-dtype checkpoint in on ``device``."""
     if device.startswith("cuda"):

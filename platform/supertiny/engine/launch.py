@@ -79,14 +79,38 @@ def choose_port(host: str, port: int | None) -> int:
         return int(probe.getsockname()[1])
 
 
-def resolved_dtype(dtype: str, flavour: str) -> str:
+def resolved_dtype(dtype: str, flavour: str, model_dir: str | Path | None = None) -> str:
+    """The ``--dtype`` an engine computes ``model_dir`` in. On a CPU with AMX, vLLM multiplies a W8A8 model's
+    int8 layers with AMX kernels that take bfloat16 or float16 activations only: in float32 the engine starts,
+    then dies on its first request. So such a model computes in bfloat16 there, and float32 is refused."""
+    from supertiny.artifacts.hardware import cpu_has_amx_int8, cpu_has_native_bf16
+
+    amx_int8_layers = flavour == "cpu" and model_dir is not None and quantizes_activations_to_int8(model_dir) \
+        and cpu_has_amx_int8()
+    if dtype == "float32" and amx_int8_layers:
+        raise InvalidInputError(f"the engine cannot serve the W8A8 model at {model_dir} in float32 on this CPU: "
+                                "vLLM's int8 kernels for AMX take bfloat16 or float16 activations only",
+                                hint="leave --dtype at auto, or pass --dtype bfloat16")
     if dtype != "auto":
         return dtype
     if flavour == "cuda":
         return "auto"
-    from supertiny.artifacts.hardware import cpu_has_native_bf16
+    return "bfloat16" if amx_int8_layers or cpu_has_native_bf16() else "float32"
 
-    return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+def quantizes_activations_to_int8(model_dir: str | Path) -> bool:
+    """Whether ``model_dir``'s config declares compressed-tensors layers with int8 input activations (W8A8)."""
+    import json
+
+    try:
+        quantization = json.loads((Path(model_dir) / "config.json").read_text()).get("quantization_config") or {}
+        if quantization.get("quant_method") != "compressed-tensors":
+            return False
+        groups = (quantization.get("config_groups") or {}).values()
+        return any(((group or {}).get("input_activations") or {}).get("type") == "int"
+                   and group["input_activations"].get("num_bits") == 8 for group in groups)
+    except (OSError, ValueError, AttributeError, TypeError):  # no config, or not one vLLM would load either
+        return False
 
 
 def context_length(model_dir: str, wanted: int) -> int:
@@ -109,7 +133,7 @@ def server_command(environment: EngineEnvironment, model_dir: str, served_model:
         "--served-model-name", served_model,
         "--host", options.host,
         "--port", str(port),
-        "--dtype", resolved_dtype(options.dtype, environment.flavour),
+        "--dtype", resolved_dtype(options.dtype, environment.flavour, model_dir),
         "--max-model-len", str(context_length(model_dir, options.max_model_len)),
         "--enable-prefix-caching",
         # sampling follows each request only: the model's generation_config would add its own top_k,
