@@ -33,7 +33,7 @@ class DemoPlan:
     student: str = STUDENT
     teacher: str = TEACHER
     domain: str = DOMAIN
-    harvest_tasks: int = 120  # training tasks the teacher answers, round-robin over the categories
+    harvest_tasks: int = 200  # training tasks the teacher answers, round-robin over the categories
     # answers per task, sampled (best-of-N: the verifier keeps what passes); a task's samples share its prompt's
     # prefill, which is most of a CPU's time, so a second sample costs a fraction of the first
     harvest_samples: int = 2
