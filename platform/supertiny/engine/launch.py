@@ -100,28 +100,30 @@ def resolved_dtype(dtype: str, flavour: str, model_dir: str | Path | None = None
 
 def quantizes_activations_to_int8(model_dir: str | Path) -> bool:
     """Whether ``model_dir``'s config declares compressed-tensors layers with int8 input activations (W8A8)."""
-    import json
-
-    try:
-        quantization = json.loads((Path(model_dir) / "config.json").read_text()).get("quantization_config") or {}
-        if quantization.get("quant_method") != "compressed-tensors":
-            return False
-        groups = (quantization.get("config_groups") or {}).values()
-        return any(((group or {}).get("input_activations") or {}).get("type") == "int"
-                   and group["input_activations"].get("num_bits") == 8 for group in groups)
-    except (OSError, ValueError, AttributeError, TypeError):  # no config, or not one vLLM would load either
+    quantization = model_config(model_dir).get("quantization_config")
+    if not isinstance(quantization, dict) or quantization.get("quant_method") != "compressed-tensors":
         return False
+    groups = quantization.get("config_groups")
+    activations = [group.get("input_activations") for group in (groups.values() if isinstance(groups, dict) else ())
+                   if isinstance(group, dict)]
+    return any(isinstance(each, dict) and each.get("type") == "int" and each.get("num_bits") == 8
+               for each in activations)
 
 
-def context_length(model_dir: str, wanted: int) -> int:
-    """``wanted``, or less where the model's config says it was trained on shorter sequences."""
+def model_config(model_dir: str | Path) -> dict:
+    """``model_dir``'s config.json; empty where it is missing or unreadable (vLLM reports those itself)."""
     import json
 
     try:
         config = json.loads((Path(model_dir) / "config.json").read_text())
     except (OSError, ValueError):
-        return wanted
-    limit = config.get("max_position_embeddings")
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def context_length(model_dir: str, wanted: int) -> int:
+    """``wanted``, or less where the model's config says it was trained on shorter sequences."""
+    limit = model_config(model_dir).get("max_position_embeddings")
     return min(wanted, int(limit)) if isinstance(limit, int | float) and limit > 0 else wanted
 
 
