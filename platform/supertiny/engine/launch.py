@@ -85,8 +85,9 @@ def resolved_dtype(dtype: str, flavour: str, model_dir: str | Path | None = None
     then dies on its first request. So such a model computes in bfloat16 there, and float32 is refused."""
     from supertiny.artifacts.hardware import cpu_has_amx_int8, cpu_has_native_bf16
 
-    amx_int8_layers = flavour == "cpu" and model_dir is not None and quantizes_activations_to_int8(model_dir) \
-        and cpu_has_amx_int8()
+    # the flag first: elsewhere the model's config is not read
+    amx_int8_layers = flavour == "cpu" and model_dir is not None and cpu_has_amx_int8() \
+        and quantizes_activations_to_int8(model_dir)
     if dtype == "float32" and amx_int8_layers:
         raise InvalidInputError(f"the engine cannot serve the W8A8 model at {model_dir} in float32 on this CPU: "
                                 "vLLM's int8 kernels for AMX take bfloat16 or float16 activations only",
