@@ -22,6 +22,7 @@ from supertiny.train.base import TrainContext, Trainer, TrainResult
 from supertiny.train.chat_data import markup_spellings
 from supertiny.train.kd_config import KDConfig
 from supertiny.train.kd_data import distillation_examples
+from supertiny.train.labelled_loss import trained_logits
 from supertiny.train.resources import training_dtype
 from supertiny.train.sft_trainer import training_records
 
@@ -126,21 +127,6 @@ def collate(examples: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]
                       f"{prefix}prompt_length": torch.tensor([example[f"{prefix}prompt_length"]
                                                               for example in examples], dtype=torch.long)})
     return batch
-
-
-def trained_logits(model: Any, input_ids: Any, attention_mask: Any, labels: Any) -> Any:
-    """``(N, vocab)``: the logits predicting each trained token (``labels`` not IGNORE_INDEX), in order.
-    The output layer runs on those positions only: on a 150k vocabulary it costs more than the
-    rest of the model over a long prompt."""
-    import torch
-
-    mask = labels[:, 1:] != IGNORE_INDEX
-    positions = torch.nonzero(mask.any(dim=0)).flatten()
-    try:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions).logits
-    except TypeError:  # an architecture without logits_to_keep: all positions
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][mask]
-    return logits[mask[:, positions]]
 
 
 def make_distillation_trainer(*, model: Any, teacher: Any, tokenizer: Any, config: KDConfig, args: Any,

@@ -11,6 +11,7 @@ from supertiny.progress import Progress
 from supertiny.store import DatasetItem
 from supertiny.train.base import TrainContext, Trainer, TrainResult
 from supertiny.train.chat_data import markup_spellings, tokenize_records, without_call_prose
+from supertiny.train.labelled_loss import labelled_positions_loss
 from supertiny.train.resources import training_dtype
 from supertiny.train.sft_config import SFTConfig
 from supertiny.train.train_config import TrainConfig
@@ -70,8 +71,7 @@ def fine_tune(student: ModelRef, records: Sequence[Record], config: TrainConfig,
                                           for example in examples])
     args = trl.SFTConfig(**training_arguments(config, output_dir, mixed), max_length=None, packing=False,
                          dataset_num_proc=None)
-    trainer_class = _model_loss_trainer() if config.lora and config.train_added_tokens else trl.SFTTrainer
-    trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = _labelled_loss_trainer()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     metrics = run_trainer(trainer, output_dir, progress, description)
     metrics.update({f"data_{key}": value for key, value in dataclasses.asdict(stats).items()})
     return trainer.model, tokenizer, metrics
@@ -95,17 +95,17 @@ class SFTTrainer(Trainer):
         return TrainResult(model=model, tokenizer=tokenizer, metrics=metrics)
 
 
-def _model_loss_trainer() -> Any:
+def _labelled_loss_trainer() -> Any:
     import trl
 
-    class ModelLossSFTTrainer(trl.SFTTrainer):
-        """TRL's trainer with the model's own loss: TRL's fused LM head multiplies by ``lm_head.weight``
-        directly, which skips the trainable rows PEFT puts in front of a tied head."""
+    class LabelledLossSFTTrainer(trl.SFTTrainer):
+        """TRL's trainer with the loss of :mod:`supertiny.train.labelled_loss`: the output head projects the
+        labelled positions only (TRL's fused head recomputes every tile in the backward pass, slow on a CPU, and
+        multiplies by ``lm_head.weight`` directly, which skips the trainable rows PEFT puts in front of a tied
+        head)."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                            labels=inputs["labels"], num_items_in_batch=num_items_in_batch)
-            return (outputs.loss, outputs) if return_outputs else outputs.loss
+            loss, outputs = labelled_positions_loss(model, inputs, num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
 
-    return ModelLossSFTTrainer
-
+    return LabelledLossSFTTrainer
