@@ -233,6 +233,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         variants = [Variant.parse(text) for text in args.variant or ["default"]]
     except ValueError as exc:
         parser.error(str(exc))
+    from supertiny.train.sft_config import SFTConfig
+
+    known = {field.name for field in dataclasses.fields(SFTConfig)} | {"head"}
+    for variant in variants:
+        unknown = sorted(set(variant.options) - known)
+        if unknown:
+            parser.error(f"variant {variant.name!r}: no sft option {', '.join(unknown)} (the fields of SFTConfig)")
     conditions = [ALONE] + ([f"beside {args.beside_engine}"] if args.beside_engine else [])
     runs: list[dict[str, Any]] = []
     engine_s: list[float] = []
