@@ -81,3 +81,55 @@ def test_the_logits_at_the_trained_positions_are_the_full_forward_passes(tiny_mo
         kept = trained_logits(model, input_ids, attention_mask, labels)
     expected = torch.cat([full[0, 3:5], full[1, 1:3]])
     torch.testing.assert_close(kept, expected)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_compact_fused_head_gives_trls_outputs_and_gradients(tiny_model_dir, lora, monkeypatch):
+    from types import SimpleNamespace
+
+    from supertiny.train.labelled_loss import compact_fused_heads
+    from trl.trainer.utils import add_fused_lm_head
+
+    monkeypatch.setattr("supertiny.train.labelled_loss.SCORED_ROWS", 4)  # 9 labelled positions: three slices
+    model = _model(tiny_model_dir, lora)
+    add_fused_lm_head(model.get_base_model() if lora else model, temperature=0.7,
+                      outputs=("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1"))
+    inputs = _inputs(model.config.vocab_size)
+
+    def run():
+        outputs = model(**inputs, fused_lm_head=True, num_items_in_batch=torch.tensor(12))
+        (outputs.loss + 0.1 * outputs.entropy.sum()).backward()
+        return outputs, _gradients(model)
+
+    reference, reference_grads = run()
+    compact_fused_heads(SimpleNamespace(model=model, ref_model=None), temperature=0.7)
+    patched = model.get_base_model() if lora else model
+    assert patched.forward.__func__.__code__.co_filename.endswith("labelled_loss.py")  # it answers from now on
+    compact, grads = run()
+
+    for name in ("loss", "log_probs", "entropy", "log_sum_sq_probs", "mean_logits"):
+        torch.testing.assert_close(getattr(compact, name), getattr(reference, name), rtol=1e-4, atol=1e-5, msg=name)
+    assert torch.equal(compact.is_top1, reference.is_top1) and torch.equal(compact.label_mask, reference.label_mask)
+    assert grads.keys() == reference_grads.keys() and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    plain = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])  # generation's path
+    assert plain.logits.shape[:2] == inputs["input_ids"].shape
+
+
+def test_the_compact_fused_head_without_labelled_positions_gives_a_differentiable_zero(tiny_model_dir):
+    from types import SimpleNamespace
+
+    from supertiny.train.labelled_loss import compact_fused_heads
+    from trl.trainer.utils import add_fused_lm_head
+
+    model = _model(tiny_model_dir, lora=True)
+    add_fused_lm_head(model.get_base_model())
+    compact_fused_heads(SimpleNamespace(model=model), temperature=1.0)
+    inputs = _inputs(model.config.vocab_size)
+    inputs["labels"] = torch.full_like(inputs["labels"], IGNORE_INDEX)
+
+    outputs = model(**inputs, fused_lm_head=True)
+    outputs.loss.backward()
+
+    assert outputs.loss.item() == 0.0 and not outputs.log_probs.any()

@@ -20,6 +20,7 @@ from supertiny.errors import InvalidInputError
 from supertiny.store import DatasetItem, ModelVersion
 from supertiny.train.base import TrainContext, Trainer, TrainResult
 from supertiny.train.dpo_config import DPOConfig
+from supertiny.train.labelled_loss import compact_fused_heads
 from supertiny.train.resources import training_dtype
 
 _ID_KEYS = ("id", "tool_call_id")
@@ -168,6 +169,7 @@ class DPOTrainer(Trainer):
                              precompute_ref_log_probs=config.precompute_ref, dataset_num_proc=None)
         trainer = trl.DPOTrainer(model=model, ref_model=None, args=args,
                                  train_dataset=datasets.Dataset.from_list(pairs), processing_class=tokenizer)
+        compact_fused_heads(trainer)
         metrics = run_trainer(trainer, output_dir, context.progress)
         last = next((entry for entry in reversed(trainer.state.log_history) if "rewards/accuracies" in entry), {})
         metrics.update({"reward_accuracy": last.get("rewards/accuracies"), "reward_margin": last.get("rewards/margins"),

@@ -20,6 +20,7 @@ from supertiny.errors import InvalidInputError
 from supertiny.store import DatasetItem, ModelVersion, Task
 from supertiny.train.base import TrainContext, Trainer, TrainResult
 from supertiny.train.grpo_config import GRPOConfig
+from supertiny.train.labelled_loss import compact_fused_heads
 from supertiny.train.resources import training_dtype
 
 
@@ -154,6 +155,7 @@ class GRPOTrainer(Trainer):
         reward = VerifierReward(domain, tasks, config.invalid_reward)
         trainer = trl.GRPOTrainer(model=model, reward_funcs=reward, args=args,
                                   train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer)
+        compact_fused_heads(trainer, temperature=config.temperature)
         metrics = run_trainer(trainer, output_dir, context.progress)
         rewards = summarize_curve(trainer.state.log_history, "reward")
         metrics.update({"reward_first": rewards["first"], "reward_last": rewards["last"],
