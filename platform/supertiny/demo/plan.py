@@ -21,7 +21,7 @@ ENGINE_CHOICES = ("auto", "off")
 # a student's evaluation goes to an engine from this many tasks on: starting one costs a minute or two
 ENGINE_MIN_TASKS = 50
 # bumped when the steps' own settings change, so a re-run trains new models instead of reusing old ones
-RECIPE = 8
+RECIPE = 9
 # the free harvest's sampling temperature when it draws several answers per task (best-of-N)
 HARVEST_TEMPERATURE = 0.7
 

@@ -22,7 +22,8 @@ class TrainConfig:
     lora: bool = option(True, "Train LoRA adapters (merged into the weights on save); --no-lora trains every weight.")
     lora_r: int = option(16, "LoRA rank.")
     lora_alpha: int = option(32, "LoRA alpha (scale = alpha / r).")
-    lora_dropout: float = option(0.05, "Dropout on the LoRA path.")
+    lora_dropout: float = option(0.0, "Dropout on the LoRA path (0: none; any other value draws a random mask "
+                                 "for each adapted module at every forward pass).")
     adapter_fp32: bool = option(True, "Keep LoRA adapters in fp32 (stable updates); --no-adapter-fp32 keeps them in "
                                 "the weights' dtype: faster LoRA steps on a CPU in bf16.")
     train_added_tokens: bool = option(False, "With LoRA, also train the embedding rows of the tokenizer's added tokens "
