@@ -105,7 +105,7 @@ def _labelled_loss_trainer() -> Any:
         head)."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss, outputs = labelled_positions_loss(model, inputs, num_items_in_batch)
-            return (loss, outputs) if return_outputs else loss
+            loss, logits = labelled_positions_loss(model, inputs, num_items_in_batch)
+            return (loss, {"logits": logits}) if return_outputs else loss
 
     return LabelledLossSFTTrainer
