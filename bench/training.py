@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from supertiny.errors import SupertinyError
+
 from bench.engines import machine
 from bench.result_files import write_result_files
 
@@ -104,7 +106,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         sft_trainer._labelled_loss_trainer = lambda: trl.SFTTrainer
     store = open_store(get_settings(database_url=spec["db"]))
     config = SFTConfig(**{"grad_accum": spec["grad_accum"], **options, "max_steps": spec["steps"],
-                          "save_steps": 10**6})
+                          "save_steps": 10**6, "logging_steps": 1})  # the last loss is the last step's
     config.validate()
     dataset = get_snapshot(store, spec["data"])
     records = training_records(snapshot_items(store, dataset, config.split), config.verdict, config.call_prose)
@@ -149,6 +151,19 @@ def engine_block(args: argparse.Namespace, start: bool) -> float:
     else:
         stop_engine(store, args.beside_engine)
     return round(time.perf_counter() - started, 1)
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """The snapshot and the models exist, before anything runs (a SupertinyError naming what is missing)."""
+    from supertiny.config import get_settings
+    from supertiny.data.snapshot import get_snapshot
+    from supertiny.models.versions import get_model_version
+    from supertiny.store.session import open_store
+
+    store = open_store(get_settings(database_url=args.db))
+    get_snapshot(store, args.data)
+    for name in filter(None, (args.student, args.beside_engine)):
+        get_model_version(store, name)
 
 
 def summarize(runs: list[dict[str, Any]], variants: list[str], conditions: list[str]) -> list[dict[str, Any]]:
@@ -240,6 +255,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         unknown = sorted(set(variant.options) - known)
         if unknown:
             parser.error(f"variant {variant.name!r}: no sft option {', '.join(unknown)} (the fields of SFTConfig)")
+    try:
+        check_inputs(args)
+    except SupertinyError as exc:
+        parser.error(exc.message)
     conditions = [ALONE] + ([f"beside {args.beside_engine}"] if args.beside_engine else [])
     runs: list[dict[str, Any]] = []
     engine_s: list[float] = []

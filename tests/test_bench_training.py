@@ -30,7 +30,7 @@ def test_variants_parse_field_values_as_json_else_text(bench_training):
 
 
 def test_each_variant_trains_in_its_own_process_and_is_compared_to_the_first(bench_training, sqlite_store,
-                                                                           tiny_model_dir, tmp_path):
+                                                                           tiny_model_dir, tmp_path, capsys):
     register_external(sqlite_store, tiny_model_dir, name="student")
     harvest_snapshot(sqlite_store, "weather", limit=4)
 
@@ -38,6 +38,11 @@ def test_each_variant_trains_in_its_own_process_and_is_compared_to_the_first(ben
                  "--grad-accum", "1", "--repeats", "1", "--out", str(tmp_path)]
     with pytest.raises(SystemExit):  # a misspelt option is refused before anything runs
         bench_training.main([*arguments, "--variant", "typo:lora_dropuot=0"])
+    for wrong, named in ((["--data", "no-such-snapshot"], "no-such-snapshot"),
+                         (["--beside-engine", "no-such-model"], "no-such-model")):
+        with pytest.raises(SystemExit):  # so is a snapshot or model that is not in the store
+            bench_training.main([*arguments, *wrong])
+        assert named in capsys.readouterr().err
     assert not list(tmp_path.glob("training-*"))
 
     result = bench_training.main([*arguments, "--variant", "trl-head:head=trl", "--variant", "default"])
