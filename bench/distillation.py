@@ -29,7 +29,7 @@ from typing import Any
 
 from supertiny.errors import SupertinyError
 from supertiny.eval.stats import format_p_value
-from supertiny.models.backend import CONFIDENCE_MEASURES
+from supertiny.models.answer_agreement import GATE_MEASURES
 
 from bench.engines import machine
 from bench.result_files import write_result_files
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cascade", metavar="TINY", help="Draw the cascade TINY -> the teacher on the same tasks.")
     parser.add_argument("--cascade-llm", metavar="LLM", help="The cascade's LLM tier (default: --teacher); "
                         "NAME:guided for a route that decodes it guided.")
-    parser.add_argument("--cascade-confidence", action="append", choices=CONFIDENCE_MEASURES, default=[],
+    parser.add_argument("--cascade-confidence", action="append", choices=GATE_MEASURES, default=[],
                         help="The cascade gate's confidence measure (repeatable: the first is tabled in full, every "
                              "one is compared and drawn; default: mean).")
     parser.add_argument("--out", type=Path, default=RESULTS)

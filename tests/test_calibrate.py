@@ -231,3 +231,36 @@ def test_logged_answers_calibrate_by_the_measure_they_logged(sqlite_store):
             "confidence": mean, "confidences": {"mean": mean, "joint": lowest / 2, "min": lowest}, "valid": True}})
     result = calibrate(sqlite_store, "weather", llm_budget=0.5, dry_run=True)
     assert result.chosen.threshold == 0.6
+
+
+def test_an_agreement_cascade_calibrates_on_the_agreement_its_evaluation_kept(sqlite_store):
+    small = register_model_version(sqlite_store, name="small", stage="external", format="hf",
+                                   backend="transformers", path="/nowhere")
+    large = register_model_version(sqlite_store, name="large", stage="external", format="hf",
+                                   backend="transformers", path="/nowhere")
+    # the tiny answers' token probabilities say the opposite of their agreement: the gate must read agreement
+    tiny = {"a": (0.99, 0.25, False), "b": (0.5, 1.0, True), "c": (0.98, 0.5, False), "d": (0.6, 0.75, True)}
+    with sqlite_store.session() as session:
+        session.add(Evaluation(model_version_id=small.id, domain="bfcl", split="test", n_tasks=4, accuracy=0.5,
+                               per_category={}, details={"records": [
+                                   {"task": task, "task_hash": task, "category": "simple", "correct": correct,
+                                    "valid": True, "confidence": mean, "agreement": agreement}
+                                   for task, (mean, agreement, correct) in tiny.items()]}))
+        session.add(Evaluation(model_version_id=large.id, domain="bfcl", split="test", n_tasks=4, accuracy=1.0,
+                               per_category={}, details={"records": [
+                                   {"task": task, "task_hash": task, "category": "simple", "correct": True,
+                                    "valid": True, "confidence": None} for task in tiny]}))
+    set_policy(sqlite_store, "weather", "cascade", {"tiny": "small", "llm": "large", "confidence": "agreement"})
+    result = calibrate(sqlite_store, "weather", llm_budget=0.5, dry_run=True)
+    assert (result.chosen.threshold, result.chosen.llm_share, result.chosen.accuracy) == (0.75, 0.5, 1.0)
+    set_policy(sqlite_store, "weather", "cascade", {"tiny": "small", "llm": "large", "confidence": "mean"})
+    assert calibrate(sqlite_store, "weather", llm_budget=0.5, dry_run=True).chosen.accuracy == 0.5
+
+
+def test_an_agreement_cascade_needs_an_evaluation_that_sampled(sqlite_store):
+    _evaluation(sqlite_store, "small", llm=False)
+    _evaluation(sqlite_store, "large", llm=True)
+    set_policy(sqlite_store, "weather", "cascade", {"tiny": "small", "llm": "large", "confidence": "agreement"})
+    with pytest.raises(InvalidInputError, match="sampled no answers to agree with") as raised:
+        calibrate(sqlite_store, "weather", target_accuracy=0.8, source="evaluations")
+    assert "--agreement-samples" in raised.value.hint

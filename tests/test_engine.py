@@ -242,8 +242,10 @@ def test_harvest_and_eval_go_through_the_engine(engine):
     result = run_harvest(store, config, lambda: open_chat_model(store, MODEL))
     assert result.done == result.planned == 12
     evaluation = evaluate(store, EvalConfig(model=MODEL, domain="toy-weather", split="test", limit=4,
-                                            max_new_tokens=8))
+                                            max_new_tokens=8, agreement_samples=3))
     assert evaluation.n_tasks == 4 and evaluation.details["engine"].startswith("vllm engine at")
+    # the engine samples three answers a task in one request; each record keeps how many agree with the greedy one
+    assert all(record["agreement"] in (0, 1 / 3, 2 / 3, 1) for record in evaluation.details["records"])
     guided = run_harvest(store, HarvestConfig(domain="toy-weather", teacher=MODEL, limit=2, max_new_tokens=12,
                                               guided=True), lambda: open_chat_model(store, MODEL))
     assert guided.done == guided.planned == 2 and guided.run_id != result.run_id

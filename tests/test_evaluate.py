@@ -103,6 +103,13 @@ def test_eval_cli(toy, tiny_model_dir, tmp_path):
     guided = run("eval", "run", "--model", "tiny", "--domain", "toy-weather", "--limit", "2", "--guided")
     assert guided.exit_code == 1 and "--guided needs a model that decodes under JSON Schemas" in guided.output
     assert len(json.loads(run("eval", "list", "--json").output)) == 1  # refused before anything was stored
+    sampled = run("eval", "run", "--model", "tiny", "--domain", "toy-weather", "--limit", "2", "--max-new-tokens", "4",
+                  "--agreement-samples", "2", "--agreement-temperature", "1.0")
+    assert sampled.exit_code == 0, sampled.output
+    from supertiny.store.engine import Store
+
+    records = queries.latest_evaluation(Store(url), "tiny", with_records=True)["records"]
+    assert all(record["agreement"] in (0.0, 0.5, 1.0) for record in records)
 
 
 def test_the_paired_test_counts_only_the_tasks_both_judged_and_where_they_disagree():
@@ -136,3 +143,46 @@ def register_external_like(store, name):
 
     register_model_version(store, name=name, stage="external", format="hf", backend="transformers",
                            path=f"/nowhere/{name}")
+
+
+def test_an_evaluation_with_agreement_samples_keeps_the_share_that_agrees_with_the_greedy_answer(store, toy,
+                                                                                                  monkeypatch):
+    import dataclasses
+
+    from helpers.chat_models import ScriptedModel
+    from supertiny.eval import runner
+    from supertiny.models.backend import parse_answer
+
+    def call(city: str) -> str:
+        return f'<tool_call>\n{{"name": "get_weather", "arguments": {{"city": "{city}"}}}}\n</tool_call>'
+
+    class Sampling(ScriptedModel):
+        """Greedy: Paris; sampled: Paris, Oslo, Paris, Oslo, ..."""
+
+        def generate(self, messages, tools=None, options=None):
+            generation = super().generate(messages, tools, options)
+            if options.temperature == 0:
+                return generation
+            text = call("Paris" if self.calls % 2 else "Oslo")
+            parse, message = parse_answer(text, tools)
+            return dataclasses.replace(generation, text=text, parse=parse, message=message, token_logprobs=None)
+
+    model = Sampling("sampling", call("Paris"))
+    monkeypatch.setattr("supertiny.runtime.loading.lease_model", lambda store, name: contextlib.nullcontext(model))
+    register_external_like(store, "sampling")
+    evaluation = runner.evaluate(store, EvalConfig(model="sampling", domain="toy-weather", limit=3, concurrency=1,
+                                                   agreement_samples=4, agreement_temperature=0.5))
+    records = evaluation.details["records"]
+    assert [record["agreement"] for record in records] == [0.5, 0.5, 0.5] and model.calls == 15
+    assert all(record["confidence"] == pytest.approx(0.9) for record in records)  # the greedy answer's
+    plain = runner.evaluate(store, EvalConfig(model="sampling", domain="toy-weather", limit=3))
+    assert all("agreement" not in record for record in plain.details["records"])
+
+
+def test_agreement_samples_are_refused_on_a_multi_step_domain(store, register_plugin):
+    from supertiny.errors import InvalidInputError
+
+    register_plugin(toy_domain, name="toy-domains")
+    register_external_like(store, "any")
+    with pytest.raises(InvalidInputError, match="no single set of calls to agree on"):
+        evaluate(store, EvalConfig(model="any", domain="toy-alerts", limit=2, agreement_samples=4))

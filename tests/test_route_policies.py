@@ -15,7 +15,7 @@ from helpers.chat_models import (
     broken,
 )
 from supertiny.errors import BackendTimeoutError, InvalidInputError, ModelError
-from supertiny.models.backend import Capabilities, GenerationOptions
+from supertiny.models.backend import Capabilities, GenerationOptions, parse_answer
 from supertiny.policy.kinds import canary_bucket
 from supertiny.policy.policy_store import ActivePolicy, policy_kind
 from supertiny.policy.pool import ModelPool
@@ -108,17 +108,70 @@ def test_cascade_threshold_applies_to_the_routes_confidence_measure():
     assert joint.log_detail()["confidence_measure"] == "joint"
     assert joint.confidence == pytest.approx(tiny["confidences"]["joint"]) and joint.confidence < 0.5
     assert tiny["confidences"]["mean"] == pytest.approx(0.9) == tiny["confidences"]["min"]
-    with pytest.raises(pydantic.ValidationError, match="'mean', 'joint' or 'min'"):
+    with pytest.raises(pydantic.ValidationError, match="'mean', 'joint', 'min' or 'agreement'"):
         active("cascade", tiny="small", llm="large", confidence="median")
 
 
 def test_the_cascade_offers_every_confidence_measure():
     from typing import get_args
 
-    from supertiny.models.backend import CONFIDENCE_MEASURES
+    from supertiny.models.answer_agreement import GATE_MEASURES
     from supertiny.policy.kinds import CascadeParams
 
-    assert get_args(CascadeParams.model_fields["confidence"].annotation) == CONFIDENCE_MEASURES
+    assert get_args(CascadeParams.model_fields["confidence"].annotation) == GATE_MEASURES
+
+
+class SampledModel(ScriptedModel):
+    """Answers ``text`` greedily and the next of ``sampled`` (in turn) at any temperature above 0."""
+
+    def __init__(self, name: str, text: str, sampled: list[str], **kwargs):
+        super().__init__(name, text, **kwargs)
+        self.sampled = collections.deque(sampled)
+        self.seen_options: list[GenerationOptions] = []
+
+    def generate(self, messages, tools=None, options: GenerationOptions | None = None):
+        options = options or GenerationOptions()
+        self.seen_options.append(options)
+        if options.temperature > 0:
+            self.sampled.rotate(-1)
+            return dataclasses.replace(super().generate(messages, tools, options), text=self.sampled[-1],
+                                       parse=(parsed := parse_answer(self.sampled[-1], tools))[0], message=parsed[1])
+        return super().generate(messages, tools, options)
+
+
+OTHER_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Lyon"}}\n</tool_call>'
+
+
+@pytest.mark.parametrize(("sampled", "role", "agreement"), [
+    ([GOOD_CALL, GOOD_CALL, GOOD_CALL, OTHER_CALL], "tiny", 0.75),  # three of four samples make the same call
+    ([GOOD_CALL, OTHER_CALL, OTHER_CALL, "It is sunny."], "llm", 0.25),
+])
+def test_the_agreement_gate_samples_the_tiny_model_and_thresholds_the_share_that_agrees(sampled, role, agreement):
+    small = SampledModel("small", GOOD_CALL, sampled, probability=0.01)  # token probabilities play no part
+    large = ScriptedModel("large", GOOD_CALL)
+    outcome = router(small, large).route(active("cascade", tiny="small", llm="large", threshold=0.5,
+                                                confidence="agreement", samples=4, sample_temperature=0.9), request())
+    assert (outcome.role, outcome.confidence) == (role, pytest.approx(agreement))
+    assert outcome.log_detail()["tiny"]["confidences"]["agreement"] == pytest.approx(agreement)
+    assert [options.temperature for options in small.seen_options] == [0.0, 0.9, 0.9, 0.9, 0.9]
+    assert small.seen_options[-1].logprobs is False
+
+
+def test_the_agreement_gate_samples_nothing_for_an_answer_that_escalates_anyway():
+    small = SampledModel("small", BROKEN_CALL, [GOOD_CALL])
+    outcome = router(small, ScriptedModel("large", GOOD_CALL)).route(
+        active("cascade", tiny="small", llm="large", threshold=0.5, confidence="agreement"), request())
+    assert (outcome.role, outcome.reason, small.calls) == ("llm", "invalid_call", 1)
+
+
+def test_the_agreement_gate_escalates_when_the_tiny_model_cannot_sample():
+    class GreedyOnly(ScriptedModel):
+        def generate_samples(self, messages, tools=None, options=None, n=1):
+            raise ModelError("sampling crashed")
+
+    outcome = router(GreedyOnly("small", GOOD_CALL), ScriptedModel("large", GOOD_CALL)).route(
+        active("cascade", tiny="small", llm="large", threshold=0.5, confidence="agreement"), request())
+    assert (outcome.role, outcome.reason, outcome.generation.text) == ("llm", "no_confidence", GOOD_CALL)
 
 
 def test_cascade_without_logprobs_escalates_when_a_threshold_is_set():

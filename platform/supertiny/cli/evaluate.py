@@ -30,18 +30,25 @@ def eval_group() -> None:
               "answer; the tasks in flight share the model, so each takes longer the more there are.")
 @click.option("--guided", is_flag=True, help="Decode every answer under the task's tools' JSON Schemas (the "
               "engine's guided decoding, as `harvest run --guided`). Needs MODEL on an engine.")
+@click.option("--agreement-samples", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Also sample N answers a task and keep the share that agrees with the greedy one: the "
+              "cascade's `agreement` confidence, which `policy calibrate` and bench.distillation read from here.")
+@click.option("--agreement-temperature", default=0.7, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="The temperature of those samples.")
 @json_option
 @pass_settings
 def run_command(settings: Settings, model: str, domain: str, split: str, limit: int | None, per_category: int | None,
                 categories: tuple[str, ...], max_new_tokens: int, concurrency: int | None, with_prompt: bool,
-                timeout_s: float, guided: bool, as_json: bool) -> None:
+                timeout_s: float, guided: bool, agreement_samples: int, agreement_temperature: float,
+                as_json: bool) -> None:
     """Evaluate MODEL on a domain split and store the result."""
     from tqdm import tqdm
 
     store = open_store(settings)
     config = EvalConfig(model=model, domain=domain, split=split, per_category=per_category, limit=limit,
                         categories=categories, max_new_tokens=max_new_tokens, concurrency=concurrency,
-                        use_prompt=with_prompt, timeout_s=timeout_s, guided=guided)
+                        use_prompt=with_prompt, timeout_s=timeout_s, guided=guided,
+                        agreement_samples=agreement_samples, agreement_temperature=agreement_temperature)
     bars: list[tqdm] = []
 
     def progress(done: int, total: int) -> None:

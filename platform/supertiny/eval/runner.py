@@ -41,6 +41,10 @@ class EvalConfig:
     timeout_s: float = 3600.0
     # decode under the tools' JSON Schemas (models on an engine; see supertiny.models.guided_calls)
     guided: bool = False
+    # answers sampled per task besides the greedy one; each record keeps the share that agrees with it (the
+    # cascade gate's "agreement" confidence, calibrated from this evaluation)
+    agreement_samples: int = 0
+    agreement_temperature: float = 0.7
 
 
 def _record(task: DomainTask, verdict: Verdict, valid: bool, confidence: float | None, latency_s: float,
@@ -90,6 +94,7 @@ def _in_flight(tasks: list[DomainTask], answer: Callable[[DomainTask], dict[str,
 
 def _single_shot(model: ChatModel, domain: Domain, tasks: list[DomainTask], config: EvalConfig, concurrency: int,
                  progress: ProgressCallback | None) -> list[dict[str, Any]]:
+    from supertiny.models.answer_agreement import sample_agreement
     from supertiny.models.guided_calls import with_guided_instruction
     from supertiny.prototype.agent import prompt_messages, task_tools
 
@@ -109,8 +114,13 @@ def _single_shot(model: ChatModel, domain: Domain, tasks: list[DomainTask], conf
             # the engine could not build a grammar from this task's tools: this task fails, the others go on
             return _record(task, Verdict.failed(f"no guided answer: {exc.message}"), False, None, 0.0, 0, "")
         verdict, valid = judge(domain, task, tools, generation)
-        return _record(task, verdict, valid, generation.confidence, generation.latency_s,
-                       generation.completion_tokens, generation.text, generation.token_logprobs)
+        record = _record(task, verdict, valid, generation.confidence, generation.latency_s,
+                         generation.completion_tokens, generation.text, generation.token_logprobs)
+        if config.agreement_samples:
+            samples = model.generate_samples(messages, tools, dataclasses.replace(
+                options, temperature=config.agreement_temperature, logprobs=False), n=config.agreement_samples)
+            record["agreement"] = sample_agreement(generation, samples)
+        return record
 
     return _in_flight(tasks, answer, concurrency, progress)
 
@@ -161,6 +171,9 @@ def evaluate(store: Store, config: EvalConfig, progress: ProgressCallback | None
     tasks = select_tasks(domain, config.split, config.per_category, config.limit, config.categories)
     if not tasks:
         raise InvalidInputError(f"domain {domain.name!r} has no tasks in split {config.split!r} for these filters")
+    if config.agreement_samples and domain.environment(tasks[0]) is not None:
+        raise InvalidInputError(f"domain {domain.name!r} runs every task as a multi-step agent, whose answers have "
+                                "no single set of calls to agree on", hint="drop --agreement-samples")
     with lease_model(store, config.model) as model:
         if config.guided:
             require_guided(model, config.model)

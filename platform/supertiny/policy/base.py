@@ -116,6 +116,10 @@ class RouteContext(Protocol):
         """Answer the request with ``role``'s model, within the policy's timeout (raises TierError)."""
         ...
 
+    def generate_samples(self, role: str, n: int, temperature: float) -> list[Generation]:
+        """``n`` answers of ``role``'s model sampled at ``temperature`` (raises TierError)."""
+        ...
+
     def hold(self, *roles: str, in_process: bool = False) -> Any:
         """A context manager holding a lease on ``roles``' models (never closed while held) and a serving slot of
         each, for direct model use; it gives model name -> leased model."""

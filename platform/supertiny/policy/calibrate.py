@@ -1,7 +1,8 @@
 """Choose a route's threshold for a target accuracy or an LLM budget, and store it as a new version.
 
 cascade: the threshold is the lowest tiny-model confidence accepted, by the route's measure (its ``confidence``
-parameter: mean, joint or min token probability). Its accuracy / LLM-share curve is
+parameter: mean, joint or min token probability, or the agreement of the tiny model's sampled answers with its
+greedy one, which evaluations keep when run with ``--agreement-samples``). Its accuracy / LLM-share curve is
 simulated exactly from stored evaluations of the tiny model and the LLM on the same tasks (each
 record: task_id, correct, valid, confidence), or estimated from logged traffic: every cascade request
 logs the tiny answer's confidence and validity, and shadow traffic (LLM primary, tiny shadow) logs
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 
 from supertiny.errors import InvalidInputError, NotFoundError
 from supertiny.eval.queries import is_guided
+from supertiny.models.answer_agreement import AGREEMENT
 from supertiny.models.backend import answer_confidence
 from supertiny.policy import policy_store
 from supertiny.store.engine import Store
@@ -210,6 +212,13 @@ def records_from_evaluations(store: Store, tiny: str, llm: str, domain: str | No
 
 
 def _evaluated_confidence(record: dict[str, Any], measure: str, evaluation_id: int) -> float | None:
+    if measure == AGREEMENT:
+        if "agreement" not in record:
+            raise InvalidInputError(f"evaluation {evaluation_id} sampled no answers to agree with, so it gives no "
+                                    "agreement confidence",
+                                    hint="evaluate the tiny model again with `eval run --agreement-samples 4`")
+        agreement = record["agreement"]
+        return float(agreement) if agreement is not None else None
     if measure == "mean":
         confidence = record.get("confidence")
         return float(confidence) if confidence is not None else None

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from supertiny.models.answer_agreement import AGREEMENT, sample_agreement
 from supertiny.models.backend import Generation, answer_confidence
 from supertiny.policy.base import Decision, Policy, PolicyParams, RouteContext, TierError
 from supertiny.schema import ToolSpec
@@ -40,17 +41,6 @@ def answer_summary(generation: Generation, tools: Sequence[ToolSpec] | None, cal
         "completion_tokens": generation.completion_tokens,
         "latency_ms": round(generation.latency_s * 1000, 2),
     }
-
-
-def calls_agree(first: Generation, second: Generation) -> bool:
-    """Both answers make the same calls (names and arguments, in any order), or both make none and
-    say the same thing."""
-    def key(generation: Generation) -> list[str]:
-        return sorted(f"{call.name}:{call.arguments_json()}" for call in generation.parse.calls)
-
-    if first.parse.calls or second.parse.calls:
-        return first.parse.ok and second.parse.ok and key(first) == key(second)
-    return (first.text or "").strip() == (second.text or "").strip()
 
 
 class TinyParams(PolicyParams):
@@ -91,9 +81,14 @@ class CascadeParams(PolicyParams):
     tiny: str = Field(description="Model that answers first.")
     llm: str = Field(description="Model that answers when the tiny answer is rejected.")
     threshold: float = Field(default=0.5, ge=0, le=1.01, description="Lowest confidence accepted.")
-    confidence: Literal["mean", "joint", "min"] = Field(
+    confidence: Literal["mean", "joint", "min", "agreement"] = Field(
         default="mean", description="What the threshold applies to: mean, the answer's geometric-mean token "
-        "probability; joint, the probability of the whole answer; min, that of its least likely token.")
+        "probability; joint, the probability of the whole answer; min, that of its least likely token; agreement, "
+        "the share of `samples` answers the tiny model samples at `sample_temperature` that make the answer's calls.")
+    samples: int = Field(default=4, ge=1, le=32, description="With confidence agreement: answers sampled to "
+                         "compare (one engine request; the prompt's prefill is shared).")
+    sample_temperature: float = Field(default=0.7, gt=0, le=2, description="With confidence agreement: the "
+                                      "temperature the samples are drawn at.")
 
     def models(self) -> dict[str, str]:
         return {"tiny": self.tiny, "llm": self.llm}
@@ -112,18 +107,34 @@ class CascadePolicy(Policy):
         except TierError as exc:
             return Decision(role="llm", escalated=True, reason="tiny_failed", failure=exc)
         problem = answer_problem(tiny, context.tools, context.call_required)
-        confidence = answer_confidence(tiny.token_logprobs, params.confidence)
+        summary = answer_summary(tiny, context.tools, context.call_required)
+        if params.confidence == AGREEMENT:
+            confidence = None
+            if problem is None and params.threshold > 0:  # an answer that escalates anyway needs no samples
+                confidence = _agreement(tiny, context, params)
+                summary["confidences"][AGREEMENT] = confidence
+        else:
+            confidence = answer_confidence(tiny.token_logprobs, params.confidence)
         if problem is None and params.threshold > 0:
             if confidence is None:
                 problem = "no_confidence"
             elif confidence < params.threshold:
                 problem = "low_confidence"
-        detail = {"tiny": answer_summary(tiny, context.tools, context.call_required), "threshold": params.threshold,
-                  "confidence_measure": params.confidence}
+        detail = {"tiny": summary, "threshold": params.threshold, "confidence_measure": params.confidence}
         if problem is None:
             return Decision(role="tiny", generation=tiny, confidence=confidence, detail=detail)
         return Decision(role="llm", escalated=True, reason=problem, confidence=confidence,
                         fallback_generation=tiny, fallback_role="tiny", detail=detail)
+
+
+def _agreement(answer: Generation, context: RouteContext, params: CascadeParams) -> float | None:
+    """The share of the tiny model's sampled answers that agree with ``answer``; None when it cannot sample (the
+    request escalates as one without a confidence)."""
+    try:
+        samples = context.generate_samples("tiny", params.samples, params.sample_temperature)
+    except TierError:
+        return None
+    return sample_agreement(answer, samples)
 
 
 class CanaryParams(PolicyParams):

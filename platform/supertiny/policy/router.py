@@ -19,10 +19,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from supertiny.errors import BackendTimeoutError, EngineUnavailableError, InvalidInputError, ModelError
+from supertiny.models.answer_agreement import calls_agree
 from supertiny.models.backend import ChatModel, Generation, GenerationOptions
 from supertiny.models.guided_calls import with_guided_instruction
 from supertiny.policy.base import Decision, PolicyParams, TierError
-from supertiny.policy.kinds import answer_problem, answer_summary, calls_agree
+from supertiny.policy.kinds import answer_problem, answer_summary
 from supertiny.policy.policy_store import ActivePolicy
 from supertiny.policy.pool import ModelPool
 from supertiny.schema import Message, ToolSpec
@@ -156,6 +157,26 @@ class _Context:
         finally:
             self.model_s += time.monotonic() - started
         return generation
+
+    def generate_samples(self, role: str, n: int, temperature: float) -> list[Generation]:
+        """``n`` answers of ``role``'s model sampled at ``temperature``, decoded as :meth:`generate` decodes the role,
+        in one request, within the policy's timeout (raises TierError)."""
+        model = self.model(role)
+        started = time.monotonic()
+        try:
+            with self.hold(role) as held:
+                model = held[self.model_name(role)]
+                guided = self._decode_guided(role, model)
+                conversation = with_guided_instruction(self.messages) if guided else self.messages
+                options = dataclasses.replace(self._options(started), temperature=temperature, logprobs=False,
+                                              guided=guided, call_required=guided and self.call_required)
+                return model.generate_samples(conversation, self.tools, options, n=n)
+        except InvalidInputError:
+            raise
+        except Exception as exc:
+            raise self._failed(role, model, exc) from exc
+        finally:
+            self.model_s += time.monotonic() - started
 
     def stream(self, role: str) -> Iterator[str | Generation]:
         model = self.model(role)
