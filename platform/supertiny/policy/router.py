@@ -138,41 +138,31 @@ class _Context:
         return dataclasses.replace(self.options, timeout_s=timeout)
 
     def generate(self, role: str, messages: list[Message] | None = None) -> Generation:
+        return self._answers(role, messages or self.messages)[0]
+
+    def generate_samples(self, role: str, n: int, temperature: float) -> list[Generation]:
+        """``n`` answers of ``role``'s model sampled at ``temperature``, decoded as :meth:`generate` decodes the role,
+        in one request, within the policy's timeout (raises TierError)."""
+        return self._answers(role, self.messages, n, temperature)
+
+    def _answers(self, role: str, messages: Sequence[Message], n: int = 1,
+                 temperature: float | None = None) -> list[Generation]:
+        """One answer with the request's own options, or ``n`` sampled at ``temperature``."""
         model = self.model(role)
         started = time.monotonic()
         try:
             with self.hold(role) as held:
                 model = held[self.model_name(role)]  # leased: not closed while it answers
                 guided = self._decode_guided(role, model)
-                conversation = messages or self.messages
-                if guided:
-                    conversation = with_guided_instruction(conversation)
+                conversation = with_guided_instruction(messages) if guided else messages
                 options = dataclasses.replace(self._options(started), guided=guided,
                                               call_required=guided and self.call_required)
-                generation = model.generate(conversation, self.tools, options)
-        except InvalidInputError:
-            raise  # the request itself is unusable: no other tier would do better
-        except Exception as exc:
-            raise self._failed(role, model, exc) from exc
-        finally:
-            self.model_s += time.monotonic() - started
-        return generation
-
-    def generate_samples(self, role: str, n: int, temperature: float) -> list[Generation]:
-        """``n`` answers of ``role``'s model sampled at ``temperature``, decoded as :meth:`generate` decodes the role,
-        in one request, within the policy's timeout (raises TierError)."""
-        model = self.model(role)
-        started = time.monotonic()
-        try:
-            with self.hold(role) as held:
-                model = held[self.model_name(role)]
-                guided = self._decode_guided(role, model)
-                conversation = with_guided_instruction(self.messages) if guided else self.messages
-                options = dataclasses.replace(self._options(started), temperature=temperature, logprobs=False,
-                                              guided=guided, call_required=guided and self.call_required)
+                if temperature is None:
+                    return [model.generate(conversation, self.tools, options)]
+                options = dataclasses.replace(options, temperature=temperature, logprobs=False)
                 return model.generate_samples(conversation, self.tools, options, n=n)
         except InvalidInputError:
-            raise
+            raise  # the request itself is unusable: no other tier would do better
         except Exception as exc:
             raise self._failed(role, model, exc) from exc
         finally:
