@@ -203,3 +203,7 @@ def test_a_task_whose_schema_the_engine_refuses_fails_alone_in_a_guided_evaluati
     refused = [record for record in records if "no guided answer" in record["reason"]]
     assert refused and all(not record["correct"] and "invalid JSON schema" in record["reason"] for record in refused)
     assert len(refused) < len(records) and any(record["correct"] for record in records)
+    # sampled for the agreement gate: a refused task keeps no agreement, and the others one each
+    sampled = evaluate(store, EvalConfig(model="picky", domain="toy-weather", limit=12, guided=True,
+                                         agreement_samples=2)).details["records"]
+    assert all((record["agreement"] is None) == ("no guided answer" in record["reason"]) for record in sampled)

@@ -112,7 +112,8 @@ def _single_shot(model: ChatModel, domain: Domain, tasks: list[DomainTask], conf
             if not config.guided or isinstance(exc, ContextLengthError):
                 raise
             # the engine could not build a grammar from this task's tools: this task fails, the others go on
-            return _record(task, Verdict.failed(f"no guided answer: {exc.message}"), False, None, 0.0, 0, "")
+            record = _record(task, Verdict.failed(f"no guided answer: {exc.message}"), False, None, 0.0, 0, "")
+            return {**record, "agreement": None} if config.agreement_samples else record
         verdict, valid = judge(domain, task, tools, generation)
         record = _record(task, verdict, valid, generation.confidence, generation.latency_s,
                          generation.completion_tokens, generation.text, generation.token_logprobs)
