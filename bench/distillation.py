@@ -29,7 +29,7 @@ from typing import Any
 
 from supertiny.errors import SupertinyError
 from supertiny.eval.stats import format_p_value
-from supertiny.models.answer_agreement import GATE_MEASURES
+from supertiny.policy.kinds import GATE_MEASURES
 
 from bench.engines import machine
 from bench.result_files import write_result_files
@@ -77,12 +77,23 @@ def cascade_rows(store: Any, tiny: str, llm: str, domain: str, split: str, measu
     random routing."""
     from supertiny.eval.queries import compared_entry
     from supertiny.eval.stats import wilson_interval
-    from supertiny.policy.calibrate import cascade_curve, records_from_evaluations
+    from supertiny.policy.calibrate import (
+        cascade_curve,
+        gate_examples_from_evaluations,
+        learned_gate_records,
+        records_from_evaluations,
+    )
+    from supertiny.policy.learned_gate import FOLDS, LEARNED
 
     (tiny_name, tiny_guided), (llm_name, llm_guided) = compared_entry(tiny), compared_entry(llm)
     guided = [role for role, on in (("tiny", tiny_guided), ("llm", llm_guided)) if on]
-    records, source = records_from_evaluations(store, tiny_name, llm_name, domain, split, guided=guided,
-                                               measure=measure)
+    if measure == LEARNED:  # each task scored by a gate fitted on the other folds: no task judges its own gate
+        examples, source = gate_examples_from_evaluations(store, tiny_name, llm_name, domain, split, guided=guided)
+        records, gate = learned_gate_records(examples)
+        source += f"; gate on {', '.join(gate.features)}, confidences out of {FOLDS} folds"
+    else:
+        records, source = records_from_evaluations(store, tiny_name, llm_name, domain, split, guided=guided,
+                                                   measure=measure)
     n = len(records)
     tiny_accuracy = sum(bool(record.tiny_correct) for record in records) / n
     llm_accuracy = sum(bool(record.llm_correct) for record in records) / n

@@ -56,6 +56,9 @@ def test_evaluate_the_tiny_model_and_compare(store, toy, tiny_model_dir, tiny_te
         assert all(len(record["token_logprobs"]) == record["completion_tokens"] for record in records)
         assert all(math.isclose(record["confidence"], math.exp(statistics.fmean(record["token_logprobs"])),
                                 rel_tol=1e-3) for record in records)
+        # what a learned cascade gate is fitted on: the same features the cascade computes when it serves
+        assert all(math.isclose(record["features"]["mean_logprob"], math.log(record["confidence"]), abs_tol=1e-3)
+                   and record["features"]["tools"] >= 1 for record in records)
     compared = queries.compare(store, ["tiny", "tiny-teacher"], "toy-weather", "test")
     assert [row["category"] for row in compared["rows"]] == ["celsius", "fahrenheit", "overall"]
     overall = compared["rows"][-1]

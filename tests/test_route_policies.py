@@ -108,15 +108,14 @@ def test_cascade_threshold_applies_to_the_routes_confidence_measure():
     assert joint.log_detail()["confidence_measure"] == "joint"
     assert joint.confidence == pytest.approx(tiny["confidences"]["joint"]) and joint.confidence < 0.5
     assert tiny["confidences"]["mean"] == pytest.approx(0.9) == tiny["confidences"]["min"]
-    with pytest.raises(pydantic.ValidationError, match="'mean', 'joint', 'min' or 'agreement'"):
+    with pytest.raises(pydantic.ValidationError, match="'mean', 'joint', 'min', 'agreement' or 'learned'"):
         active("cascade", tiny="small", llm="large", confidence="median")
 
 
 def test_the_cascade_offers_every_confidence_measure():
     from typing import get_args
 
-    from supertiny.models.answer_agreement import GATE_MEASURES
-    from supertiny.policy.kinds import CascadeParams
+    from supertiny.policy.kinds import GATE_MEASURES, CascadeParams
 
     assert get_args(CascadeParams.model_fields["confidence"].annotation) == GATE_MEASURES
 

@@ -205,20 +205,25 @@ def disable_command(settings: Settings, route: str) -> None:
 @click.option("--split", help="Use evaluations on this split.")
 @click.option("--tiny-evaluation", type=int, help="Evaluation id of the tiny model (with --llm-evaluation).")
 @click.option("--llm-evaluation", type=int, help="Evaluation id of the LLM.")
+@click.option("--gate-features", help="A learned gate's features, comma-separated (default: every one the answers "
+              "carry; e.g. leave out agreement to serve without sampling).")
 @click.option("--dry-run", is_flag=True, help="Print the curve and the choice; store nothing.")
 @json_option
 @pass_settings
 def calibrate_command(settings: Settings, route: str, target_accuracy: float | None, llm_budget: float | None,
                       source: str, domain: str | None, split: str | None, tiny_evaluation: int | None,
-                      llm_evaluation: int | None, dry_run: bool, as_json: bool) -> None:
-    """Choose ROUTE's cascade / hybrid-token threshold for a target accuracy or an LLM budget."""
+                      llm_evaluation: int | None, gate_features: str | None, dry_run: bool, as_json: bool) -> None:
+    """Choose ROUTE's cascade / hybrid-token threshold for a target accuracy or an LLM budget (a cascade whose
+    confidence is learned also gets its gate fitted)."""
     from supertiny.policy.calibrate import calibrate
 
     if (target_accuracy is None) == (llm_budget is None):
         raise InvalidInputError("give exactly one of --target-accuracy and --llm-budget")
     result = calibrate(open_store(settings), route, target_accuracy=target_accuracy, llm_budget=llm_budget,
                        source=source, domain=domain, split=split, tiny_evaluation=tiny_evaluation,
-                       llm_evaluation=llm_evaluation, dry_run=dry_run)
+                       llm_evaluation=llm_evaluation, dry_run=dry_run,
+                       gate_features=[name.strip() for name in gate_features.split(",") if name.strip()]
+                       if gate_features else None)
     if as_json:
         print_json(result.summary())
         return

@@ -95,6 +95,7 @@ def _in_flight(tasks: list[DomainTask], answer: Callable[[DomainTask], dict[str,
 def _single_shot(model: ChatModel, domain: Domain, tasks: list[DomainTask], config: EvalConfig, concurrency: int,
                  progress: ProgressCallback | None) -> list[dict[str, Any]]:
     from supertiny.models.answer_agreement import sample_agreement
+    from supertiny.models.answer_features import answer_features
     from supertiny.models.guided_calls import with_guided_instruction
     from supertiny.prototype.agent import prompt_messages, task_tools
 
@@ -117,6 +118,7 @@ def _single_shot(model: ChatModel, domain: Domain, tasks: list[DomainTask], conf
         verdict, valid = judge(domain, task, tools, generation)
         record = _record(task, verdict, valid, generation.confidence, generation.latency_s,
                          generation.completion_tokens, generation.text, generation.token_logprobs)
+        record["features"] = answer_features(task.messages, tools, generation)
         if config.agreement_samples:
             samples = model.generate_samples(messages, tools, dataclasses.replace(
                 options, temperature=config.agreement_temperature, logprobs=False), n=config.agreement_samples)

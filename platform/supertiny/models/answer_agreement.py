@@ -5,11 +5,9 @@ samples that disagree (self-consistency)."""
 
 from collections.abc import Sequence
 
-from supertiny.models.backend import CONFIDENCE_MEASURES, Generation
+from supertiny.models.backend import Generation
 
 AGREEMENT = "agreement"
-# every measure a cascade's gate can threshold: the token-probability measures and sample agreement
-GATE_MEASURES = (*CONFIDENCE_MEASURES, AGREEMENT)
 
 
 def calls_agree(first: Generation, second: Generation) -> bool:

@@ -6,7 +6,9 @@ greedy one, which evaluations keep when run with ``--agreement-samples``). Its a
 simulated exactly from stored evaluations of the tiny model and the LLM on the same tasks (each
 record: task_id, correct, valid, confidence), or estimated from logged traffic: every cascade request
 logs the tiny answer's confidence and validity, and shadow traffic (LLM primary, tiny shadow) logs
-whether the tiny answer agreed with the LLM, which stands in for correctness (the LLM as reference).
+whether the tiny answer agreed with the LLM, which stands in for correctness (the LLM as reference). A cascade
+whose confidence is ``learned`` has its gate fitted here on the same sources (evaluations of both models, or
+shadow traffic; see :mod:`supertiny.policy.learned_gate`), and its threshold chosen on out-of-fold confidences.
 
 hybrid-token: the threshold applies to each token's reward. Logged hybrid traffic records the reward of
 every proposal, which gives the LLM token share at any threshold (an estimate: tokens after a
@@ -25,6 +27,15 @@ from supertiny.eval.queries import is_guided
 from supertiny.models.answer_agreement import AGREEMENT
 from supertiny.models.backend import answer_confidence
 from supertiny.policy import policy_store
+from supertiny.policy.learned_gate import (
+    FOLDS,
+    LEARNED,
+    GateExample,
+    LearnedGate,
+    fit_gate,
+    out_of_fold_confidences,
+    shared_features,
+)
 from supertiny.store.engine import Store
 from supertiny.store.tables import Evaluation, ModelVersion, RequestLog, RoutingPolicy
 
@@ -168,12 +179,12 @@ def _task_key(record: dict[str, Any]) -> str:
     return str(record.get("task_hash") or record.get("task_id") or record["task"])
 
 
-def records_from_evaluations(store: Store, tiny: str, llm: str, domain: str | None = None, split: str | None = None,
-                             tiny_evaluation: int | None = None, llm_evaluation: int | None = None,
-                             guided: Sequence[str] = (), measure: str = "mean") -> tuple[list[CalibrationRecord], str]:
-    """Records joining the latest evaluations (with per-record details) of both models on one domain split; a
-    role named in ``guided`` takes its model's guided evaluations, the other its free ones. Each tiny answer's
-    confidence is taken by ``measure`` (see :data:`CONFIDENCE_MEASURES`)."""
+def _evaluation_pairs(store: Store, tiny: str, llm: str, domain: str | None, split: str | None,
+                      tiny_evaluation: int | None, llm_evaluation: int | None,
+                      guided: Sequence[str]) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], int, str]:
+    """The (tiny record, LLM record) of every task both chosen evaluations answered, the tiny evaluation's id, and
+    where they came from: the two given, or the latest of both models on one domain split with per-record details
+    (a role named in ``guided`` takes its model's guided evaluations, the other its free ones)."""
     with store.session() as session:
         if tiny_evaluation is not None and llm_evaluation is not None:
             pair = (session.get(Evaluation, tiny_evaluation), session.get(Evaluation, llm_evaluation))
@@ -195,20 +206,81 @@ def records_from_evaluations(store: Store, tiny: str, llm: str, domain: str | No
     tiny_row, llm_row = pair
     assert tiny_row is not None and llm_row is not None
     llm_records = {_task_key(record): record for record in llm_row.details["records"]}
-    records = []
-    for record in tiny_row.details["records"]:
-        other = llm_records.get(_task_key(record))
-        if other is None:
-            continue
-        confidence = _evaluated_confidence(record, measure, tiny_row.id)
-        records.append(CalibrationRecord(confidence=confidence,
-                                         tiny_valid=bool(record.get("valid", True)),
-                                         tiny_correct=bool(record["correct"]), llm_correct=bool(other["correct"])))
-    if not records:
+    pairs = [(record, llm_records[_task_key(record)]) for record in tiny_row.details["records"]
+             if _task_key(record) in llm_records]
+    if not pairs:
         raise InvalidInputError(f"evaluations {tiny_row.id} and {llm_row.id} share no task")
     source = (f"evaluations {_described(tiny_row, tiny)} and {_described(llm_row, llm)} on "
-              f"{tiny_row.domain}/{tiny_row.split}: {len(records)} common tasks")
+              f"{tiny_row.domain}/{tiny_row.split}: {len(pairs)} common tasks")
+    return pairs, tiny_row.id, source
+
+
+def records_from_evaluations(store: Store, tiny: str, llm: str, domain: str | None = None, split: str | None = None,
+                             tiny_evaluation: int | None = None, llm_evaluation: int | None = None,
+                             guided: Sequence[str] = (), measure: str = "mean") -> tuple[list[CalibrationRecord], str]:
+    """Records joining the latest evaluations (with per-record details) of both models on one domain split; a
+    role named in ``guided`` takes its model's guided evaluations, the other its free ones. Each tiny answer's
+    confidence is taken by ``measure`` (see :data:`CONFIDENCE_MEASURES`)."""
+    pairs, tiny_id, source = _evaluation_pairs(store, tiny, llm, domain, split, tiny_evaluation, llm_evaluation,
+                                               guided)
+    records = [CalibrationRecord(confidence=_evaluated_confidence(record, measure, tiny_id),
+                                 tiny_valid=bool(record.get("valid", True)),
+                                 tiny_correct=bool(record["correct"]), llm_correct=bool(other["correct"]))
+               for record, other in pairs]
     return records, source
+
+
+def gate_examples_from_evaluations(store: Store, tiny: str, llm: str, domain: str | None = None,
+                                   split: str | None = None, tiny_evaluation: int | None = None,
+                                   llm_evaluation: int | None = None,
+                                   guided: Sequence[str] = ()) -> tuple[list[GateExample], str]:
+    """A learned gate's examples from the same joined evaluations: the tiny answer's gate features (with its
+    sample agreement where the evaluation sampled) and both models' outcomes."""
+    pairs, tiny_id, source = _evaluation_pairs(store, tiny, llm, domain, split, tiny_evaluation, llm_evaluation,
+                                               guided)
+    if not all(isinstance(record.get("features"), dict) for record, _ in pairs):
+        raise InvalidInputError(f"evaluation {tiny_id} keeps no gate features of its answers, so no gate can be "
+                                "learned from it", hint="evaluate the tiny model again")
+    examples = [GateExample(features={**record["features"], **({AGREEMENT: record[AGREEMENT]}
+                                                                if record.get(AGREEMENT) is not None else {})},
+                            tiny_correct=bool(record["correct"]), llm_correct=bool(other["correct"]),
+                            tiny_valid=bool(record.get("valid", True)))
+                for record, other in pairs]
+    return examples, source
+
+
+def gate_examples_from_logs(store: Store, route: str, limit: int = 100_000) -> tuple[list[GateExample], str]:
+    """A learned gate's examples from the route's shadow traffic (LLM primary, tiny shadow): the shadow's gate
+    features, its agreement with the LLM as its correctness and the LLM as right (the reference)."""
+    examples = [GateExample(features=shadow["features"], tiny_correct=bool(shadow["agree"]), llm_correct=True,
+                            tiny_valid=bool(shadow.get("valid")))
+                for detail in _log_details(store, route, limit) if detail.get("kind") == "shadow"
+                and isinstance(shadow := detail.get("shadow"), dict) and "agree" in shadow
+                and isinstance(shadow.get("features"), dict)]
+    if not examples:
+        raise InvalidInputError(f"no logged request of route {route!r} carries a shadowed tiny answer's gate "
+                                "features and outcome, which a learned gate is fitted on",
+                                hint="serve it with a shadow policy (LLM primary, tiny shadow) first, or calibrate "
+                                "from evaluations")
+    return examples, f"{len(examples)} shadowed requests of route {route!r} (accuracy = agreement with the LLM)"
+
+
+def learned_gate_records(examples: Sequence[GateExample],
+                         features: Sequence[str] | None = None) -> tuple[list[CalibrationRecord], LearnedGate]:
+    """The calibration records of a learned gate, each valid answer's confidence out of fold (from a gate that
+    never saw it), and the gate fitted on every valid answer; ``features`` defaults to all that every valid
+    answer carries."""
+    valid = [example for example in examples if example.tiny_valid]
+    chosen = list(features) if features else shared_features(valid)
+    missing = [name for name in chosen if any(example.features.get(name) is None for example in valid)]
+    if missing:
+        raise InvalidInputError(f"gate feature(s) {', '.join(missing)} missing from some answers",
+                                hint=f"choose among {', '.join(shared_features(valid)) or 'none'}")
+    scored = iter(out_of_fold_confidences(valid, chosen))
+    records = [CalibrationRecord(confidence=next(scored) if example.tiny_valid else None,
+                                 tiny_valid=example.tiny_valid, tiny_correct=example.tiny_correct,
+                                 llm_correct=example.llm_correct) for example in examples]
+    return records, fit_gate(valid, chosen)
 
 
 def _evaluated_confidence(record: dict[str, Any], measure: str, evaluation_id: int) -> float | None:
@@ -282,8 +354,10 @@ def token_scores_from_logs(store: Store, route: str, limit: int = 100_000) -> tu
 def calibrate(store: Store, route: str, *, target_accuracy: float | None = None, llm_budget: float | None = None,
               source: str = "auto", domain: str | None = None, split: str | None = None,
               tiny_evaluation: int | None = None, llm_evaluation: int | None = None,
-              dry_run: bool = False) -> CalibrationResult:
-    """Compute the route's curve, choose the threshold, and (unless ``dry_run``) store a new version."""
+              gate_features: Sequence[str] | None = None, dry_run: bool = False) -> CalibrationResult:
+    """Compute the route's curve, choose the threshold, and (unless ``dry_run``) store a new version; a cascade
+    whose confidence is learned also gets its gate fitted (on ``gate_features``, default: every feature the
+    answers carry)."""
     for name, value in (("target accuracy", target_accuracy), ("LLM budget", llm_budget)):
         if value is not None and not 0 <= value <= 1:
             raise InvalidInputError(f"the {name} is a fraction between 0 and 1, got {value}")
@@ -304,21 +378,38 @@ def calibrate(store: Store, route: str, *, target_accuracy: float | None = None,
         points = token_curve(scores)
     else:
         measure = params.get("confidence", "mean")
+        evaluated = (store, params["tiny"], params["llm"], domain, split, tiny_evaluation, llm_evaluation,
+                     params.get("guided") or ())
+
+        def by_evaluations() -> tuple[Any, str]:
+            if measure == LEARNED:
+                return gate_examples_from_evaluations(*evaluated)
+            return records_from_evaluations(*evaluated, measure=measure)
+
+        def by_logs() -> tuple[Any, str]:
+            return gate_examples_from_logs(store, route) if measure == LEARNED else \
+                records_from_logs(store, route, measure=measure)
+
         if source in ("auto", "evaluations"):
             try:
-                records, described = records_from_evaluations(store, params["tiny"], params["llm"], domain, split,
-                                                              tiny_evaluation, llm_evaluation,
-                                                              params.get("guided") or (), measure)
+                records, described = by_evaluations()
             except (NotFoundError, InvalidInputError) as from_evaluations:
                 if source == "evaluations":
                     raise
                 try:
-                    records, described = records_from_logs(store, route, measure=measure)
+                    records, described = by_logs()
                 except InvalidInputError as from_logs:  # say why neither source serves, the evaluations first
                     raise InvalidInputError(f"{from_evaluations.message}; and {from_logs.message}",
                                             hint=from_evaluations.hint) from from_logs
         else:
-            records, described = records_from_logs(store, route, measure=measure)
+            records, described = by_logs()
+        if measure == LEARNED:
+            records, gate = learned_gate_records(records, gate_features)
+            params["gate"] = gate.model_dump()
+            described += f"; gate on {', '.join(gate.features)}, confidences out of {FOLDS} folds"
+        elif gate_features:
+            raise InvalidInputError("--gate-features applies to a cascade whose confidence is learned",
+                                    hint=f"this route's is {measure}")
         points = cascade_curve(records)
     chosen = choose(points, target_accuracy, llm_budget)
     goal = f"target accuracy {target_accuracy}" if target_accuracy is not None else f"LLM budget {llm_budget}"

@@ -5,12 +5,17 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from supertiny.models.answer_agreement import AGREEMENT, sample_agreement
-from supertiny.models.backend import Generation, answer_confidence
+from supertiny.models.answer_features import answer_features
+from supertiny.models.backend import CONFIDENCE_MEASURES, Generation, answer_confidence
 from supertiny.policy.base import Decision, Policy, PolicyParams, RouteContext, TierError
+from supertiny.policy.learned_gate import LEARNED, LearnedGate
 from supertiny.schema import ToolSpec
+
+# every measure a cascade's gate can threshold: the token-probability measures, sample agreement and a learned gate
+GATE_MEASURES = (*CONFIDENCE_MEASURES, AGREEMENT, LEARNED)
 
 
 def answer_problem(generation: Generation, tools: Sequence[ToolSpec] | None, call_required: bool) -> str | None:
@@ -28,12 +33,15 @@ def answer_problem(generation: Generation, tools: Sequence[ToolSpec] | None, cal
     return None
 
 
-def answer_summary(generation: Generation, tools: Sequence[ToolSpec] | None, call_required: bool) -> dict[str, Any]:
-    """What the log keeps of an answer that was not (or not only) the one served."""
-    problem = answer_problem(generation, tools, call_required)
+def answer_summary(generation: Generation, context: RouteContext, call_required: bool | None = None) -> dict[str, Any]:
+    """What the log keeps of an answer to ``context``'s request that was not (or not only) the one served; its
+    gate features let a learned gate be fitted on shadow traffic."""
+    required = context.call_required if call_required is None else call_required
+    problem = answer_problem(generation, context.tools, required)
     return {
         "confidence": generation.confidence,
         "confidences": generation.confidences(),
+        "features": answer_features(context.messages, context.tools, generation),
         "valid": problem is None,
         "problem": problem,
         "calls": [call.model_dump() for call in generation.parse.calls],
@@ -81,14 +89,24 @@ class CascadeParams(PolicyParams):
     tiny: str = Field(description="Model that answers first.")
     llm: str = Field(description="Model that answers when the tiny answer is rejected.")
     threshold: float = Field(default=0.5, ge=0, le=1.01, description="Lowest confidence accepted.")
-    confidence: Literal["mean", "joint", "min", "agreement"] = Field(
+    confidence: Literal["mean", "joint", "min", "agreement", "learned"] = Field(
         default="mean", description="What the threshold applies to: mean, the answer's geometric-mean token "
         "probability; joint, the probability of the whole answer; min, that of its least likely token; agreement, "
-        "the share of `samples` answers the tiny model samples at `sample_temperature` that make the answer's calls.")
+        "the share of `samples` answers the tiny model samples at `sample_temperature` that make the answer's "
+        "calls; learned, the `gate` fitted on evaluated or shadowed outcomes (`policy calibrate`).")
     samples: int = Field(default=4, ge=1, le=32, description="With confidence agreement: answers sampled to "
                          "compare (one engine request; the prompt's prefill is shared).")
     sample_temperature: float = Field(default=0.7, gt=0, le=2, description="With confidence agreement: the "
                                       "temperature the samples are drawn at.")
+    gate: LearnedGate | None = Field(default=None, description="With confidence learned: the fitted gate "
+                                     "(`policy calibrate` fits and stores it).")
+
+    @model_validator(mode="after")
+    def _learned_needs_a_gate(self) -> "CascadeParams":
+        if self.confidence == LEARNED and self.threshold > 0 and self.gate is None:
+            raise ValueError("confidence learned with a threshold needs a fitted gate: set threshold=0 and run "
+                             "`supertiny policy calibrate ROUTE`, which fits the gate and chooses the threshold")
+        return self
 
     def models(self) -> dict[str, str]:
         return {"tiny": self.tiny, "llm": self.llm}
@@ -107,12 +125,20 @@ class CascadePolicy(Policy):
         except TierError as exc:
             return Decision(role="llm", escalated=True, reason="tiny_failed", failure=exc)
         problem = answer_problem(tiny, context.tools, context.call_required)
-        summary = answer_summary(tiny, context.tools, context.call_required)
+        summary = answer_summary(tiny, context)
         if params.confidence == AGREEMENT:
             confidence = None
             if problem is None and params.threshold > 0:  # an answer that escalates anyway needs no samples
                 confidence = _agreement(tiny, context, params)
                 summary["confidences"][AGREEMENT] = confidence
+        elif params.confidence == LEARNED:
+            confidence = None
+            if problem is None and params.gate is not None:
+                features = dict(summary["features"])
+                if AGREEMENT in params.gate.features:
+                    features[AGREEMENT] = summary["confidences"][AGREEMENT] = _agreement(tiny, context, params)
+                confidence = params.gate.confidence(features)
+                summary["confidences"][LEARNED] = confidence
         else:
             confidence = answer_confidence(tiny.token_logprobs, params.confidence)
         if problem is None and params.threshold > 0:

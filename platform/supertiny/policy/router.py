@@ -282,7 +282,7 @@ class Router:
             raise ToolCallRequiredError(f"a tool call was required; {context.model_name(role)} answered without a "
                                         f"valid one twice ({first}, then {problem}, after being asked to call)")
         outcome.detail["call_required"] = {"asked_again": True, "first_answer": first,
-                                           "first": answer_summary(outcome.generation, context.tools, True)}
+                                           "first": answer_summary(outcome.generation, context, True)}
         outcome.generation, outcome.role, outcome.model = generation, role, context.model_name(role)
         outcome.confidence = generation.confidence
         outcome.model_s = context.model_s
@@ -355,7 +355,7 @@ class Router:
             finally:
                 with self._lock:
                     self._shadow_inflight -= 1
-            summary = answer_summary(shadow, context.tools, context.call_required)
+            summary = answer_summary(shadow, context)
             return {"role": role, "model": context.model_name(role), "agree": calls_agree(served, shadow), **summary,
                     **({"decoding": shadow_context.decoding[role]} if role in shadow_context.decoding else {})}
 
