@@ -45,6 +45,9 @@ def test_answer_features_say_where_the_values_come_from_and_whether_the_call_is_
     tax_call = '<tool_call>\n{"name": "compute_tax", "arguments": {"income": 5}}\n</tool_call>'
     unrelated = answer_features(USER, [TAX_TOOL], generation(tax_call, [TAX_TOOL]))
     assert (unrelated["relevance"], unrelated["grounding"]) == (0.0, 0.0)
+    # the weather tool left out while an unrelated one is called
+    passed_over = answer_features(USER, [TAX_TOOL, WEATHER_TOOL], generation(tax_call, [TAX_TOOL, WEATHER_TOOL]))
+    assert passed_over["other_relevance"] == pytest.approx(1 / 3, abs=1e-3) and good["other_relevance"] == 0.0
     text = answer_features([Message(role="user", content="Hi")], [WEATHER_TOOL],
                            generation("Hello!", [WEATHER_TOOL], probability=None))
     assert (text["no_call"], text["grounding"], text["relevance"]) == (1.0, 1.0, 0.0)

@@ -1,8 +1,9 @@
 """What a routing gate can see of one answer before anyone knows whether it is right: how sure the model was of
 its tokens, what shape the answer has (calls made, tools offered, length), whether its argument values come from
-the user's words (a made-up value rarely does) and whether the functions it calls are about what the user asked
-(a call on an irrelevant request rarely is). The same features are kept by evaluations and by the cascade's log,
-so a gate learned from either scores served answers on the same footing."""
+the user's words (a made-up value rarely does), whether the functions it calls are about what the user asked (a
+call on an irrelevant request rarely is) and whether a tool it left out fits the request better. The same
+features are kept by evaluations and by the cascade's log, so a gate learned from either scores served answers on
+the same footing."""
 
 import math
 import re
@@ -27,6 +28,7 @@ def answer_features(messages: Sequence[MessageLike], tools: Sequence[ToolSpec | 
     """The gate features of ``generation``, the answer to ``messages`` offering ``tools``. The log-probability
     features are missing when the model gave none."""
     calls = generation.parse.calls
+    called = {call.name for call in calls}
     user_text = " ".join(_content(message) for message in messages if _role(message) == "user").lower()
     user_words = set(_WORD.findall(user_text))
     features = {
@@ -35,7 +37,10 @@ def answer_features(messages: Sequence[MessageLike], tools: Sequence[ToolSpec | 
         "tools": float(len(tools or ())),
         "log_tokens": math.log1p(generation.completion_tokens),
         "grounding": _grounding([value for call in calls for value in _leaves(call.arguments)], user_text),
-        "relevance": max((_relevance(_tool_words(tools, call.name), user_words) for call in calls), default=0.0),
+        "relevance": max((_relevance(_tool_words(tools, name), user_words) for name in called), default=0.0),
+        # a tool left out that fits the request better hints at the wrong choice (or a wrong refusal)
+        "other_relevance": max((_relevance(_tool_words(tools, name), user_words) for name in _names(tools)
+                                if name not in called), default=0.0),
     }
     for measure in CONFIDENCE_MEASURES:
         confidence = answer_confidence(generation.token_logprobs, measure)
@@ -81,6 +86,10 @@ def _grounding(values: Sequence[Any], user_text: str) -> float:
         return bool(text) and text in user_text
 
     return sum(found(value) for value in values) / len(values)
+
+
+def _names(tools: Sequence[ToolSpec | dict[str, Any]] | None) -> list[str]:
+    return [str(tool.get("function", {}).get("name") if isinstance(tool, dict) else tool.name) for tool in tools or ()]
 
 
 def _tool_words(tools: Sequence[ToolSpec | dict[str, Any]] | None, name: str) -> set[str]:
