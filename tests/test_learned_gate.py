@@ -188,4 +188,8 @@ def test_a_learned_cascade_calibrates_from_shadow_traffic_and_the_cli(sqlite_sto
     summary = json.loads(result.output)
     assert "80 shadowed requests" in summary["source"] and summary["version"] == 2
     assert active_row(sqlite_store, "weather").params["gate"]["features"] == ["grounding"]
+    shown = CliRunner().invoke(cli, ["--db", sqlite_store.url, "policy", "show", "weather"])
+    assert "gate: <learned on 80 examples: grounding>" in shown.output
+    listed = CliRunner().invoke(cli, ["--db", sqlite_store.url, "policy", "history", "weather"])
+    assert "gate=<learned on 80 examples: grounding>" in listed.output
 

@@ -56,9 +56,16 @@ def _row(row: Any) -> dict[str, Any]:
     return policy_summary(row)
 
 
+def _param_text(key: str, value: Any) -> str:
+    """One param as ``-p`` takes it; a learned gate by what it reads (its weights: ``--json``)."""
+    if key == "gate" and isinstance(value, dict):
+        return f"<learned on {value.get('examples')} examples: {','.join(value.get('features') or [])}>"
+    return ",".join(value) if isinstance(value, list) else str(value)
+
+
 def _params_text(params: dict[str, Any]) -> str:
     """Params as ``-p`` takes them, without the defaults every policy has."""
-    return " ".join(f"{key}={','.join(value) if isinstance(value, list) else value}" for key, value in params.items()
+    return " ".join(f"{key}={_param_text(key, value)}" for key, value in params.items()
                     if key not in ("timeout_s", "fallback") and value not in (None, []))
 
 
@@ -150,7 +157,7 @@ def show_command(settings: Settings, route: str, as_json: bool) -> None:
     click.echo(f"route {row.route}  version {row.version}  kind {row.kind}  "
                f"created {summary['created']:%Y-%m-%d %H:%M:%S}")
     for key, value in row.params.items():
-        click.echo(f"  {key}: {value}")
+        click.echo(f"  {key}: {_param_text(key, value) if key == 'gate' else value}")
     if row.note:
         click.echo(f"  note: {row.note}")
 
