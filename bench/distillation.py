@@ -30,6 +30,7 @@ from typing import Any
 from supertiny.errors import SupertinyError
 from supertiny.eval.stats import format_p_value
 from supertiny.policy.kinds import GATE_MEASURES
+from supertiny.policy.learned_gate import LEARNED
 
 from bench.engines import machine
 from bench.result_files import write_result_files
@@ -71,10 +72,11 @@ def reward_curves(store: Any, models: list[str]) -> dict[str, list[list[float]]]
     return curves
 
 
-def cascade_rows(store: Any, tiny: str, llm: str, domain: str, split: str, measure: str = "mean") -> dict[str, Any]:
+def cascade_rows(store: Any, tiny: str, llm: str, domain: str, split: str, measure: str = "mean",
+                 gate_features: list[str] | None = None) -> dict[str, Any]:
     """The cascade's accuracy / LLM-share curve from the two evaluations (``NAME:guided``: the guided one, as a
-    route with ``guided`` serves that role), its threshold on the tiny answer's ``measure`` of confidence, against
-    random routing."""
+    route with ``guided`` serves that role), its threshold on the tiny answer's ``measure`` of confidence (a
+    learned gate: on ``gate_features``, default all), against random routing."""
     from supertiny.eval.queries import compared_entry
     from supertiny.eval.stats import wilson_interval
     from supertiny.policy.calibrate import (
@@ -83,14 +85,16 @@ def cascade_rows(store: Any, tiny: str, llm: str, domain: str, split: str, measu
         learned_gate_records,
         records_from_evaluations,
     )
-    from supertiny.policy.learned_gate import FOLDS, LEARNED
+    from supertiny.policy.learned_gate import FOLDS
 
     (tiny_name, tiny_guided), (llm_name, llm_guided) = compared_entry(tiny), compared_entry(llm)
     guided = [role for role, on in (("tiny", tiny_guided), ("llm", llm_guided)) if on]
     if measure == LEARNED:  # each task scored by a gate fitted on the other folds: no task judges its own gate
         examples, source = gate_examples_from_evaluations(store, tiny_name, llm_name, domain, split, guided=guided)
-        records, gate = learned_gate_records(examples)
+        records, gate = learned_gate_records(examples, gate_features)
         source += f"; gate on {', '.join(gate.features)}, confidences out of {FOLDS} folds"
+        if gate_features:
+            measure = f"{LEARNED} ({', '.join(gate_features)})"
     else:
         records, source = records_from_evaluations(store, tiny_name, llm_name, domain, split, guided=guided,
                                                    measure=measure)
@@ -285,6 +289,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cascade-confidence", action="append", choices=GATE_MEASURES, default=[],
                         help="The cascade gate's confidence measure (repeatable: the first is tabled in full, every "
                              "one is compared and drawn; default: mean).")
+    parser.add_argument("--gate-features", action="append", default=[], metavar="F1,F2",
+                        help="Also compare a learned gate on just these features (repeatable: one gate each).")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -317,6 +323,9 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     if args.cascade:
         by_confidence = [cascade_rows(store, args.cascade, args.cascade_llm or args.teacher, args.domain, args.split,
                                       measure) for measure in dict.fromkeys(args.cascade_confidence or ["mean"])]
+        by_confidence += [cascade_rows(store, args.cascade, args.cascade_llm or args.teacher, args.domain, args.split,
+                                       LEARNED, [name.strip() for name in features.split(",") if name.strip()])
+                          for features in args.gate_features]
         result["cascade"], result["cascade_by_confidence"] = by_confidence[0], by_confidence
     if args.domain == "bfcl":
         result["published"] = published_check(compared)

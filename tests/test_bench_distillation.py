@@ -141,3 +141,31 @@ def test_the_cascade_gate_is_compared_by_confidence_measure(sqlite_store, regist
     (markdown,) = tmp_path.glob("distillation-*.md")
     assert "| joint | 25% escalated | +18.8 points at 25% | 75.0% [59.8, 85.8] at 0% (random 75.0%) |" in \
         markdown.read_text()
+
+
+def test_a_learned_gate_is_compared_out_of_fold_and_on_chosen_features(sqlite_store, register_plugin, bench_module,
+                                                                       tmp_path, monkeypatch):
+    register_plugin(toy_domain, name="toy-domains")
+    # the student is wrong where it made its values up; the teacher is wrong on every fourth task
+    teacher = [index % 4 != 1 for index in range(60)]
+    student = [index % 3 != 0 for index in range(60)]
+    _evaluated(sqlite_store, "teacher", teacher)
+    _evaluated(sqlite_store, "student", student, confidences=[0.9] * 60)
+    with sqlite_store.session() as session:
+        row = session.query(Evaluation).filter_by(model_version_id=find_model_version(sqlite_store, "student").id).one()
+        row.details = {**row.details, "records": [
+            {**record, "features": {"grounding": 1.0 if record["correct"] else 0.0, "tools": 1.0 + index % 4}}
+            for index, record in enumerate(row.details["records"])]}
+    monkeypatch.setenv("SUPERTINY_DATABASE_URL", sqlite_store.url)
+    monkeypatch.setenv("SUPERTINY_HOME", str(tmp_path))
+    result = bench_module.main(["--domain", "toy-weather", "--teacher", "teacher", "--models", "student",
+                                "--cascade", "student", "--cascade-confidence", "mean", "--cascade-confidence",
+                                "learned", "--gate-features", "tools", "--out", str(tmp_path)])
+    mean, learned, tools_only = result["cascade_by_confidence"]
+    assert (learned["confidence"], tools_only["confidence"]) == ("learned", "learned (tools)")
+    assert "gate on grounding, tools, confidences out of 5 folds" in learned["source"]
+    # the mean (the same for every answer) finds nothing; the gate finds the made-up answers the teacher fixes out
+    # of fold, and reaches the teacher's accuracy escalating few; the number of tools alone finds fewer
+    assert mean["share_reaching_llm"] == 1.0 and learned["share_reaching_llm"] <= 0.1
+    assert tools_only["share_reaching_llm"] > learned["share_reaching_llm"]
+    assert tools_only["best_gain"]["gain"] < learned["best_gain"]["gain"]
