@@ -72,15 +72,13 @@ def reward_curves(store: Any, models: list[str]) -> dict[str, list[list[float]]]
     return curves
 
 
-def cascade_rows(store: Any, tiny: str, llm: str, domain: str, split: str, measure: str = "mean",
-                 gate_features: list[str] | None = None) -> dict[str, Any]:
-    """The cascade's accuracy / LLM-share curve from the two evaluations (``NAME:guided``: the guided one, as a
-    route with ``guided`` serves that role), its threshold on the tiny answer's ``measure`` of confidence (a
-    learned gate: on ``gate_features``, default all), against random routing."""
+def gate_records(store: Any, tiny: str, llm: str, domain: str, split: str, measure: str = "mean",
+                 gate_features: list[str] | None = None) -> tuple[list[Any], str, str]:
+    """The calibration records of the cascade TINY -> LLM on the two evaluations (``NAME:guided``: the guided one,
+    as a route with ``guided`` serves that role), confidences by ``measure`` (a learned gate: on ``gate_features``,
+    default all, each task scored out of fold), where they came from, and the gate's label."""
     from supertiny.eval.queries import compared_entry
-    from supertiny.eval.stats import wilson_interval
     from supertiny.policy.calibrate import (
-        cascade_curve,
         gate_examples_from_evaluations,
         learned_gate_records,
         records_from_evaluations,
@@ -89,15 +87,22 @@ def cascade_rows(store: Any, tiny: str, llm: str, domain: str, split: str, measu
 
     (tiny_name, tiny_guided), (llm_name, llm_guided) = compared_entry(tiny), compared_entry(llm)
     guided = [role for role, on in (("tiny", tiny_guided), ("llm", llm_guided)) if on]
-    if measure == LEARNED:  # each task scored by a gate fitted on the other folds: no task judges its own gate
-        examples, source = gate_examples_from_evaluations(store, tiny_name, llm_name, domain, split, guided=guided)
-        records, gate = learned_gate_records(examples, gate_features)
-        source += f"; gate on {', '.join(gate.features)}, confidences out of {FOLDS} folds"
-        if gate_features:
-            measure = f"{LEARNED} ({', '.join(gate_features)})"
-    else:
+    if measure != LEARNED:
         records, source = records_from_evaluations(store, tiny_name, llm_name, domain, split, guided=guided,
                                                    measure=measure)
+        return records, source, measure
+    examples, source = gate_examples_from_evaluations(store, tiny_name, llm_name, domain, split, guided=guided)
+    records, gate = learned_gate_records(examples, gate_features)
+    label = f"{LEARNED} ({', '.join(gate_features)})" if gate_features else LEARNED
+    return records, f"{source}; gate on {', '.join(gate.features)}, confidences out of {FOLDS} folds", label
+
+
+def cascade_rows(records: list[Any], tiny: str, llm: str, source: str, label: str) -> dict[str, Any]:
+    """The cascade's accuracy / LLM-share curve over ``records`` (see :func:`gate_records`), against random
+    routing."""
+    from supertiny.eval.stats import wilson_interval
+    from supertiny.policy.calibrate import cascade_curve
+
     n = len(records)
     tiny_accuracy = sum(bool(record.tiny_correct) for record in records) / n
     llm_accuracy = sum(bool(record.llm_correct) for record in records) / n
@@ -111,11 +116,32 @@ def cascade_rows(store: Any, tiny: str, llm: str, domain: str, split: str, measu
     reaching = [point for point in points if (point["accuracy"] or 0) >= llm_accuracy]
     inside = [point for point in points if 0 < point["llm_share"] < 1]
     within = [point for point in points if point["llm_share"] <= GATE_SHARE + 1e-12]
-    return {"tiny": tiny, "llm": llm, "confidence": measure, "source": source, "tasks": n,
+    return {"tiny": tiny, "llm": llm, "confidence": label, "source": source, "tasks": n,
             "tiny_accuracy": tiny_accuracy, "llm_accuracy": llm_accuracy, "points": points,
             "best_within_gate_share": max(within, key=lambda point: point["accuracy"] or 0) if within else None,
             "share_reaching_llm": min((point["llm_share"] for point in reaching), default=None),
             "best_gain": max(inside, key=lambda point: point["gain"]) if inside else None}
+
+
+def gates_paired(first: tuple[list[Any], dict[str, Any]], other: tuple[list[Any], dict[str, Any]],
+                 share: float) -> dict[str, Any]:
+    """Two gates on the same tasks, each at its most accurate threshold escalating at most ``share``: their
+    accuracies and the exact McNemar p of the difference, task by task."""
+    from supertiny.eval.stats import mcnemar_p
+    from supertiny.policy.calibrate import cascade_outcomes
+
+    def at_share(gate: tuple[list[Any], dict[str, Any]]) -> tuple[dict[str, Any], list[bool | None]]:
+        records, entry = gate
+        point = max((point for point in entry["points"] if point["llm_share"] <= share + 1e-12),
+                    key=lambda point: (point["accuracy"] or 0, -point["llm_share"]))
+        return point, cascade_outcomes(records, point["threshold"])
+
+    (first_point, first_outcomes), (other_point, other_outcomes) = at_share(first), at_share(other)
+    only_other = sum(bool(b) and not a for a, b in zip(first_outcomes, other_outcomes, strict=True))
+    only_first = sum(bool(a) and not b for a, b in zip(first_outcomes, other_outcomes, strict=True))
+    return {"gate": other[1]["confidence"], "against": first[1]["confidence"], "share": share,
+            "gate_point": other_point, "against_point": first_point, "only_gate": only_other,
+            "only_against": only_first, "p_value": mcnemar_p(only_other, only_first)}
 
 
 def published_check(compared: dict[str, Any]) -> dict[str, dict[str, dict[str, bool]]]:
@@ -209,6 +235,16 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {entry['confidence']} | " + (f"{reach:.0%} escalated" if reach is not None else "never")
                          + " | " + (f"{best['gain'] * 100:+.1f} points at {best['llm_share']:.0%}" if best else "-")
                          + f" | {capped_cell} |")
+    paired = result.get("gates_paired") or []
+    if paired:
+        lines += ["", f"## Each gate against `{paired[0]['against']}` at the same share of escalations (exact McNemar "
+                  "on the tasks' outcomes)", "", "| gate | at most escalated | gate | against | right only with the "
+                  "gate / only with the other | p |", "|---|---|---|---|---|---|"]
+        for row in paired:
+            gate, against = row["gate_point"], row["against_point"]
+            lines.append(f"| {row['gate']} | {row['share']:.0%} | {gate['accuracy']:.1%} at {gate['llm_share']:.0%} "
+                         f"| {against['accuracy']:.1%} at {against['llm_share']:.0%} | {row['only_gate']} / "
+                         f"{row['only_against']} | {format_p_value(row['p_value'])} |")
     for model, curve in result.get("reward_curves", {}).items():
         lines += ["", f"## grpo reward of `{model}` (mean verifier reward per logged step)", "",
                   ", ".join(f"{step}: {reward:.2f}" for step, reward in curve)]
@@ -321,12 +357,19 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     if args.harvest_run:
         result["harvests"] = [harvest_rows(store, run) for run in args.harvest_run]
     if args.cascade:
-        by_confidence = [cascade_rows(store, args.cascade, args.cascade_llm or args.teacher, args.domain, args.split,
-                                      measure) for measure in dict.fromkeys(args.cascade_confidence or ["mean"])]
-        by_confidence += [cascade_rows(store, args.cascade, args.cascade_llm or args.teacher, args.domain, args.split,
-                                       LEARNED, [name.strip() for name in features.split(",") if name.strip()])
-                          for features in args.gate_features]
-        result["cascade"], result["cascade_by_confidence"] = by_confidence[0], by_confidence
+        llm = args.cascade_llm or args.teacher
+        gates = [(measure, None) for measure in dict.fromkeys(args.cascade_confidence or ["mean"])]
+        gates += [(LEARNED, [name.strip() for name in features.split(",") if name.strip()])
+                  for features in args.gate_features]
+        curves = []
+        for measure, features in gates:
+            records, source, label = gate_records(store, args.cascade, llm, args.domain, args.split, measure, features)
+            curves.append((records, cascade_rows(records, args.cascade, llm, source, label)))
+        result["cascade"], result["cascade_by_confidence"] = curves[0][1], [entry for _, entry in curves]
+        # each other gate against the first where it reaches the LLM's accuracy, and at the issue's share
+        result["gates_paired"] = [gates_paired(curves[0], curve, share) for curve in curves[1:]
+                                  for share in dict.fromkeys(filter(None, (curve[1]["share_reaching_llm"],
+                                                                           GATE_SHARE)))]
     if args.domain == "bfcl":
         result["published"] = published_check(compared)
     return result

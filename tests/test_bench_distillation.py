@@ -169,3 +169,12 @@ def test_a_learned_gate_is_compared_out_of_fold_and_on_chosen_features(sqlite_st
     assert mean["share_reaching_llm"] == 1.0 and learned["share_reaching_llm"] <= 0.1
     assert tools_only["share_reaching_llm"] > learned["share_reaching_llm"]
     assert tools_only["best_gain"]["gain"] < learned["best_gain"]["gain"]
+    # each gate against the mean, task by task, at the share where it reaches the teacher and at 15%
+    paired = {(row["gate"], row["share"]): row for row in result["gates_paired"]}
+    at_reach = paired[("learned", learned["share_reaching_llm"])]
+    assert at_reach["gate_point"]["accuracy"] >= 0.75 and at_reach["only_against"] == 0
+    assert at_reach["only_gate"] == round((at_reach["gate_point"]["accuracy"]
+                                           - at_reach["against_point"]["accuracy"]) * 60)
+    assert ("learned (tools)", 0.15) in paired
+    (markdown,) = tmp_path.glob("distillation-*.md")
+    assert "## Each gate against `mean` at the same share of escalations" in markdown.read_text()

@@ -94,12 +94,16 @@ def cascade_curve(records: Sequence[CalibrationRecord]) -> list[CurvePoint]:
     points = []
     for threshold in [0.0, *[c for c in confidences if c > 0], MAX_THRESHOLD]:
         escalated = [_escalates(record, threshold) for record in records]
-        outcomes = [record.llm_correct if up else record.tiny_correct
-                    for record, up in zip(records, escalated, strict=True)]
-        known = [outcome for outcome in outcomes if outcome is not None]
+        known = [outcome for outcome in cascade_outcomes(records, threshold) if outcome is not None]
         points.append(CurvePoint(threshold=threshold, llm_share=sum(escalated) / len(records),
                                  accuracy=sum(known) / len(known) if known else None, n=len(records)))
     return points
+
+
+def cascade_outcomes(records: Sequence[CalibrationRecord], threshold: float) -> list[bool | None]:
+    """Each record's outcome under the cascade at ``threshold``: the LLM's where it escalates, else the tiny
+    model's (None where unknown)."""
+    return [record.llm_correct if _escalates(record, threshold) else record.tiny_correct for record in records]
 
 
 def token_curve(scores: Sequence[Sequence[float]]) -> list[CurvePoint]:
