@@ -5,6 +5,7 @@ OpenAI client), a re-run reuses every step, Ctrl-C resumes, and no network gives
 import json
 import subprocess
 import sys
+import types
 
 import pytest
 from conftest import REPO_ROOT
@@ -52,6 +53,8 @@ def test_the_demo_runs_every_step_and_reports(env):
     policy = policy_store.active_row(store, "demo-toy")
     assert policy.kind == "cascade" and policy.params["llm"] == "teacher" and policy.params["guided"] == []
     assert policy.params["threshold"] == state["policy"]["result"]["threshold"]
+    # four evaluated tasks are too few to learn a gate from: the mean token probability gates
+    assert policy.params["confidence"] == "mean" and any("no gate learned" in line for line in lines)
     served = state["serve"]["result"]
     assert served["requests"] == 2 and all(record["served_by"] for record in served["records"])
     text = report.read_text()
@@ -278,3 +281,20 @@ def test_one_models_engine_failing_to_start_leaves_that_model_in_process_and_the
     assert started == [("teacher", LLM_KV_CACHE_GIB), ("teacher", LLM_KV_CACHE_GIB)] and LLM_KV_CACHE_GIB > 2
     first = DemoEngines(settings, store, "auto", lines.append)  # the first engine failing: no engine at all
     assert first.use("student")["served_by"] == "in-process" and first.unavailable
+
+
+def test_the_demos_route_learns_its_gate_from_the_evaluations(sqlite_store):
+    from helpers.gate_outcomes import evaluated_outcomes
+    from supertiny.demo.routing import store_route
+
+    evaluated_outcomes(sqlite_store)
+    results = {"eval-teacher": {"accuracy": 0.5}, "eval-trained": {"accuracy": 0.5, "model": "small"}}
+    state = types.SimpleNamespace(result=results.get, done=lambda step: False)
+    lines: list[str] = []
+    demo = types.SimpleNamespace(state=state, store=sqlite_store, echo=lines.append, trained=lambda: "small",
+                                 plan=types.SimpleNamespace(route="demo-toy", llm="large", domain="bfcl", tag="t"))
+    routed = store_route(demo)
+    policy = policy_store.active_row(sqlite_store, "demo-toy")
+    assert routed["confidence"] == policy.params["confidence"] == "learned" and policy.version == 2
+    assert routed["gate_features"] == ["grounding", "tools"] == policy.params["gate"]["features"]
+    assert routed["expected_accuracy"] >= 0.5 and "learned gate" in lines[-1]

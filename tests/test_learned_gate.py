@@ -11,16 +11,16 @@ import pydantic
 import pytest
 from click.testing import CliRunner
 from helpers.chat_models import GOOD_CALL, WEATHER_TOOL, ScriptedModel
+from helpers.gate_outcomes import evaluated_outcomes, examples
 from supertiny.cli import cli
 from supertiny.errors import InvalidInputError
 from supertiny.models.answer_features import answer_features
-from supertiny.models.versions import register_model_version
 from supertiny.policy.calibrate import calibrate
 from supertiny.policy.kinds import CascadeParams
 from supertiny.policy.learned_gate import GateExample, LearnedGate, fit_gate, out_of_fold_confidences
 from supertiny.policy.policy_store import active_row, set_policy
 from supertiny.schema import Message
-from supertiny.store.tables import Evaluation, RequestLog
+from supertiny.store.tables import RequestLog
 from test_route_policies import SampledModel, active, request, router
 
 TAX_TOOL = {"type": "function", "function": {"name": "compute_tax", "description": "Tax owed on a yearly income.",
@@ -52,17 +52,6 @@ def test_answer_features_say_where_the_values_come_from_and_whether_the_call_is_
                            generation("Hello!", [WEATHER_TOOL], probability=None))
     assert (text["no_call"], text["grounding"], text["relevance"]) == (1.0, 1.0, 0.0)
     assert "mean_logprob" not in text  # no log-probabilities, no confidence features
-
-
-def examples(n: int = 80) -> list[GateExample]:
-    """The tiny answer is right when its values are grounded; the LLM fails wherever many tools are offered."""
-    rows = []
-    for index in range(n):
-        grounding, tools = (index % 4) / 3, 1 + 2 * (index // 4 % 2)
-        flip = index % 17 == 0  # some noise: no feature separates perfectly
-        rows.append(GateExample(features={"grounding": grounding, "tools": tools},
-                                tiny_correct=(grounding >= 0.6) != flip, llm_correct=tools == 1))
-    return rows
 
 
 def test_the_gate_learns_where_escalating_helps_not_only_where_the_tiny_model_fails():
@@ -124,27 +113,8 @@ def test_a_learned_gate_on_agreement_samples_the_tiny_model():
     assert sum(options.temperature > 0 for options in small.seen_options) == 4
 
 
-def _model(store, name: str) -> int:
-    return register_model_version(store, name=name, stage="external", format="hf", backend="transformers",
-                                  path="/nowhere").id
-
-
-def _evaluations(store, with_features: bool = True) -> None:
-    rows = examples()
-    small, large = _model(store, "small"), _model(store, "large")
-    with store.session() as session:
-        for model_id, correct in ((small, [row.tiny_correct for row in rows]),
-                                  (large, [row.llm_correct for row in rows])):
-            session.add(Evaluation(model_version_id=model_id, domain="bfcl", split="test", n_tasks=len(rows),
-                                   accuracy=0.5, per_category={}, details={"records": [
-                                       {"task": f"t{index}", "task_hash": f"h{index}", "category": "simple",
-                                        "correct": right, "valid": True, "confidence": 0.9,
-                                        **({"features": dict(row.features)} if with_features else {})}
-                                       for index, (row, right) in enumerate(zip(rows, correct, strict=True))]}))
-
-
 def test_calibrating_a_learned_cascade_fits_its_gate_and_chooses_the_threshold_out_of_fold(sqlite_store):
-    _evaluations(sqlite_store)
+    evaluated_outcomes(sqlite_store)
     set_policy(sqlite_store, "weather", "cascade", {"tiny": "small", "llm": "large", "threshold": 0,
                                                    "confidence": "learned"})
     result = calibrate(sqlite_store, "weather", llm_budget=0.3)
@@ -164,7 +134,7 @@ def test_calibrating_a_learned_cascade_fits_its_gate_and_chooses_the_threshold_o
 
 
 def test_a_learned_cascade_needs_evaluations_that_kept_gate_features(sqlite_store):
-    _evaluations(sqlite_store, with_features=False)
+    evaluated_outcomes(sqlite_store, with_features=False)
     set_policy(sqlite_store, "weather", "cascade", {"tiny": "small", "llm": "large", "threshold": 0,
                                                    "confidence": "learned"})
     with pytest.raises(InvalidInputError, match="keeps no gate features") as raised:

@@ -151,6 +151,14 @@ def _served_by(result: dict[str, Any]) -> str:
     return f"{tier}{engine['served_by']}{why}" + (f", started in {started:.0f} s" if started >= 1 else "")
 
 
+def _gate_text(policy: dict[str, Any]) -> str:
+    """The route's gate: learned (on which features; confidences out of fold) or a token-probability measure."""
+    if policy.get("confidence") == "learned":
+        return (f"Gate learned from the evaluations on {', '.join(policy.get('gate_features') or [])} (the curve "
+                "scores each task by a gate fitted without it)")
+    return f"Gate: the tiny answer's {policy.get('confidence', 'mean')} token probability"
+
+
 def plot_routing(path: Path, policy: dict[str, Any], rows: list[dict[str, Any]], served: dict[str, Any] | None) -> None:
     import matplotlib
 
@@ -244,7 +252,7 @@ def write_report(demo: Any) -> Path:
         lines += ["## Routing", "",
                   f"Route `{policy['route']}`: cascade `{policy['tiny']}` -> `{policy['llm']}` ({policy['why']}"
                   f"{guided}). "
-                  f"Calibrated threshold {policy['threshold']:.4g} "
+                  f"{_gate_text(policy)}; calibrated threshold {policy['threshold']:.4g} "
                   f"({', '.join(f'{key} {value:.3g}' for key, value in policy['goal'].items())}): on the evaluation "
                   f"tasks {_percent(policy['expected_accuracy'])} accuracy with "
                   f"{_percent(policy['expected_llm_share'])} of requests escalated to the LLM.", ""]
