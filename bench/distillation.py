@@ -251,6 +251,13 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _short_gate_label(label: str) -> str:
+    """A gate's label for a legend: a learned gate's long feature list as its count."""
+    if "(" in label and len(label) > 40:
+        return f"{label.split(' (')[0]} ({label.count(',') + 1} features)"
+    return label
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -292,9 +299,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
                           [point["interval"][1] * 100 for point in points], alpha=0.2)
         for entry in (result.get("cascade_by_confidence") or [])[1:]:
             axis.plot([point["llm_share"] * 100 for point in entry["points"]],
-                      [point["accuracy"] * 100 for point in entry["points"]], label=f"cascade ({entry['confidence']})")
+                      [point["accuracy"] * 100 for point in entry["points"]],
+                      label=f"cascade ({_short_gate_label(entry['confidence'])})")
         axis.plot(shares, [point["random"] * 100 for point in points], linestyle="--", label="random routing")
-        axis.set(xlabel="requests escalated to the LLM (%)", ylabel="accuracy % (95% interval)", ylim=(0, 100),
+        # the curves differ by a few points: a scale from 0 would flatten them into one line
+        lowest = min(point["interval"][0] for point in points) * 100
+        highest = max(point["interval"][1] for point in points) * 100
+        axis.set(xlabel="requests escalated to the LLM (%)", ylabel="accuracy % (95% interval)",
+                 ylim=(max(0.0, lowest - 5), min(100.0, highest + 5)),
                  title=f"cascade {cascade['tiny']} -> {cascade['llm']}")
         axis.legend(fontsize=7)
     if curves:
