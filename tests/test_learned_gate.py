@@ -111,6 +111,10 @@ def test_a_learned_gate_on_agreement_samples_the_tiny_model():
     tiny = outcome.log_detail()["tiny"]
     assert (outcome.role, tiny["confidences"]["agreement"]) == ("llm", 0.25)
     assert sum(options.temperature > 0 for options in small.seen_options) == 4
+    # threshold 0 serves every valid answer: nothing to sample for
+    served = router(small, ScriptedModel("large", GOOD_CALL)).route(active(
+        "cascade", tiny="small", llm="large", threshold=0, confidence="learned", gate=gate.model_dump()), request())
+    assert served.role == "tiny" and sum(options.temperature > 0 for options in small.seen_options) == 4
 
 
 def test_calibrating_a_learned_cascade_fits_its_gate_and_chooses_the_threshold_out_of_fold(sqlite_store):

@@ -94,10 +94,10 @@ class CascadeParams(PolicyParams):
         "probability; joint, the probability of the whole answer; min, that of its least likely token; agreement, "
         "the share of `samples` answers the tiny model samples at `sample_temperature` that make the answer's "
         "calls; learned, the `gate` fitted on evaluated or shadowed outcomes (`policy calibrate`).")
-    samples: int = Field(default=4, ge=1, le=32, description="With confidence agreement: answers sampled to "
-                         "compare (one engine request; the prompt's prefill is shared).")
-    sample_temperature: float = Field(default=0.7, gt=0, le=2, description="With confidence agreement: the "
-                                      "temperature the samples are drawn at.")
+    samples: int = Field(default=4, ge=1, le=32, description="With confidence agreement (or a learned gate on "
+                         "agreement): answers sampled to compare (one engine request; the prompt's prefill is shared).")
+    sample_temperature: float = Field(default=0.7, gt=0, le=2, description="With confidence agreement (or a learned "
+                                      "gate on agreement): the temperature the samples are drawn at.")
     gate: LearnedGate | None = Field(default=None, description="With confidence learned: the fitted gate "
                                      "(`policy calibrate` fits and stores it).")
 
@@ -133,7 +133,7 @@ class CascadePolicy(Policy):
                 summary["confidences"][AGREEMENT] = confidence
         elif params.confidence == LEARNED:
             confidence = None
-            if problem is None and params.gate is not None:
+            if problem is None and params.gate is not None and params.threshold > 0:
                 features = dict(summary["features"])
                 if AGREEMENT in params.gate.features:
                     features[AGREEMENT] = summary["confidences"][AGREEMENT] = _agreement(tiny, context, params)
