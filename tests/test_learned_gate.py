@@ -79,8 +79,9 @@ def test_out_of_fold_confidences_score_each_example_by_a_gate_that_never_saw_it(
     # where no example knows the LLM's outcome (shadow traffic), the LLM counts as right: finite weights
     shadowed = fit_gate([dataclasses.replace(row, llm_correct=None) for row in rows], ["grounding"])
     assert all(math.isfinite(weight) for weight in shadowed.llm_weights)
-    with pytest.raises(InvalidInputError, match="at least 10 examples"):
-        fit_gate(rows[:9], ["grounding"])
+    with pytest.raises(InvalidInputError, match="at least 10 answers with outcomes") as raised:
+        out_of_fold_confidences(rows[:9], ["grounding"])
+    assert "more tasks" in raised.value.hint
 
 
 def grounding_gate() -> dict:

@@ -5,15 +5,15 @@ fix the answer, high where the tiny answer is likely right or the LLM likely no 
 ranks answers by how unsure the tiny model is; this one also learns where the LLM does not help (it fails the
 same requests), which spends the LLM share on requests it can fix.
 
-Fitted by Newton's method with an L2 penalty on standardized features (a few features, a few thousand records
-at most: plain Python, no numerical library). The curve a threshold is chosen from uses out-of-fold
-confidences (each record scored by a gate that never saw it), so the chosen point is not a training-set
-estimate."""
+Fitted by Newton's method with an L2 penalty on standardized features; a served request is scored in plain
+Python (a dot product per model). The curve a threshold is chosen from uses out-of-fold confidences (each record
+scored by a gate that never saw it), so the chosen point is not a training-set estimate."""
 
 import dataclasses
 import math
 import random
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,6 +21,7 @@ from supertiny.errors import InvalidInputError
 
 LEARNED = "learned"
 FOLDS = 5
+MIN_EXAMPLES = 2 * FOLDS  # each fold's gate is fitted on at least 8
 PENALTY = 1.0  # L2 on the standardized weights (not the intercept): a prior that no feature matters much
 INTERCEPT_PENALTY = 0.01
 NEWTON_STEPS = 50
@@ -68,18 +69,19 @@ class LearnedGate(BaseModel):
 def fit_gate(examples: Sequence[GateExample], features: Sequence[str]) -> LearnedGate:
     """The gate fitted on ``examples`` (each must carry every one of ``features``); where no example knows the
     LLM's outcome, the LLM is taken to be right on every request (shadow traffic: the LLM is the reference)."""
+    import numpy as np
+
     if not features:
         raise InvalidInputError("a learned gate needs at least one feature")
-    if len(examples) < 2 * FOLDS:
-        raise InvalidInputError(f"a learned gate needs at least {2 * FOLDS} examples with outcomes, got "
-                                f"{len(examples)}", hint="evaluate both models on more tasks")
-    rows = [[float(example.features[name]) for name in features] for example in examples]
-    center = [sum(column) / len(rows) for column in zip(*rows, strict=True)]
-    scale = [math.sqrt(sum((value - mean) ** 2 for value in column) / len(rows)) or 1.0
-             for column, mean in zip(zip(*rows, strict=True), center, strict=True)]
-    standardized = [_standardized(row, center, scale) for row in rows]
+    if not examples:
+        raise InvalidInputError("a learned gate needs examples with outcomes")
+    rows = np.array([[float(example.features[name]) for name in features] for example in examples])
+    center, scale = rows.mean(axis=0), rows.std(axis=0)
+    scale[scale == 0] = 1.0
+    standardized = (rows - center) / scale
     llm_labels = [example.llm_correct if example.llm_correct is not None else True for example in examples]
-    return LearnedGate(features=list(features), center=center, scale=scale, examples=len(examples),
+    return LearnedGate(features=list(features), center=center.tolist(), scale=scale.tolist(),
+                       examples=len(examples),
                        tiny_weights=_logistic(standardized, [example.tiny_correct for example in examples]),
                        llm_weights=_logistic(standardized, llm_labels))
 
@@ -97,6 +99,9 @@ def shared_features(examples: Sequence[GateExample]) -> list[str]:
 def out_of_fold_confidences(examples: Sequence[GateExample], features: Sequence[str], folds: int = FOLDS,
                             seed: int = 0) -> list[float | None]:
     """Each example's confidence from a gate fitted on the other folds (shuffled by ``seed``)."""
+    if len(examples) < MIN_EXAMPLES:
+        raise InvalidInputError(f"a learned gate needs at least {MIN_EXAMPLES} answers with outcomes to fit and "
+                                f"score out of fold, got {len(examples)}", hint="evaluate both models on more tasks")
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     confidences: list[float | None] = [None] * len(examples)
@@ -117,47 +122,22 @@ def _probability(weights: Sequence[float], row: Sequence[float]) -> float:
     return 1 / (1 + math.exp(-max(-50.0, min(50.0, score))))
 
 
-def _logistic(rows: Sequence[Sequence[float]], labels: Sequence[bool]) -> list[float]:
-    """Intercept and weights of an L2-penalized logistic regression (Newton's method)."""
-    size = len(rows[0]) + 1
-    weights = [0.0] * size
-    design = [[1.0, *row] for row in rows]
+def _logistic(rows: Any, labels: Sequence[bool]) -> list[float]:
+    """Intercept and weights of an L2-penalized logistic regression of ``labels`` on ``rows`` (Newton's method)."""
+    import numpy as np
+
+    design = np.hstack([np.ones((len(rows), 1)), rows])
+    target = np.asarray(labels, dtype=float)
+    # the intercept's small penalty keeps it finite where every label is alike
+    penalty = np.full(design.shape[1], PENALTY)
+    penalty[0] = INTERCEPT_PENALTY
+    weights = np.zeros(design.shape[1])
     for _ in range(NEWTON_STEPS):
-        gradient = [0.0] * size
-        hessian = [[0.0] * size for _ in range(size)]
-        for row, label in zip(design, labels, strict=True):
-            p = _probability(weights, row[1:])
-            for i in range(size):
-                gradient[i] += (p - float(label)) * row[i]
-                for j in range(i + 1):
-                    hessian[i][j] += p * (1 - p) * row[i] * row[j]
-        for i in range(size):
-            for j in range(i):
-                hessian[j][i] = hessian[i][j]
-        for i in range(size):  # the intercept's small penalty keeps it finite where every label is alike
-            penalty = PENALTY if i else INTERCEPT_PENALTY
-            gradient[i] += penalty * weights[i]
-            hessian[i][i] += penalty
-        step = _solve(hessian, gradient)
-        weights = [weight - delta for weight, delta in zip(weights, step, strict=True)]
-        if max(abs(delta) for delta in step) < 1e-8:
+        p = 1 / (1 + np.exp(-np.clip(design @ weights, -50, 50)))
+        gradient = design.T @ (p - target) + penalty * weights
+        hessian = (design * (p * (1 - p))[:, None]).T @ design + np.diag(penalty)
+        step = np.linalg.solve(hessian, gradient)
+        weights -= step
+        if np.abs(step).max() < 1e-8:
             break
-    return [round(weight, 6) for weight in weights]
-
-
-def _solve(matrix: list[list[float]], vector: list[float]) -> list[float]:
-    """``matrix^-1 vector`` by Gaussian elimination with partial pivoting (matrix: symmetric positive definite)."""
-    n = len(vector)
-    augmented = [[*row, value] for row, value in zip(matrix, vector, strict=True)]
-    for column in range(n):
-        pivot = max(range(column, n), key=lambda row: abs(augmented[row][column]))
-        augmented[column], augmented[pivot] = augmented[pivot], augmented[column]
-        for row in range(column + 1, n):
-            factor = augmented[row][column] / augmented[column][column]
-            for k in range(column, n + 1):
-                augmented[row][k] -= factor * augmented[column][k]
-    solution = [0.0] * n
-    for row in range(n - 1, -1, -1):
-        solution[row] = (augmented[row][n] - sum(augmented[row][k] * solution[k] for k in range(row + 1, n))) \
-            / augmented[row][row]
-    return solution
+    return [round(float(weight), 6) for weight in weights]
